@@ -1,0 +1,415 @@
+"""Configuration: frozen dataclasses, one per stage, validated on construction.
+
+Every field carries a docstring with its paper symbol (where there is one), its valid range and
+where the default comes from. A bad value raises one ``ValueError`` that names the field, the
+value and the valid range, e.g.::
+
+    >>> WorldConfig(mismatch=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: WorldConfig.mismatch = 1.5 is invalid: expected a number in [0, 1]
+
+Named presets at the bottom (``presets.cpu_demo()``, ``presets.paper()`` ...) bundle the stages
+into one :class:`Config` and say in one line why their values are what they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _fail(obj: object, name: str, expected: str) -> None:
+    value = getattr(obj, name)
+    raise ValueError(f"{type(obj).__name__}.{name} = {value!r} is invalid: expected {expected}")
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int_at_least(obj: object, name: str, lo: int) -> None:
+    v = getattr(obj, name)
+    if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
+        _fail(obj, name, f"an integer >= {lo}")
+
+
+def _number_in(obj: object, name: str, lo: float, hi: float, lo_open=False, hi_open=False) -> None:
+    v = getattr(obj, name)
+    ok = _is_number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        _fail(obj, name, f"a number in {lb}{lo:g}, {hi:g}{rb}")
+
+
+def _one_of(obj: object, name: str, options: tuple[str, ...]) -> None:
+    if getattr(obj, name) not in options:
+        _fail(obj, name, f"one of {', '.join(options)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the synthetic world (DESIGN section 3)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The synthetic SID-tree world: catalog, users, exposure bias. Defaults: DESIGN section 3."""
+
+    n_items: int = 2000
+    """Number of catalog items, >= 16. Default ~2,000 so that a CPU decodes it in milliseconds."""
+    levels: int = 3
+    """SID length L (paper Sec. 3.1), >= 1. Default 3 as in the paper (Sec. 5.1)."""
+    codebook_sizes: tuple[int, ...] = (16, 16, 16)
+    """Codes per level K_l, one per level, each in [2, 4096]. 16 on CPU; the paper's RQ-VAE uses 256."""
+    embed_dim: int = 16
+    """Dimension of item embeddings e(i) and user tastes u, >= 2."""
+    n_clusters: int = 12
+    """Top-level components of the hierarchical Gaussian mixture, >= 1."""
+    n_subclusters: int = 4
+    """Sub-components per top-level component, >= 1."""
+    cluster_spread: float = 0.35
+    """Std of sub-cluster centres around their cluster centre (unit-norm centres), in (0, 10]."""
+    item_spread: float = 0.2
+    """Std of item embeddings around their sub-cluster centre, in (0, 10]."""
+    n_users: int = 3000
+    """Number of users, >= 10; split by user into train / validation / test."""
+    history_len: int = 10
+    """Logged history length per user, >= 1 (MiniOneRec keeps up to 10 earlier items)."""
+    mismatch: float = 0.5
+    """The probability-reward mismatch knob m, in [0, 1]: logged behaviour follows
+    log P(i|u) = (1 - m) * a(u, i) / tau + m * log pop(i) + const. 0: logs follow true affinity;
+    near 1: logs follow popularity (Sec. 3.2)."""
+    zipf_exponent: float = 1.2
+    """Zipf exponent s of popularity over level-1 branches and over items within a branch, in [0, 5]."""
+    temperature: float = 0.1
+    """Affinity temperature tau of the softmax that draws the ground-truth next item, in (0, 10]."""
+    taste_noise: float = 0.5
+    """Std of a user's taste around the item cluster it is drawn from, in [0, 10]."""
+    val_frac: float = 0.1
+    """Share of users held out for validation, in [0, 0.5)."""
+    test_frac: float = 0.1
+    """Share of users held out for test, in (0, 0.5)."""
+    seed: int = 0
+    """Seed of everything in the world, >= 0. Same seed, same world bit for bit."""
+
+    def __post_init__(self) -> None:
+        _int_at_least(self, "n_items", 16)
+        _int_at_least(self, "levels", 1)
+        cs = self.codebook_sizes
+        if not (
+            isinstance(cs, tuple)
+            and len(cs) == self.levels
+            and all(isinstance(k, int) and 2 <= k <= 4096 for k in cs)
+        ):
+            _fail(self, "codebook_sizes", f"a tuple of {self.levels} integers in [2, 4096] (one per level)")
+        if math.prod(cs) < self.n_items:
+            _fail(self, "codebook_sizes", f"a product of codes >= n_items = {self.n_items}")
+        _int_at_least(self, "embed_dim", 2)
+        _int_at_least(self, "n_clusters", 1)
+        _int_at_least(self, "n_subclusters", 1)
+        _number_in(self, "cluster_spread", 0, 10, lo_open=True)
+        _number_in(self, "item_spread", 0, 10, lo_open=True)
+        _int_at_least(self, "n_users", 10)
+        _int_at_least(self, "history_len", 1)
+        _number_in(self, "mismatch", 0, 1)
+        _number_in(self, "zipf_exponent", 0, 5)
+        _number_in(self, "temperature", 0, 10, lo_open=True)
+        _number_in(self, "taste_noise", 0, 10)
+        _number_in(self, "val_frac", 0, 0.5, hi_open=True)
+        _number_in(self, "test_frac", 0, 0.5, lo_open=True, hi_open=True)
+        if self.val_frac + self.test_frac >= 0.9:
+            _fail(self, "test_frac", "val_frac + test_frac < 0.9 (training users are needed)")
+        _int_at_least(self, "seed", 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the policy and its training
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The tiny causal transformer over SID tokens (policy/tiny.py), nanoGPT-shaped."""
+
+    d_model: int = 64
+    """Hidden width, >= 8 and divisible by n_heads. Small enough for SFT in about a minute on 2 cores."""
+    n_layers: int = 2
+    """Transformer blocks, >= 1."""
+    n_heads: int = 4
+    """Attention heads, >= 1."""
+    dropout: float = 0.0
+    """Dropout in [0, 0.9); 0 keeps SFT deterministic and fast."""
+    seed: int = 0
+    """Seed of the initial weights, >= 0."""
+
+    def __post_init__(self) -> None:
+        _int_at_least(self, "d_model", 8)
+        _int_at_least(self, "n_layers", 1)
+        _int_at_least(self, "n_heads", 1)
+        if self.d_model % self.n_heads:
+            _fail(self, "n_heads", f"a divisor of d_model = {self.d_model}")
+        _number_in(self, "dropout", 0, 0.9, hi_open=True)
+        _int_at_least(self, "seed", 0)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised next-item training on the logged histories (rl/sft.py)."""
+
+    epochs: int = 30
+    """Maximum passes over the training users, >= 1; early stopping usually ends sooner."""
+    batch_size: int = 128
+    """Users per optimiser step, >= 1."""
+    lr: float = 3e-3
+    """AdamW learning rate, in (0, 1]."""
+    weight_decay: float = 0.01
+    """AdamW weight decay, in [0, 1]."""
+    patience: int = 3
+    """Epochs without a better validation HR@10 before stopping, >= 1."""
+    eval_queries: int = 256
+    """Validation users scored per epoch (HR@10 by beam search), >= 1."""
+    seed: int = 0
+    """Seed of batching order, >= 0."""
+
+    def __post_init__(self) -> None:
+        _int_at_least(self, "epochs", 1)
+        _int_at_least(self, "batch_size", 1)
+        _number_in(self, "lr", 0, 1, lo_open=True)
+        _number_in(self, "weight_decay", 0, 1)
+        _int_at_least(self, "patience", 1)
+        _int_at_least(self, "eval_queries", 1)
+        _int_at_least(self, "seed", 0)
+
+
+@dataclass(frozen=True)
+class ValueConfig:
+    """The value head V_phi and its TD training (Sec. 4.1, Eq. 5-9)."""
+
+    hidden: int = 64
+    """Width of the MLP regressor after the value head's transformer block, >= 4."""
+    gamma: float = 0.99
+    """Discount gamma of Eq. 5 and Eq. 9, in (0, 1]. Paper Sec. 5.1: 0.99."""
+    step_weights: tuple[float, ...] = (0.3, 0.5, 1.0)
+    """Level weights w_l of the dense returns (Eq. 8), positive and non-decreasing, one per level.
+    Paper Sec. 5.1: [0.3, 0.5, 1.0]."""
+    lr: float = 3e-3
+    """Adam learning rate of the value head, in (0, 1]."""
+    pretrain_steps: int = 150
+    """TD steps on SFT-policy candidates before RL (`vstar-toy value`), >= 0."""
+    pretrain_queries: int = 64
+    """Training users per pre-training step, >= 1."""
+    pretrain_candidates: int = 32
+    """Candidates sampled per query (temperature 1.5) to build the prefix buckets of Eq. 6, >= 2."""
+    seed: int = 0
+    """Seed of the head's initial weights and of its training batches, >= 0."""
+
+    def __post_init__(self) -> None:
+        _int_at_least(self, "hidden", 4)
+        _number_in(self, "gamma", 0, 1, lo_open=True)
+        w = self.step_weights
+        if not (
+            isinstance(w, tuple)
+            and len(w) >= 1
+            and all(_is_number(x) and x > 0 for x in w)
+            and all(a <= b for a, b in zip(w, w[1:]))
+        ):
+            _fail(self, "step_weights", "a tuple of positive, non-decreasing numbers (one per level)")
+        _number_in(self, "lr", 0, 1, lo_open=True)
+        _int_at_least(self, "pretrain_steps", 0)
+        _int_at_least(self, "pretrain_queries", 1)
+        _int_at_least(self, "pretrain_candidates", 2)
+        _int_at_least(self, "seed", 0)
+
+
+PRIORITIES = ("G", "V", "H")
+DECODERS = ("beam", "topk", "temperature", "ved")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Candidate construction: beam search, sampling and VED (Sec. 4.2)."""
+
+    decoder: str = "ved"
+    """Which decoder builds C(x): one of beam, topk, temperature, ved."""
+    n_candidates: int = 16
+    """|C(x)|, the candidates per query, >= 1. Paper Sec. 5.1: 16 during training."""
+    budget_x: float = 1.0
+    """Budget multiplier, in [1, 16]: B = budget_x * (1 + (L - 1) * |C|) forward tokens, the paper's
+    1x for a beam of width |C| (Sec. 5.5)."""
+    warm_beam: int = 8
+    """b0, the warm-start beam width of VED, in [1, |C|). Paper Sec. 5.1: 8."""
+    lam: float = 0.1
+    """lambda, the entropy weight of the priority G = V + lambda * H (Eq. 11), >= 0. Paper: 0.1."""
+    beta: float = 0.1
+    """beta, the UCB exploration weight (Eq. 13), >= 0. Not given in the paper; 0.1 here."""
+    priority: str = "G"
+    """Expansion rule (Table 3): G = V + lambda*H, V only, or H only."""
+    top_k: int = 4
+    """K of top-K sampling (per-step candidates), >= 1."""
+    temperature: float = 1.0
+    """Softmax temperature of the sampling decoders, in (0, 100]."""
+    seed: int = 0
+    """Seed of the sampling decoders and of VED's child sampling, >= 0."""
+
+    def __post_init__(self) -> None:
+        _one_of(self, "decoder", DECODERS)
+        _int_at_least(self, "n_candidates", 1)
+        _number_in(self, "budget_x", 1, 16)
+        _int_at_least(self, "warm_beam", 1)
+        if self.warm_beam >= max(self.n_candidates, 2):
+            _fail(self, "warm_beam", f"an integer in [1, n_candidates) = [1, {self.n_candidates})")
+        _number_in(self, "lam", 0, 1e6)
+        _number_in(self, "beta", 0, 1e6)
+        _one_of(self, "priority", PRIORITIES)
+        _int_at_least(self, "top_k", 1)
+        _number_in(self, "temperature", 0, 100, lo_open=True)
+        _int_at_least(self, "seed", 0)
+
+
+OBJECTIVES = ("grpo", "sibling", "joint")
+REWARDS = ("hit", "semantic", "affinity", "minionerec")
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """The self-evolving loop (Sec. 4.4): decode -> reward -> value TD -> policy update."""
+
+    steps: int = 60
+    """Policy updates, >= 1."""
+    batch_queries: int = 64
+    """Training users per step, >= 1. Paper: 64 per GPU."""
+    objective: str = "joint"
+    """grpo (Eq. 2), sibling (Eq. 19), or joint = grpo_weight * GRPO + sibling_weight * Sibling-GRPO."""
+    grpo_weight: float = 1.0
+    """Weight of the GRPO term in the joint objective, >= 0."""
+    sibling_weight: float = 1.0
+    """Weight of the Sibling-GRPO term in the joint objective, >= 0."""
+    reward: str = "semantic"
+    """R(x, y): hit, semantic (cos to e(y*)), affinity (the oracle), or minionerec (hit + rank penalty)."""
+    lr: float = 1e-3
+    """Adam learning rate of the policy, in (0, 1]. The paper's 1e-5 is for a 1.5B backbone."""
+    kl_coef: float = 1e-3
+    """KL coefficient to the frozen SFT reference (k3 estimator), >= 0. Paper Sec. 5.1: 1e-3."""
+    clip_eps: float = 0.2
+    """PPO ratio clip epsilon, in [0, 1]; 0 turns clipping off."""
+    adv_eps: float = 1e-6
+    """epsilon of Eq. 2 and Eq. 18, in (0, 1]."""
+    inner_epochs: int = 1
+    """Policy gradient passes over each decoded batch, >= 1 (the importance ratio matters from the 2nd)."""
+    value_updates: int = 1
+    """Value TD updates per step, >= 0."""
+    eval_every: int = 10
+    """Validation HR@10 / NDCG@10 every this many steps, >= 1."""
+    eval_queries: int = 256
+    """Validation users per evaluation, >= 1."""
+    seed: int = 0
+    """Seed of batches and decoding, >= 0."""
+
+    def __post_init__(self) -> None:
+        _int_at_least(self, "steps", 1)
+        _int_at_least(self, "batch_queries", 1)
+        _one_of(self, "objective", OBJECTIVES)
+        _number_in(self, "grpo_weight", 0, 1e6)
+        _number_in(self, "sibling_weight", 0, 1e6)
+        _one_of(self, "reward", REWARDS)
+        _number_in(self, "lr", 0, 1, lo_open=True)
+        _number_in(self, "kl_coef", 0, 1e6)
+        _number_in(self, "clip_eps", 0, 1)
+        _number_in(self, "adv_eps", 0, 1, lo_open=True)
+        _int_at_least(self, "inner_epochs", 1)
+        _int_at_least(self, "value_updates", 0)
+        _int_at_least(self, "eval_every", 1)
+        _int_at_least(self, "eval_queries", 1)
+        _int_at_least(self, "seed", 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# bundles and presets
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment's settings: every stage's config in one place."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    value: ValueConfig = field(default_factory=ValueConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+
+    def __post_init__(self) -> None:
+        if len(self.value.step_weights) != self.world.levels:
+            raise ValueError(
+                f"ValueConfig.step_weights = {self.value.step_weights!r} is invalid: expected one weight "
+                f"per SID level (WorldConfig.levels = {self.world.levels})"
+            )
+
+    def replace(self, **stages: dict) -> Config:
+        """Copy with some fields changed, stage by stage: ``cfg.replace(world={"mismatch": 0.9})``."""
+        changed = {name: dataclasses.replace(getattr(self, name), **kw) for name, kw in stages.items()}
+        return dataclasses.replace(self, **changed)
+
+
+class presets:  # noqa: N801  (a namespace of named constructors, read as `presets.paper()`)
+    """Named settings. Each says in one line why its values are what they are."""
+
+    @staticmethod
+    def cpu_demo() -> Config:
+        """The default: a 2,000-item world at mismatch 0.5 that runs end to end in minutes on 2 cores."""
+        return Config()
+
+    @staticmethod
+    def paper() -> Config:
+        """The paper's Sec. 5.1 hyper-parameters (|C| = 16, b0 = 8, lambda = 0.1, gamma = 0.99,
+        w = [0.3, 0.5, 1.0], KL 1e-3) on the CPU world; 256 codes per level are for the GPU path."""
+        return Config(
+            decode=DecodeConfig(n_candidates=16, warm_beam=8, lam=0.1),
+            value=ValueConfig(gamma=0.99, step_weights=(0.3, 0.5, 1.0)),
+            rl=RLConfig(kl_coef=1e-3, batch_queries=64),
+        )
+
+    @staticmethod
+    def high_mismatch() -> Config:
+        """Logs that mostly follow popularity (m = 0.9): where beam search should prune the most."""
+        return Config(world=WorldConfig(mismatch=0.9))
+
+    @staticmethod
+    def no_mismatch() -> Config:
+        """Logs that follow true affinity (m = 0): likelihood and reward agree; VED should gain nothing."""
+        return Config(world=WorldConfig(mismatch=0.0))
+
+    @staticmethod
+    def tiny() -> Config:
+        """A 200-item, 2-level-deep-enough world for tests: everything runs in seconds."""
+        return Config(
+            world=WorldConfig(
+                n_items=200, codebook_sizes=(8, 8, 8), n_clusters=4, n_subclusters=3, n_users=300,
+                history_len=6,
+            ),
+            policy=PolicyConfig(d_model=32, n_layers=1, n_heads=2),
+            sft=SFTConfig(epochs=4, eval_queries=64),
+            value=ValueConfig(pretrain_steps=10, pretrain_queries=16, pretrain_candidates=8, hidden=16),
+            decode=DecodeConfig(n_candidates=8, warm_beam=4),
+            rl=RLConfig(steps=4, batch_queries=16, eval_every=2, eval_queries=32),
+        )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "cpu_demo": presets.cpu_demo,
+    "paper": presets.paper,
+    "high_mismatch": presets.high_mismatch,
+    "no_mismatch": presets.no_mismatch,
+    "tiny": presets.tiny,
+}
+
+
+def preset(name: str) -> Config:
+    """The preset called ``name``; a clear error naming the valid names otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"preset = {name!r} is invalid: expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,6 @@
+"""The synthetic SID-tree world: it knows the truth (DESIGN section 3)."""
+
+from .catalog import Catalog, InvalidSIDError
+from .world import Queries, World, spearman_rows
+
+__all__ = ["Catalog", "InvalidSIDError", "Queries", "World", "spearman_rows"]
