@@ -1,0 +1,189 @@
+"""Configs: every field rejects a bad value with a message naming Class.field, the value and the
+valid range; presets construct; the bundle checks that its stages agree."""
+
+import dataclasses
+import math
+
+import pytest
+
+from vstar_toy.config import (
+    PRESETS,
+    Config,
+    DecodeConfig,
+    PolicyConfig,
+    RLConfig,
+    SFTConfig,
+    ValueConfig,
+    WorldConfig,
+    preset,
+    presets,
+)
+
+STAGES = (WorldConfig, PolicyConfig, SFTConfig, ValueConfig, DecodeConfig, RLConfig)
+
+# (class, field, bad value, a fragment of the expected range the message must give)
+BAD = [
+    (WorldConfig, "n_items", 15, "an integer >= 16"),
+    (WorldConfig, "levels", 0, "an integer >= 1"),
+    (WorldConfig, "codebook_sizes", (16, 16), "a tuple of 3 integers in [2, 4096]"),
+    (WorldConfig, "codebook_sizes", (16, 16, 1), "a tuple of 3 integers in [2, 4096]"),
+    (WorldConfig, "codebook_sizes", [16, 16, 16], "a tuple of 3 integers in [2, 4096]"),
+    (WorldConfig, "codebook_sizes", (2, 2, 2), "a product of codes >= n_items = 2000"),
+    (WorldConfig, "embed_dim", 1, "an integer >= 2"),
+    (WorldConfig, "n_clusters", 0, "an integer >= 1"),
+    (WorldConfig, "n_subclusters", 0, "an integer >= 1"),
+    (WorldConfig, "cluster_spread", 0.0, "a number in (0, 10]"),
+    (WorldConfig, "item_spread", 11.0, "a number in (0, 10]"),
+    (WorldConfig, "n_users", 9, "an integer >= 10"),
+    (WorldConfig, "history_len", 0, "an integer >= 1"),
+    (WorldConfig, "mismatch", 1.5, "a number in [0, 1]"),
+    (WorldConfig, "mismatch", math.nan, "a number in [0, 1]"),
+    (WorldConfig, "mismatch", "0.5", "a number in [0, 1]"),
+    (WorldConfig, "zipf_exponent", -0.1, "a number in [0, 5]"),
+    (WorldConfig, "temperature", 0.0, "a number in (0, 10]"),
+    (WorldConfig, "taste_noise", -1.0, "a number in [0, 10]"),
+    (WorldConfig, "val_frac", 0.5, "a number in [0, 0.5)"),
+    (WorldConfig, "test_frac", 0.0, "a number in (0, 0.5)"),
+    (WorldConfig, "seed", -1, "an integer >= 0"),
+    (WorldConfig, "seed", True, "an integer >= 0"),
+    (PolicyConfig, "d_model", 4, "an integer >= 8"),
+    (PolicyConfig, "n_layers", 0, "an integer >= 1"),
+    (PolicyConfig, "n_heads", 0, "an integer >= 1"),
+    (PolicyConfig, "n_heads", 3, "a divisor of d_model = 64"),
+    (PolicyConfig, "dropout", 0.9, "a number in [0, 0.9)"),
+    (PolicyConfig, "seed", 1.5, "an integer >= 0"),
+    (SFTConfig, "epochs", 0, "an integer >= 1"),
+    (SFTConfig, "batch_size", 0, "an integer >= 1"),
+    (SFTConfig, "lr", 0.0, "a number in (0, 1]"),
+    (SFTConfig, "weight_decay", 2.0, "a number in [0, 1]"),
+    (SFTConfig, "patience", 0, "an integer >= 1"),
+    (SFTConfig, "eval_queries", 0, "an integer >= 1"),
+    (SFTConfig, "seed", -1, "an integer >= 0"),
+    (ValueConfig, "hidden", 3, "an integer >= 4"),
+    (ValueConfig, "gamma", 0.0, "a number in (0, 1]"),
+    (ValueConfig, "gamma", 1.01, "a number in (0, 1]"),
+    (ValueConfig, "step_weights", (1.0, 0.5, 0.3), "positive, non-decreasing"),
+    (ValueConfig, "step_weights", (0.0, 0.5, 1.0), "positive, non-decreasing"),
+    (ValueConfig, "step_weights", (), "positive, non-decreasing"),
+    (ValueConfig, "step_weights", [0.3, 0.5, 1.0], "a tuple of positive"),
+    (ValueConfig, "lr", 2.0, "a number in (0, 1]"),
+    (ValueConfig, "pretrain_steps", -1, "an integer >= 0"),
+    (ValueConfig, "pretrain_queries", 0, "an integer >= 1"),
+    (ValueConfig, "pretrain_candidates", 1, "an integer >= 2"),
+    (ValueConfig, "seed", -1, "an integer >= 0"),
+    (DecodeConfig, "decoder", "greedy", "one of beam, topk, temperature, ved"),
+    (DecodeConfig, "n_candidates", 0, "an integer >= 1"),
+    (DecodeConfig, "budget_x", 0.5, "a number in [1, 16]"),
+    (DecodeConfig, "warm_beam", 0, "an integer >= 1"),
+    (DecodeConfig, "warm_beam", 16, "an integer in [1, n_candidates) = [1, 16)"),
+    (DecodeConfig, "lam", -0.1, "a number in [0, 1e+06]"),
+    (DecodeConfig, "beta", -1.0, "a number in [0, 1e+06]"),
+    (DecodeConfig, "priority", "Q", "one of G, V, H"),
+    (DecodeConfig, "top_k", 0, "an integer >= 1"),
+    (DecodeConfig, "temperature", 0.0, "a number in (0, 100]"),
+    (DecodeConfig, "seed", -1, "an integer >= 0"),
+    (RLConfig, "steps", 0, "an integer >= 1"),
+    (RLConfig, "batch_queries", 0, "an integer >= 1"),
+    (RLConfig, "objective", "ppo", "one of grpo, sibling, joint"),
+    (RLConfig, "grpo_weight", -1.0, "a number in [0, 1e+06]"),
+    (RLConfig, "sibling_weight", math.inf, "a number in [0, 1e+06]"),
+    (RLConfig, "reward", "ndcg", "one of hit, semantic, affinity, minionerec"),
+    (RLConfig, "lr", 0.0, "a number in (0, 1]"),
+    (RLConfig, "kl_coef", -1e-3, "a number in [0, 1e+06]"),
+    (RLConfig, "clip_eps", 1.5, "a number in [0, 1]"),
+    (RLConfig, "adv_eps", 0.0, "a number in (0, 1]"),
+    (RLConfig, "inner_epochs", 0, "an integer >= 1"),
+    (RLConfig, "value_updates", -1, "an integer >= 0"),
+    (RLConfig, "eval_every", 0, "an integer >= 1"),
+    (RLConfig, "eval_queries", 0, "an integer >= 1"),
+    (RLConfig, "seed", -1, "an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize(
+    "cls, name, bad, expected", BAD, ids=[f"{c.__name__}.{f}={v!r}" for c, f, v, _ in BAD]
+)
+def test_bad_field_raises_naming_field_value_and_range(cls, name, bad, expected):
+    with pytest.raises(ValueError) as err:
+        cls(**{name: bad})
+    msg = str(err.value)
+    assert msg.startswith(f"{cls.__name__}.{name} = {bad!r} is invalid: expected "), msg
+    assert expected in msg, msg
+
+
+def test_every_field_of_every_stage_is_tested():
+    covered = {(c, f) for c, f, _, _ in BAD}
+    every = {(c, f.name) for c in STAGES for f in dataclasses.fields(c)}
+    assert every - covered == set()
+
+
+def test_val_plus_test_frac_leaves_training_users():
+    with pytest.raises(ValueError, match=r"WorldConfig\.test_frac = 0\.45 .*val_frac \+ test_frac < 0\.9"):
+        WorldConfig(val_frac=0.45, test_frac=0.45)
+
+
+@pytest.mark.parametrize(
+    "cls, kw",
+    [
+        (WorldConfig, dict(mismatch=0.0)),
+        (WorldConfig, dict(mismatch=1.0)),
+        (WorldConfig, dict(val_frac=0.0)),
+        (WorldConfig, dict(n_items=16, codebook_sizes=(2, 2, 4))),
+        (WorldConfig, dict(levels=2, codebook_sizes=(64, 64))),
+        (PolicyConfig, dict(dropout=0.0, d_model=8, n_heads=8)),
+        (ValueConfig, dict(gamma=1.0, step_weights=(1.0, 1.0, 1.0))),
+        (DecodeConfig, dict(budget_x=16.0, warm_beam=15)),
+        (RLConfig, dict(clip_eps=0.0, value_updates=0)),
+    ],
+)
+def test_boundary_values_are_accepted(cls, kw):
+    cfg = cls(**kw)
+    assert all(getattr(cfg, k) == v for k, v in kw.items())
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        WorldConfig().mismatch = 0.9
+
+
+# -- presets and the bundle --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_construct(name):
+    cfg = preset(name)
+    assert isinstance(cfg, Config)
+    assert len(cfg.value.step_weights) == cfg.world.levels
+
+
+def test_named_presets_say_what_they_set():
+    assert presets.high_mismatch().world.mismatch == 0.9
+    assert presets.no_mismatch().world.mismatch == 0.0
+    p = presets.paper()
+    assert (p.decode.n_candidates, p.decode.warm_beam, p.decode.lam) == (16, 8, 0.1)
+    assert (p.value.gamma, p.value.step_weights, p.rl.kl_coef) == (0.99, (0.3, 0.5, 1.0), 1e-3)
+
+
+def test_unknown_preset_names_the_valid_ones():
+    with pytest.raises(ValueError, match="'nope'") as err:
+        preset("nope")
+    for name in PRESETS:
+        assert name in str(err.value)
+
+
+def test_step_weights_must_match_levels():
+    with pytest.raises(
+        ValueError, match=r"ValueConfig\.step_weights = \(1\.0, 1\.0\).*WorldConfig\.levels = 3"
+    ):
+        Config(value=ValueConfig(step_weights=(1.0, 1.0)))
+    two = Config(
+        world=WorldConfig(levels=2, codebook_sizes=(64, 64)), value=ValueConfig(step_weights=(0.5, 1.0))
+    )
+    assert two.world.levels == 2
+
+
+def test_replace_validates_the_changed_stage():
+    cfg = Config().replace(world={"mismatch": 0.9}, rl={"objective": "grpo"})
+    assert (cfg.world.mismatch, cfg.rl.objective) == (0.9, "grpo")
+    with pytest.raises(ValueError, match=r"WorldConfig\.mismatch = 2"):
+        Config().replace(world={"mismatch": 2})

@@ -1,0 +1,160 @@
+"""The prefix tree every decoder returns, and the candidate sets built from it.
+
+A :class:`PrefixTree` holds the trees of a whole batch of queries as flat node arrays (a forest):
+node j belongs to query ``query[j]``. Beam search records its kept beams and the children it
+pruned; VED records every node it evaluated with V, H, G and its visit count. The explorer draws
+it, Sibling-GRPO groups over the candidate SIDs it produced, and ``to_frame`` shows it as a table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+@dataclass
+class PrefixTree:
+    """Flat node arrays of the decoding trees of B queries (M nodes in all).
+
+    query: (M,) query row; parent: (M,) node index of the parent, -1 at a root; depth: (M,) l;
+    token: (M,) the code y_l (-1 at a root); sid: (M, L) the prefix y_<=l, -1 padded;
+    logp: (M,) log pi(y_<=l | x), the prefix log-probability; value: (M,) V_phi (NaN if not
+    evaluated); entropy: (M,) H_theta (Eq. 12, NaN if not evaluated); priority: (M,) G (Eq. 11);
+    visits: (M,) N(s) (Eq. 13); evaluated: (M,) a backbone forward was spent on it; pruned: (M,)
+    scored as a child but dropped; fully_expanded: (M,) every valid child is in the tree.
+    """
+
+    query: np.ndarray
+    parent: np.ndarray
+    depth: np.ndarray
+    token: np.ndarray
+    sid: np.ndarray
+    logp: np.ndarray
+    value: np.ndarray
+    entropy: np.ndarray
+    priority: np.ndarray
+    visits: np.ndarray
+    evaluated: np.ndarray
+    pruned: np.ndarray
+    fully_expanded: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    def to_frame(self, query: int | None = None) -> pd.DataFrame:
+        """One row per node (of one query, if given), with the columns above; sid as a string."""
+        cols = {k: v for k, v in self.__dict__.items() if k != "sid"}
+        df = pd.DataFrame(cols)
+        df.insert(0, "node", np.arange(len(self)))
+        df["sid"] = ["-".join(str(t) for t in row if t >= 0) for row in self.sid]
+        if query is not None:
+            df = df[df["query"] == query].reset_index(drop=True)
+        return df
+
+    def for_query(self, b: int) -> PrefixTree:
+        """The tree of one query, node indices renumbered from 0."""
+        idx = np.flatnonzero(self.query == b)
+        remap = np.full(len(self), -1)
+        remap[idx] = np.arange(len(idx))
+        sub = {k: v[idx] for k, v in self.__dict__.items()}
+        sub["parent"] = np.where(sub["parent"] >= 0, remap[np.maximum(sub["parent"], 0)], -1)
+        return PrefixTree(**sub)
+
+
+class TreeBuilder:
+    """Collects nodes batch by batch (torch or numpy arrays) and freezes them into a PrefixTree."""
+
+    def __init__(self, levels: int):
+        self.levels = levels
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.n = 0
+
+    def add(self, *, query, parent, depth, token, sid, logp, value=None, entropy=None, priority=None,
+            visits=None, evaluated, pruned, fully_expanded=None) -> np.ndarray:
+        """Append nodes; returns their node indices."""
+        def arr(x, dtype, fill=None):
+            if x is None:
+                return np.full(len(q), fill, dtype=dtype)
+            if isinstance(x, torch.Tensor):
+                x = x.detach().cpu().numpy()
+            return np.broadcast_to(np.asarray(x, dtype=dtype), (len(q),) + np.shape(x)[1:]).copy()
+
+        q = np.asarray(query.detach().cpu().numpy() if isinstance(query, torch.Tensor) else query)
+        part = {
+            "query": arr(q, np.int64), "parent": arr(parent, np.int64), "depth": arr(depth, np.int64),
+            "token": arr(token, np.int64), "sid": arr(sid, np.int64), "logp": arr(logp, np.float64),
+            "value": arr(value, np.float64, np.nan), "entropy": arr(entropy, np.float64, np.nan),
+            "priority": arr(priority, np.float64, np.nan), "visits": arr(visits, np.int64, 0),
+            "evaluated": arr(evaluated, bool), "pruned": arr(pruned, bool),
+            "fully_expanded": arr(fully_expanded, bool, False),
+        }
+        self.parts.append(part)
+        ids = np.arange(self.n, self.n + len(q))
+        self.n += len(q)
+        return ids
+
+    def build(self) -> PrefixTree:
+        if not self.parts:
+            empty = {k: np.zeros(0, dtype=np.int64) for k in PrefixTree.__dataclass_fields__}
+            empty["sid"] = np.zeros((0, self.levels), dtype=np.int64)
+            return PrefixTree(**empty)
+        return PrefixTree(**{k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]})
+
+
+@dataclass
+class CandidateSets:
+    """What every decoder returns for a batch of B queries, C candidates each.
+
+    sids: (B, C, L), -1 padded; items: (B, C), -1 padded; valid: (B, C); logp: (B, C) log pi(y|x)
+    under the policy that decoded (the behaviour policy pi_old of the importance ratios);
+    token_logp: (B, C, L) its per-token terms; order within a query is the decoder's ranking.
+    cost_tokens: (B,) backbone forward tokens spent per query (the start token included, the prompt
+    prefill not); budget_tokens: the per-query budget B; warmup_tokens / expansion_tokens: (B,) how
+    VED split its cost (beam and sampling: all warm-up, 0 expansion).
+    """
+
+    sids: torch.Tensor
+    items: torch.Tensor
+    valid: torch.Tensor
+    logp: torch.Tensor
+    token_logp: torch.Tensor
+    tree: PrefixTree
+    cost_tokens: np.ndarray
+    budget_tokens: int
+    decoder: str
+    warmup_tokens: np.ndarray = field(default=None)
+    expansion_tokens: np.ndarray = field(default=None)
+    seconds: float = 0.0
+    prefill_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.warmup_tokens is None:
+            self.warmup_tokens = self.cost_tokens.copy()
+        if self.expansion_tokens is None:
+            self.expansion_tokens = np.zeros_like(self.cost_tokens)
+
+    def __len__(self) -> int:
+        return self.sids.shape[0]
+
+    @property
+    def n_candidates(self) -> int:
+        return self.sids.shape[1]
+
+    def stats(self) -> dict[str, float]:
+        """Budget bookkeeping as the CLI prints it."""
+        return {
+            "mean_cost_tokens": float(np.mean(self.cost_tokens)),
+            "budget_tokens": int(self.budget_tokens),
+            "warmup_tokens": float(np.mean(self.warmup_tokens)),
+            "expansion_tokens": float(np.mean(self.expansion_tokens)),
+            "valid_frac": float(self.valid.float().mean()),
+        }
+
+
+def budget_tokens(levels: int, n_candidates: int, budget_x: float) -> int:
+    """The paper's budget (Sec. 5.5): kx = 1 + k * (L - 1) * |C| forward tokens (1x = 1 + 2B, 2x = 1 + 4B
+    for L = 3), the start token plus k beams' worth of steps."""
+    return 1 + int(round(budget_x * (levels - 1) * n_candidates))

@@ -1,0 +1,315 @@
+"""Metrics of candidate sets, batched over queries (paper Sec. 5.2 and 5.5).
+
+Every function is pure: numpy arrays or torch tensors in, numpy arrays (one value per query) out.
+Shapes: ``B`` queries, ``C`` candidates per query, ``L`` SID levels.
+
+=================  =============================================================================
+metric             definition
+=================  =============================================================================
+HR@K               1 if the ground-truth item y* is among the first K ranked candidates, else 0
+NDCG@K             1 / log2(rank + 2) if y* sits at 0-based rank < K, else 0 (one relevant item,
+                   so IDCG = 1)
+Div(C)             mean over unordered candidate pairs of 1 - LCP(v_i, v_j) / L (Sec. 5.5)
+MaxReward          max over the candidates of R(x, y) (Sec. 5.5, Table 6)
+reachability       1 if y* is anywhere in the candidate set (what a reranker could still find)
+Spearman per level rho between a prefix score (log pi(y<=l | x) or V(x, y<=l)) and the prefix reward
+                   R(x, y<=l) = mean reward of the candidates sharing y<=l, over the distinct
+                   prefixes of level l in C(x) (Sec. 5.5, Fig. 3)
+=================  =============================================================================
+
+Named edge cases:
+
+- Padding: item id -1 in ``ranked_items`` never matches a target. Candidates outside ``valid``
+  (default for SIDs: rows with a negative token) join no pair, prefix or maximum.
+- A query with fewer than 2 valid candidates has Div = NaN; one with no valid candidate has
+  MaxReward = NaN; a level with fewer than 2 distinct prefixes, or a constant score or reward
+  over them, has Spearman rho = NaN. ``summarize`` averages with ``nanmean``.
+- A NaN reward among valid candidates propagates (MaxReward and that prefix's reward are NaN):
+  a NaN reward is an upstream error, not something to hide.
+- ``mean_ci`` uses the sample standard deviation (Bessel, ddof = 1) and Student's t.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import stats
+
+from .world import spearman_rows
+
+
+def _np(x) -> np.ndarray:
+    """A numpy view of a numpy array, a torch tensor (any device, with or without grad), or a list."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_k(k: int) -> None:
+    if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1):
+        raise ValueError(f"k = {k!r} is invalid: expected an integer >= 1")
+
+
+def _sid_valid(sids: np.ndarray, valid) -> np.ndarray:
+    """(B, C) bool: the given mask, or by default the candidates whose SID has no negative token."""
+    if valid is None:
+        return (sids >= 0).all(-1)
+    return _np(valid).astype(bool)
+
+
+def _nanmean(x: np.ndarray) -> float:
+    """Mean ignoring NaN; NaN (without a warning) when every entry is NaN or there are none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(x)) if np.size(x) else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------
+# accuracy: HR@K, NDCG@K, reachability
+
+
+def _target_rank(ranked_items, targets) -> np.ndarray:
+    """(B,) 0-based rank of the first occurrence of each target in its ranked list; int64 max if absent."""
+    r = _np(ranked_items)
+    t = _np(targets)
+    hit = (r == t[:, None]) & (r >= 0)  # (B, C)
+    return np.where(hit.any(1), hit.argmax(1), np.iinfo(np.int64).max)
+
+
+def hit_rate(ranked_items, targets, k: int) -> np.ndarray:
+    """HR@K per query: 1.0 if the target is among the first ``k`` ranked items, else 0.0.
+
+    Args:
+        ranked_items: (B, C) int item ids, best first; -1 = padding (never a hit).
+        targets: (B,) the ground-truth item y* of each query (one relevant item per query).
+        k: cut-off K >= 1; K > C means the whole list.
+
+    Returns:
+        (B,) float64 in {0, 1}.
+
+    >>> hit_rate([[5, 7, 9], [1, 2, 3], [4, -1, -1]], [5, 3, 9], k=2).tolist()
+    [1.0, 0.0, 0.0]
+    """
+    _check_k(k)
+    return (_target_rank(ranked_items, targets) < k).astype(np.float64)
+
+
+def ndcg(ranked_items, targets, k: int) -> np.ndarray:
+    """NDCG@K per query with one relevant item: 1 / log2(rank + 2) if rank < k, else 0.
+
+    ``rank`` counts from 0, so a target ranked first scores 1.0 and the ideal DCG is 1.
+
+    Args:
+        ranked_items: (B, C) int item ids, best first; -1 = padding.
+        targets: (B,) ground-truth item ids.
+        k: cut-off K >= 1.
+
+    Returns:
+        (B,) float64 in [0, 1].
+
+    >>> ndcg([[5, 7, 9], [1, 2, 3], [4, -1, -1]], [5, 3, 9], k=3).round(4).tolist()
+    [1.0, 0.5, 0.0]
+    """
+    _check_k(k)
+    rank = _target_rank(ranked_items, targets)
+    return np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
+
+
+def reachability(cand_items, targets) -> np.ndarray:
+    """1.0 where the ground truth is anywhere in the candidate set, else 0.0 (order is ignored).
+
+    Equal to ``hit_rate(cand_items, targets, k=C)``: the best HR any reranking of C(x) could reach.
+
+    Args:
+        cand_items: (B, C) int item ids; -1 = padding.
+        targets: (B,) ground-truth item ids.
+
+    Returns:
+        (B,) float64 in {0, 1}.
+
+    >>> reachability([[3, 8, -1], [1, 2, 4]], [8, 5]).tolist()
+    [1.0, 0.0]
+    """
+    c = _np(cand_items)
+    t = _np(targets)
+    return ((c == t[:, None]) & (c >= 0)).any(1).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# candidate-set quality: Div(C), MaxReward (Sec. 5.5, Table 6)
+
+
+def lcp(sids) -> np.ndarray:
+    """(B, C, C) int: length of the longest common prefix of every pair of candidates' SIDs.
+
+    >>> lcp([[[0, 1, 2], [0, 1, 3], [1, 1, 2]]])[0].tolist()
+    [[3, 2, 0], [2, 3, 0], [0, 0, 3]]
+    """
+    s = _np(sids)
+    eq = s[:, :, None, :] == s[:, None, :, :]  # (B, C, C, L)
+    return np.cumprod(eq, axis=-1).sum(-1)
+
+
+def diversity(sids, valid=None) -> np.ndarray:
+    """Div(C) per query (Sec. 5.5): mean over unordered pairs i < j of 1 - LCP(v_i, v_j) / L.
+
+    0 when all SIDs are identical, 1 when all differ at level 1.
+
+    Args:
+        sids: (B, C, L) int candidate SIDs.
+        valid: optional (B, C) bool; default: candidates whose SID has no negative token.
+
+    Returns:
+        (B,) float64 in [0, 1]; NaN for a query with fewer than 2 valid candidates.
+
+    Worked example: pairs of ([0,1,2], [0,1,3], [0,2,0]) have LCP 2, 1, 1, so
+    Div = (1/3 + 2/3 + 2/3) / 3 = 5/9.
+
+    >>> diversity([[[0, 1, 2], [0, 1, 3], [0, 2, 0]]]).round(4).tolist()
+    [0.5556]
+    >>> diversity([[[0, 1], [1, 0], [-1, -1]], [[0, 1], [-1, -1], [-1, -1]]]).tolist()
+    [1.0, nan]
+    """
+    s = _np(sids)
+    b, c, L = s.shape
+    ok = _sid_valid(s, valid)
+    pair = np.triu(np.ones((c, c), dtype=bool), k=1)[None] & ok[:, :, None] & ok[:, None, :]  # (B, C, C)
+    dissim = 1.0 - lcp(s) / L
+    n_pairs = pair.sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_pairs > 0, (dissim * pair).sum((1, 2)) / n_pairs, np.nan)
+
+
+def max_reward(rewards, valid=None) -> np.ndarray:
+    """MaxReward per query: the best-in-set reward max_{v in C} R(v) (Sec. 5.5).
+
+    Args:
+        rewards: (B, C) float rewards.
+        valid: optional (B, C) bool; invalid candidates are ignored.
+
+    Returns:
+        (B,) float64; NaN for a query with no valid candidate, or with a NaN reward among them.
+
+    >>> max_reward([[0.1, 0.7, 0.3], [0.5, 0.9, 0.2]], valid=[[1, 1, 1], [1, 0, 0]]).tolist()
+    [0.7, 0.5]
+    """
+    r = _np(rewards).astype(np.float64)
+    ok = np.ones(r.shape, dtype=bool) if valid is None else _np(valid).astype(bool)
+    out = np.where(ok, r, -np.inf).max(1)
+    return np.where(ok.any(1), out, np.nan)
+
+
+# ----------------------------------------------------------------------------------------------
+# alignment of a prefix score with the prefix reward (Sec. 5.5, Fig. 3)
+
+
+def prefix_spearman(sids, scores, rewards, valid=None) -> np.ndarray:
+    """Spearman rho per query and level between a prefix score and the prefix reward (Fig. 3).
+
+    At level l, over the distinct prefixes y<=l among query b's valid candidates:
+    x = the prefix's score (e.g. log pi(y<=l | x) or V(x, y<=l)), and
+    y = R(x, y<=l), the mean reward of the candidates sharing that prefix. Ties get average ranks.
+
+    Args:
+        sids: (B, C, L) int candidate SIDs.
+        scores: (B, C, L) float; ``scores[b, i, l]`` is the score of candidate i's prefix of length
+            l + 1. Candidates sharing a prefix should carry the same score; their mean is used.
+        rewards: (B, C) float rewards R(x, y) of the full candidates.
+        valid: optional (B, C) bool; default: candidates whose SID has no negative token.
+
+    Returns:
+        (B, L) float64; NaN where a level has fewer than 2 distinct prefixes or a constant side.
+
+    Worked example (one query, L = 2): level-1 prefixes 0, 1, 2 have rewards 0.5, 0.2, 0.9 and
+    scores -0.5, -2, -1 (ranks 2,1,3 vs 3,1,2: rho = 0.5); the 4 leaves have rewards ranked 4,1,2,3
+    and scores ranked 4,3,2,1 (rho = 0.2).
+
+    >>> sids = [[[0, 0], [0, 1], [1, 0], [2, 0]]]
+    >>> scores = [[[-0.5, -1.0], [-0.5, -2.0], [-2.0, -3.0], [-1.0, -4.0]]]
+    >>> prefix_spearman(sids, scores, [[1.0, 0.0, 0.2, 0.9]]).round(4).tolist()
+    [[0.5, 0.2]]
+    """
+    s = _np(sids)
+    sc = _np(scores).astype(np.float64)
+    r = _np(rewards).astype(np.float64)
+    b, _, L = s.shape
+    ok = _sid_valid(s, valid)
+    out = np.full((b, L), np.nan)
+    for q in range(b):
+        idx = np.flatnonzero(ok[q])
+        for lvl in range(L):
+            # group the valid candidates by their prefix of length lvl + 1
+            _, group = np.unique(s[q, idx, : lvl + 1], axis=0, return_inverse=True)
+            group = group.reshape(-1)
+            n = group.max() + 1 if len(group) else 0
+            if n < 2:
+                continue
+            count = np.bincount(group, minlength=n)
+            prefix_score = np.bincount(group, weights=sc[q, idx, lvl], minlength=n) / count
+            prefix_reward = np.bincount(group, weights=r[q, idx], minlength=n) / count
+            out[q, lvl] = spearman_rows(prefix_score, prefix_reward)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# summaries
+
+
+def summarize(ranked_items, targets, sids, rewards, valid=None, ks=(3, 5, 10)) -> dict[str, float]:
+    """Means over queries of the accuracy and candidate-set metrics, one float per key.
+
+    Keys: ``hr@k`` and ``ndcg@k`` for each k in ``ks``, then ``div``, ``max_reward`` and
+    ``reachability``. ``div`` and ``max_reward`` use ``nanmean`` (queries where they are undefined
+    are skipped; NaN if none is defined).
+
+    Args:
+        ranked_items: (B, C) int item ids of the candidates, best first; -1 = padding.
+        targets: (B,) ground-truth item ids.
+        sids: (B, C, L) SIDs of the same candidates.
+        rewards: (B, C) their rewards.
+        valid: optional (B, C) bool mask for ``sids`` and ``rewards``; default: SIDs without a
+            negative token.
+        ks: the cut-offs K.
+
+    >>> out = summarize([[5, 7], [1, 2]], [7, 3], [[[0, 1], [1, 0]], [[0, 0], [0, 1]]],
+    ...                 [[0.2, 1.0], [0.4, 0.3]], ks=(1, 2))
+    >>> {k: round(v, 4) for k, v in out.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'hr@1': 0.0, 'hr@2': 0.5, 'ndcg@1': 0.0, 'ndcg@2': 0.3155, 'div': 0.75, 'max_reward': 0.7,
+     'reachability': 0.5}
+    """
+    s = _np(sids)
+    ok = _sid_valid(s, valid)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"hr@{k}"] = float(hit_rate(ranked_items, targets, k).mean())
+    for k in ks:
+        out[f"ndcg@{k}"] = float(ndcg(ranked_items, targets, k).mean())
+    out["div"] = _nanmean(diversity(s, ok))
+    out["max_reward"] = _nanmean(max_reward(rewards, ok))
+    out["reachability"] = float(reachability(ranked_items, targets).mean())
+    return out
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean over seeds and its Student-t confidence interval.
+
+    half-width = t_{(1 + confidence) / 2, n - 1} * s / sqrt(n), with s the sample standard deviation
+    (ddof = 1). One value gives (x, nan, nan); NaN values propagate; no value raises ``ValueError``.
+
+    >>> [round(v, 4) for v in mean_ci([1.0, 2.0, 3.0])]
+    [2.0, -0.4841, 4.4841]
+    >>> mean_ci([0.5])
+    (0.5, nan, nan)
+    """
+    if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
+        raise ValueError(f"confidence = {confidence!r} is invalid: expected a number in (0, 1)")
+    x = _np(values).astype(np.float64).reshape(-1)
+    n = len(x)
+    if n == 0:
+        raise ValueError("mean_ci needs at least one value (got none)")
+    mean = float(x.mean())
+    if n == 1:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * x.std(ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half

@@ -1,0 +1,312 @@
+"""The Policy protocol: pi(next SID token | context, prefix) with a KV cache and a cost counter.
+
+Every decoder and every loss talks to a policy through four calls (DESIGN section 2):
+
+- ``start(histories) -> State``: encode a batch of contexts once (the prompt prefill, counted in
+  ``prefill_tokens``), then forward the generation-start token: the state at the empty prefix,
+  with log-probs over the level-1 codes. Costs 1 forward token per context.
+- ``step(states, tokens) -> State``: extend any batch of prefixes by one SID token each, reusing the
+  context cache and each parent's prefix cache. Rows may mix queries and depths, which is what lets
+  VED advance all queries in one call. Costs 1 forward token per row.
+- ``logprobs(histories, sids) -> (N, L)`` with gradients, for the losses: each context is encoded
+  once and all its candidates reuse it.
+- ``cost``: backbone forward tokens spent by ``start`` and ``step``, the paper's Cost(.) (Sec. 4.2);
+  the prompt prefill is counted apart, as in Sec. 5.5.
+
+Log-probabilities are restricted to valid children with the catalog's dense masks: a softmax over
+the codes that continue the prefix to a real item (``-inf`` elsewhere). Two normalisations exist
+(``normalize``): ``"valid"`` (the default: over the valid children, what constrained decoding
+samples from) and ``"level"`` (over all codes of the level, masked afterwards, the convention of
+``generate`` with ``prefix_allowed_tokens_fn`` when the vocabulary is the level's codes).
+
+A concrete policy supplies three pieces: ``_encode`` (a causal pass over context tokens returning
+hidden states and a cache), ``_extend`` (new tokens attending to a context cache and a prefix
+cache) and ``_code_logits`` (the output rows of one level's codes). Token layout: every item is
+``[SEP, code_1, ..., code_L]``; the generation-start token is the SEP of the next item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..world.catalog import Catalog
+
+PAD, SEP = 0, 1  # special token ids; code (level l, c) has id 2 + offset[l] + c
+
+
+@dataclass
+class State:
+    """A batch of decoding states s = (x, y_<=l), one row each.
+
+    query: (N,) row of the context in the cache; node: (N,) trie node of y_<=l; depth: (N,) l;
+    tokens: (N, L) the prefix codes, -1 beyond depth; logp: (N, K_max) log pi(next | x, y_<=l),
+    -inf at invalid codes (all -inf at depth L); hidden: (N, L+1, d) backbone hidden states of
+    [start, y_1 .. y_l] (zeros beyond depth), what the value head reads; kv: (N, ...) the prefix
+    cache, layout owned by the policy.
+    """
+
+    query: torch.Tensor
+    node: torch.Tensor
+    depth: torch.Tensor
+    tokens: torch.Tensor
+    logp: torch.Tensor
+    hidden: torch.Tensor
+    kv: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    def index(self, idx) -> State:
+        """Rows ``idx`` (a LongTensor, a bool mask or a slice)."""
+        return State(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    @staticmethod
+    def cat(states: list[State]) -> State:
+        return State(**{f.name: torch.cat([getattr(s, f.name) for s in states]) for f in fields(State)})
+
+    def entropy(self) -> torch.Tensor:
+        """(N,) H_theta(s) of Eq. 12 over the valid next codes; 0 at depth L."""
+        p = self.logp.exp()
+        return -(p * torch.where(p > 0, self.logp, torch.zeros_like(self.logp))).sum(-1)
+
+
+@dataclass
+class Context:
+    """The encoded prompts: per-layer keys/values (policy-owned layout), (B, T) key mask, and the
+    slot (item index) at which each context's next item is generated."""
+
+    kv: object
+    mask: torch.Tensor
+    next_slot: torch.Tensor
+
+
+class SIDPolicy(nn.Module):
+    """Shared logic of every policy over SID tokens; subclasses supply the backbone pieces."""
+
+    def __init__(self, catalog: Catalog, normalize: str = "valid"):
+        super().__init__()
+        if normalize not in ("valid", "level"):
+            raise ValueError(f"normalize = {normalize!r} is invalid: expected 'valid' or 'level'")
+        self.catalog = catalog
+        self.normalize = normalize
+        self.levels = catalog.levels
+        self.k_max = max(catalog.codebook_sizes)
+        offsets = np.concatenate([[0], np.cumsum(catalog.codebook_sizes)[:-1]])
+        self.register_buffer("code_offset", torch.as_tensor(offsets, dtype=torch.long), persistent=False)
+        self.n_codes = int(sum(catalog.codebook_sizes))
+        self.vocab_size = 2 + self.n_codes
+        self.register_buffer("child", torch.as_tensor(catalog.child), persistent=False)
+        # prefix node of every item before each of its tokens: (N, L), column 0 = the root
+        prefix_nodes = np.zeros((catalog.n_items, self.levels), dtype=np.int64)
+        for lvl in range(1, self.levels):
+            prefix_nodes[:, lvl] = catalog.node_of(catalog.sids[:, :lvl])
+        self.register_buffer("item_prefix_nodes", torch.as_tensor(prefix_nodes), persistent=False)
+        self.register_buffer("item_sids", torch.as_tensor(catalog.sids), persistent=False)
+        self.cost = 0
+        self.prefill_tokens = 0
+        self.context: Context | None = None
+
+    # -- pieces a backbone supplies ----------------------------------------------------------------
+    hidden_size: int
+
+    def _encode(self, tokens, levels, slots, mask) -> tuple[torch.Tensor, object]:
+        """Causal pass over (B, T) tokens; returns hidden (B, T, d) and the per-layer cache."""
+        raise NotImplementedError
+
+    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots):
+        """(N, S) new tokens attending to ctx rows ``query``, to the first ``past_len`` positions of
+        ``past_kv`` and causally to themselves. Returns hidden (N, S, d) and their kv (N, ..., S, ...)."""
+        raise NotImplementedError
+
+    def _code_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        """(N, K_level) logits of the codes of ``level`` (0-based) from hidden (N, d)."""
+        raise NotImplementedError
+
+    def _empty_kv(self, n: int) -> torch.Tensor:
+        """A zero prefix cache for n rows, room for L+1 positions."""
+        raise NotImplementedError
+
+    def _write_kv(self, kv: torch.Tensor, pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """Copy of prefix cache ``kv`` with ``new`` (one position) written at per-row ``pos``."""
+        raise NotImplementedError
+
+    # -- tokens ----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.child.device
+
+    def code_token(self, level: torch.Tensor | int, code: torch.Tensor) -> torch.Tensor:
+        """Vocabulary id of ``code`` at 0-based ``level``."""
+        return 2 + self.code_offset[level] + code
+
+    def item_tokens(self, items: torch.Tensor):
+        """Token layout of item sequences (B, H), left-padded with -1.
+
+        Returns tokens, levels, slots, mask, each (B, H * (L+1)), and next_slot (B,): the slot of
+        the item to be generated after the sequence.
+        """
+        b, h = items.shape
+        real = items >= 0
+        safe = items.clamp_min(0)
+        codes = self.item_sids[safe]  # (B, H, L)
+        lv = torch.arange(self.levels, device=items.device)
+        code_tok = self.code_token(lv, codes)  # (B, H, L)
+        sep = torch.full((b, h, 1), SEP, device=items.device)
+        tokens = torch.cat([sep, code_tok], -1)  # (B, H, L+1)
+        tokens = torch.where(real[..., None], tokens, torch.full_like(tokens, PAD))
+        levels = torch.arange(self.levels + 1, device=items.device).expand(b, h, -1)
+        slots = (real.cumsum(1) - 1).clamp_min(0)[..., None].expand(-1, -1, self.levels + 1)
+        mask = real[..., None].expand(-1, -1, self.levels + 1)
+        flat = (lambda t: t.reshape(b, h * (self.levels + 1)))  # noqa: E731
+        return flat(tokens), flat(levels), flat(slots), flat(mask), real.sum(1)
+
+    # -- restricted log-probabilities --------------------------------------------------------------
+    def restricted_logp(self, hidden: torch.Tensor, level: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
+        """(N, K_max) log pi(code | prefix) over valid children of ``node``; -inf elsewhere.
+
+        Rows at depth L (``level`` == L) get all -inf. ``level`` (N,) is 0-based: the level of the
+        code being predicted.
+        """
+        n = hidden.shape[0]
+        out = torch.full((n, self.k_max), float("-inf"), device=hidden.device, dtype=torch.float32)
+        for lvl in range(self.levels):
+            rows = (level == lvl).nonzero().squeeze(-1)
+            if len(rows) == 0:
+                continue
+            k = self.catalog.codebook_sizes[lvl]
+            logits = self._code_logits(hidden[rows], lvl).float()  # (n, K_l)
+            valid = self.child[node[rows], :k] >= 0
+            if self.normalize == "level":
+                lp = logits.log_softmax(-1).masked_fill(~valid, float("-inf"))
+            else:
+                lp = logits.masked_fill(~valid, float("-inf")).log_softmax(-1)
+            out = out.index_put((rows,), torch.nn.functional.pad(lp, (0, self.k_max - k), value=float("-inf")))
+        return out
+
+    # -- the protocol ------------------------------------------------------------------------------
+    def start(self, histories: np.ndarray | torch.Tensor) -> State:
+        """Prefill the contexts (B, H item ids, -1 padded) and forward the start token of each."""
+        items = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=self.device)
+        tokens, levels, slots, mask, next_slot = self.item_tokens(items)
+        _, kv = self._encode(tokens, levels, slots, mask)
+        self.context = Context(kv=kv, mask=mask, next_slot=next_slot)
+        self.prefill_tokens += int(mask.sum())
+        b = len(items)
+        query = torch.arange(b, device=self.device)
+        start = torch.full((b, 1), SEP, device=self.device)
+        zero = torch.zeros(b, dtype=torch.long, device=self.device)
+        hidden, new_kv = self._extend(
+            self.context, query, None, zero, start, zero[:, None], next_slot[:, None]
+        )
+        self.cost += b
+        h0 = hidden[:, 0]
+        state_hidden = torch.zeros(b, self.levels + 1, h0.shape[-1], device=self.device, dtype=h0.dtype)
+        state_hidden[:, 0] = h0
+        return State(
+            query=query, node=zero.clone(), depth=zero.clone(),
+            tokens=torch.full((b, self.levels), -1, dtype=torch.long, device=self.device),
+            logp=self.restricted_logp(h0, zero, zero), hidden=state_hidden,
+            kv=self._write_kv(self._empty_kv(b), zero, new_kv),
+        )
+
+    def step(self, states: State, codes: torch.Tensor) -> State:
+        """Extend each row of ``states`` by its code (N,); all rows in one backbone call."""
+        if self.context is None:
+            raise RuntimeError("call start(histories) before step()")
+        codes = torch.as_tensor(codes, dtype=torch.long, device=self.device)
+        depth = states.depth
+        if (depth >= self.levels).any():
+            raise ValueError("cannot step a state at depth L: the SID is complete")
+        node = self.child[states.node, codes]
+        if (node < 0).any():
+            r = int((node < 0).nonzero()[0])
+            raise ValueError(
+                f"code {int(codes[r])} is not a valid child of prefix {states.tokens[r, : int(depth[r])].tolist()}"
+            )
+        lvl = depth + 1  # the level of the token being fed (1-based), its position in the prefix
+        tok = self.code_token(depth, codes)
+        slot = self.context.next_slot[states.query]
+        hidden, new_kv = self._extend(
+            self.context, states.query, states.kv, lvl, tok[:, None], lvl[:, None], slot[:, None]
+        )
+        self.cost += len(codes)
+        h = hidden[:, 0]
+        rows = torch.arange(len(codes), device=self.device)
+        tokens = states.tokens.clone()
+        tokens[rows, depth] = codes
+        state_hidden = states.hidden.clone()
+        state_hidden[rows, lvl] = h.to(state_hidden.dtype)
+        return State(
+            query=states.query, node=node, depth=lvl, tokens=tokens,
+            logp=self.restricted_logp(h, lvl, node), hidden=state_hidden,
+            kv=self._write_kv(states.kv, lvl, new_kv),
+        )
+
+    def candidate_hidden(self, histories, sids: torch.Tensor, with_last: bool = False) -> torch.Tensor:
+        """Hidden states of [start, y_1 .. y_{L-1}] (and y_L if ``with_last``) for candidates
+        (B, C, L) of contexts (B, H): (B, C, L or L+1, d), with gradients. Each context is encoded
+        once and all its candidates attend to that one cache."""
+        items = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=self.device)
+        sids = torch.as_tensor(sids, dtype=torch.long, device=self.device)
+        b, c, L = sids.shape
+        tokens, levels, slots, mask, next_slot = self.item_tokens(items)
+        _, kv = self._encode(tokens, levels, slots, mask)
+        ctx = Context(kv=kv, mask=mask, next_slot=next_slot)
+        flat = sids.reshape(b * c, L).clamp_min(0)  # padding candidates: any code, masked by callers
+        n_in = L + 1 if with_last else L
+        lv = torch.arange(n_in, device=self.device)
+        inp = torch.cat([torch.full((b * c, 1), SEP, device=self.device),
+                         self.code_token(lv[:-1], flat[:, : n_in - 1])], 1)
+        query = torch.arange(b, device=self.device).repeat_interleave(c)
+        zero = torch.zeros(b * c, dtype=torch.long, device=self.device)
+        hidden, _ = self._extend(ctx, query, None, zero, inp, lv.expand(b * c, -1),
+                                 next_slot[query][:, None].expand(-1, n_in))
+        return hidden.reshape(b, c, n_in, -1)
+
+    def logprobs(self, histories, sids: torch.Tensor) -> torch.Tensor:
+        """log pi(y_l | x, y_<l) for candidate SIDs, with gradients: (B, C, L) for sids (B, C, L),
+        (B, L) for sids (B, L). Each prompt is encoded once for all its candidates. Padding
+        candidates (-1 codes) get 0. Costs no budget: this is training, not decoding."""
+        sids = torch.as_tensor(sids, dtype=torch.long, device=self.device)
+        squeeze = sids.dim() == 2
+        if squeeze:
+            sids = sids[:, None]
+        b, c, L = sids.shape
+        hidden = self.candidate_hidden(histories, sids).reshape(b * c, L, -1)
+        flat = sids.reshape(b * c, L)
+        pad = (flat < 0).any(1)
+        flat = flat.clamp_min(0)
+        node = torch.zeros(b * c, dtype=torch.long, device=self.device)
+        out = []
+        for lvl in range(L):
+            lp = self.restricted_logp(hidden[:, lvl], torch.full_like(node, lvl), node)
+            code = torch.where(pad, lp.argmax(1), flat[:, lvl])  # padding rows follow any valid code
+            out.append(torch.where(pad, torch.zeros_like(lp[:, 0]), lp.gather(1, code[:, None]).squeeze(1)))
+            node = self.child[node, code]
+        res = torch.stack(out, 1).reshape(b, c, L)
+        return res[:, 0] if squeeze else res
+
+    def sequence_nll(self, sequences: torch.Tensor) -> torch.Tensor:
+        """Mean next-token NLL of every code of every item in (B, T) item sequences given the items
+        before it (SFT, rl/sft.py). The first item's codes are predicted from nothing but their SEP."""
+        tokens, levels, slots, mask, _ = self.item_tokens(sequences)
+        hidden, _ = self._encode(tokens, levels, slots, mask)
+        b, h = sequences.shape
+        hid = hidden.reshape(b, h, self.levels + 1, -1)[:, :, : self.levels]  # positions SEP, y1 .. y_{L-1}
+        real = sequences >= 0
+        items = sequences[real]  # (M,)
+        hid = hid[real]  # (M, L, d)
+        nll = 0.0
+        for lvl in range(self.levels):
+            node = self.item_prefix_nodes[items, lvl]
+            lp = self.restricted_logp(hid[:, lvl], torch.full_like(node, lvl), node)
+            nll = nll - lp.gather(1, self.item_sids[items, lvl : lvl + 1]).mean()
+        return nll / self.levels
+
+    def reset_cost(self) -> None:
+        self.cost = 0
+        self.prefill_tokens = 0

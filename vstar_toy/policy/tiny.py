@@ -1,0 +1,138 @@
+"""The tiny causal transformer over SID tokens: the CPU default policy.
+
+nanoGPT-shaped (pre-LayerNorm blocks, GELU MLP), with two position signals instead of absolute
+positions: the *level* of a token inside its item (0 = SEP, 1..L = codes) and the *slot* of its
+item in the user's sequence. Left-padded contexts of any length therefore encode the same way.
+
+The KV cache has two parts: the context cache (per layer, (B, heads, T, dh), computed once by
+``start``) and a per-state prefix cache (N, layers, 2, heads, L+1, dh) for [start, y_1 .. y_L]. A
+step gathers the context rows of its queries, so states of any queries and depths step together.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import PolicyConfig
+from ..world.catalog import Catalog
+from .base import Context, SIDPolicy
+
+MAX_SLOTS = 64  # items per sequence the slot embedding can tell apart; later slots share the last
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def heads(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, S, d) -> q, k, v each (N, h, S, dh)."""
+        n, s, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        return [t.view(n, s, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v)]
+
+    def finish(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """Residual updates after attention output ``att`` (N, h, S, dh)."""
+        n, _, s, _ = att.shape
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(n, s, -1)))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class TinyPolicy(SIDPolicy):
+    """A small causal transformer over [SEP, code_1..code_L] items; see the module docstring."""
+
+    def __init__(self, catalog: Catalog, cfg: PolicyConfig | None = None, normalize: str = "valid"):
+        super().__init__(catalog, normalize)
+        cfg = cfg or PolicyConfig()
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        d = cfg.d_model
+        self.hidden_size = d
+        self.tok_emb = nn.Embedding(self.vocab_size, d)
+        self.level_emb = nn.Embedding(self.levels + 1, d)
+        self.slot_emb = nn.Embedding(MAX_SLOTS, d)
+        self.blocks = nn.ModuleList([Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, self.n_codes, bias=False)  # the code rows of all levels
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def _embed(self, tokens, levels, slots) -> torch.Tensor:
+        return self.tok_emb(tokens) + self.level_emb(levels) + self.slot_emb(slots.clamp_max(MAX_SLOTS - 1))
+
+    # -- backbone pieces -------------------------------------------------------------------------
+    def _encode(self, tokens, levels, slots, mask):
+        b, t = tokens.shape
+        x = self._embed(tokens, levels, slots)
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        att_mask = causal[None] & mask[:, None, :]  # (B, T, T): causal, padding keys hidden
+        att_mask = att_mask | torch.eye(t, dtype=torch.bool, device=x.device)[None]  # pads see themselves
+        kv = []
+        for blk in self.blocks:
+            q, k, v = blk.heads(x)
+            kv.append((k, v))
+            x = blk.finish(x, F.scaled_dot_product_attention(q, k, v, attn_mask=att_mask[:, None]))
+        return self.ln_f(x), kv
+
+    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots):
+        n, s = tokens.shape
+        x = self._embed(tokens, levels, slots)
+        ctx_mask = ctx.mask[query][:, None, :].expand(n, s, -1)  # (N, S, T)
+        self_mask = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()[None].expand(n, -1, -1)
+        masks = [ctx_mask]
+        if past_kv is not None:
+            p = past_kv.shape[-2]
+            past_mask = torch.arange(p, device=x.device)[None, :] < past_len[:, None]  # (N, P)
+            masks.append(past_mask[:, None, :].expand(n, s, p))
+        masks.append(self_mask)
+        att_mask = torch.cat(masks, -1)[:, None]  # (N, 1, S, T + P + S)
+        new_kv = []
+        for i, blk in enumerate(self.blocks):
+            q, k, v = blk.heads(x)
+            ck, cv = ctx.kv[i]
+            keys = [ck[query], k]
+            vals = [cv[query], v]
+            if past_kv is not None:
+                keys.insert(1, past_kv[:, i, 0])
+                vals.insert(1, past_kv[:, i, 1])
+            att = F.scaled_dot_product_attention(q, torch.cat(keys, 2), torch.cat(vals, 2), attn_mask=att_mask)
+            new_kv.append(torch.stack([k, v], 1))  # (N, 2, h, S, dh)
+            x = blk.finish(x, att)
+        return self.ln_f(x), torch.stack(new_kv, 1)  # hidden (N, S, d); kv (N, layers, 2, h, S, dh)
+
+    def _code_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        k = self.catalog.codebook_sizes[level]
+        off = int(self.code_offset[level])
+        return F.linear(hidden, self.head.weight[off : off + k])
+
+    def _empty_kv(self, n: int) -> torch.Tensor:
+        h = self.cfg.n_heads
+        return torch.zeros(n, self.cfg.n_layers, 2, h, self.levels + 1, self.hidden_size // h, device=self.device)
+
+    def _write_kv(self, kv: torch.Tensor, pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        out = kv.clone()
+        rows = torch.arange(len(kv), device=kv.device)
+        out[rows, :, :, :, pos] = new[..., 0, :].to(out.dtype)  # new: (N, layers, 2, h, 1, dh)
+        return out
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def param_count_str(n: int) -> str:
+    return f"{n / 1e3:.0f}k" if n < 1e6 else f"{n / 1e6:.1f}M"
+

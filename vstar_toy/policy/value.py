@@ -1,0 +1,140 @@
+"""The prefix value V_phi(s_l) and its TD training (Sec. 4.1, Eq. 5-9).
+
+V_phi is a light head on the policy backbone: a projection, one transformer block over the prefix
+hidden states [start, y_1 .. y_l] and an MLP regressor read at position l. It reads the backbone's
+hidden states *detached*: the value loss trains the head only, never the policy.
+
+Targets are one-step TD (Eq. 9) on the dense semantic step returns of Eq. 8
+(``world.rewards.step_returns``), with prefix buckets taken from the sampled candidate set (Eq. 6).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import ValueConfig
+from ..decoding.sampling import sample
+from ..metrics import prefix_spearman
+from ..world.rewards import rewards, step_returns
+from .base import SIDPolicy, State
+from .tiny import Block
+
+
+class ValueHead(nn.Module):
+    """V_phi(x, y_<=l): (N, L+1, d) prefix hidden states and depths l (N,) -> (N,) values."""
+
+    def __init__(self, d_backbone: int, levels: int, cfg: ValueConfig | None = None):
+        super().__init__()
+        cfg = cfg or ValueConfig()
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        d = cfg.hidden
+        self.proj = nn.Linear(d_backbone, d)
+        self.pos = nn.Embedding(levels + 1, d)
+        self.block = Block(d, 4 if d % 4 == 0 else 1, 0.0)
+        self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+
+    def forward(self, hidden: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        n, p, _ = hidden.shape
+        x = self.proj(hidden.detach().float()) + self.pos.weight[:p]
+        causal = torch.ones(p, p, dtype=torch.bool, device=x.device).tril()
+        q, k, v = self.block.heads(x)
+        x = self.block.finish(x, F.scaled_dot_product_attention(q, k, v, attn_mask=causal))
+        return self.mlp(x[torch.arange(n, device=x.device), depth]).squeeze(-1)
+
+    def of_states(self, states: State) -> torch.Tensor:
+        """V of decoding states (what VED evaluates when it adds a node)."""
+        return self.forward(states.hidden, states.depth)
+
+
+def td_targets(step_rewards: torch.Tensor, next_values: torch.Tensor, gamma: float) -> torch.Tensor:
+    """One-step TD targets of Eq. 9 along each candidate's path.
+
+    Args:
+        step_rewards: (..., L) r_l for l = 1 .. L.
+        next_values: (..., L) V_phi(s_{l+1}) for l = 1 .. L (the last column is ignored).
+        gamma: discount in (0, 1].
+
+    Returns:
+        (..., L): r_l + gamma * V(s_{l+1}) for l < L, and r_L at l = L. No gradient flows through
+        the bootstrap.
+
+    >>> td_targets(torch.tensor([0.3, 0.5, 1.0]), torch.tensor([2.0, 4.0, 9.0]), 0.5).tolist()
+    [1.3, 2.5, 1.0]
+    """
+    boot = torch.zeros_like(step_rewards)
+    boot[..., :-1] = gamma * next_values[..., 1:].detach()
+    return step_rewards + boot  # Eq. 9
+
+
+def value_loss(values: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """L_V = E[(V(s_l) - y~_l)^2] over valid candidates and levels (Eq. 9)."""
+    err = (values - targets.detach()) ** 2
+    if valid is None:
+        return err.mean()
+    w = valid[..., None].expand_as(err).float()
+    return (err * w).sum() / w.sum().clamp_min(1.0)
+
+
+def candidate_values(policy: SIDPolicy, head: ValueHead, histories, sids: torch.Tensor) -> torch.Tensor:
+    """V_phi of every candidate's prefixes y_<=1 .. y_<=L: (B, C, L). The backbone runs without
+    gradients (the head reads detached states)."""
+    b, c, L = sids.shape
+    with torch.no_grad():
+        hidden = policy.candidate_hidden(histories, sids, with_last=True)  # (B, C, L+1, d)
+    flat = hidden.reshape(b * c, L + 1, -1)
+    vals = [head(flat, torch.full((b * c,), lvl, dtype=torch.long, device=flat.device)) for lvl in range(1, L + 1)]
+    return torch.stack(vals, -1).reshape(b, c, L)
+
+
+def td_update(policy, head, opt, world, queries, cands, cfg: ValueConfig) -> float:
+    """One TD step (Eq. 9) on decoded candidate sets; returns the loss."""
+    emb = torch.as_tensor(world.catalog.embeddings)
+    items = cands.items.clamp_min(0)
+    r_step = step_returns(cands.sids.clamp_min(0), emb[items], torch.as_tensor(world.catalog.sids[queries.targets]),
+                          emb[torch.as_tensor(queries.targets)], cfg.step_weights, cands.valid)
+    values = candidate_values(policy, head, queries.histories, cands.sids.clamp_min(0))
+    loss = value_loss(values, td_targets(r_step, values, cfg.gamma), cands.valid)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+
+def value_spearman(policy, head, world, queries, n_candidates: int = 32, reward_kind: str | None = None,
+                   seed: int = 0) -> dict[str, list[float]]:
+    """Fig. 3's protocol: temperature-1.5 candidates; per level, Spearman rho against the prefix
+    reward (bucket mean of R) of V_phi(prefix) and of log pi(prefix). Averaged over queries."""
+    kind = reward_kind or ("affinity" if world.tastes is not None else "semantic")
+    with torch.no_grad():
+        cands = sample(policy, queries.histories, n_candidates, temperature=1.5, seed=seed)
+        r = rewards(world, kind, queries.users, queries.targets, cands.items.numpy())
+        v = candidate_values(policy, head, queries.histories, cands.sids.clamp_min(0))
+    logp_prefix = cands.token_logp.cumsum(-1)
+    valid = cands.valid.numpy()
+    rho_v = prefix_spearman(cands.sids.numpy(), v.numpy(), r, valid)
+    rho_p = prefix_spearman(cands.sids.numpy(), logp_prefix.numpy(), r, valid)
+    return {"value": np.nanmean(rho_v, 0).tolist(), "logp": np.nanmean(rho_p, 0).tolist()}
+
+
+def pretrain_value(policy, world, cfg: ValueConfig, head: ValueHead | None = None, progress: bool = True):
+    """Train V_phi on SFT-policy candidates before RL (``vstar-toy value``). Returns (head, losses)."""
+    head = head or ValueHead(policy.hidden_size, policy.levels, cfg).to(policy.device)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    losses = []
+    bar = tqdm(range(cfg.pretrain_steps), desc="value TD", disable=not progress)
+    for step in bar:
+        queries = world.queries("train", n=cfg.pretrain_queries, seed=cfg.seed * 100_003 + step)
+        with torch.no_grad():
+            cands = sample(policy, queries.histories, cfg.pretrain_candidates, temperature=1.5, seed=step)
+        losses.append(td_update(policy, head, opt, world, queries, cands, cfg))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    return head, losses
+
+
+__all__ = ["ValueHead", "td_targets", "value_loss", "candidate_values", "td_update", "value_spearman",
+           "pretrain_value", "rewards"]
