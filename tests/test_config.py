@@ -36,6 +36,8 @@ BAD = [
     (WorldConfig, "item_spread", 11.0, "a number in (0, 10]"),
     (WorldConfig, "n_users", 9, "an integer >= 10"),
     (WorldConfig, "history_len", 0, "an integer >= 1"),
+    (WorldConfig, "logged_per_user", 0, "an integer >= 1"),
+    (WorldConfig, "history_len", 10_000, "an integer in [1, n_items"),
     (WorldConfig, "mismatch", 1.5, "a number in [0, 1]"),
     (WorldConfig, "mismatch", math.nan, "a number in [0, 1]"),
     (WorldConfig, "mismatch", "0.5", "a number in [0, 1]"),

@@ -34,7 +34,7 @@ def world_arrays(w: World) -> dict[str, np.ndarray]:
     cat = w.catalog
     names = "sids embeddings depth parent token child leaf_item item_leaf order lo hi".split()
     out = {f"catalog.{k}": getattr(cat, k) for k in names}
-    for k in ("histories", "targets", "split", "train_sequences", "tastes", "log_pop"):
+    for k in ("histories", "targets", "split", "train_histories", "train_targets", "tastes", "log_pop"):
         out[k] = getattr(w, k)
     return out
 

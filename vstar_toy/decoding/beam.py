@@ -137,7 +137,9 @@ def run_beam(
             with torch.no_grad():
                 level_state = policy.step(state.index(table[kq, par[kq, kb]]), code[kq, kb])
             cost += np.bincount(kq.cpu().numpy(), minlength=q)
-        levels.append(BeamLevel(kq, kept_nodes, kept_parent, new_sid[kq, kb], new_cum[kq, kb], new_tok[kq, kb], level_state))
+        levels.append(
+            BeamLevel(kq, kept_nodes, kept_parent, new_sid[kq, kb], new_cum[kq, kb], new_tok[kq, kb], level_state)
+        )
         node_tab = torch.full((q, k), -1, dtype=torch.long, device=dev)
         node_tab[kq, kb] = torch.as_tensor(kept_nodes, device=dev)
         table, state, score, cum, tok_lp, sid = new_table, level_state, top_s, new_cum, new_tok, new_sid

@@ -55,7 +55,7 @@ class GumbelRanker:
         if self.top_k is not None and self.top_k < k:
             kth = logq.topk(self.top_k, dim=-1).values[..., -1:]
             logq = logq.masked_fill(logq < kth, NEG_INF).log_softmax(-1)
-        logq = torch.nan_to_num(logq, nan=NEG_INF)  # rows with no valid child
+        logq = torch.nan_to_num(logq, nan=NEG_INF, neginf=NEG_INF)  # rows with no valid child stay -inf
         phi = self.phi.to(child_logp.device)[..., None] + logq  # (Q, W, K)
         u = torch.rand(phi.shape, generator=self.gen).clamp(1e-12, 1 - 1e-12).to(phi.device)
         g = phi - torch.log(-torch.log(u))

@@ -9,7 +9,10 @@ For every query, under a budget of B backbone forward tokens (Cost of Eq. 10):
 3. *Gated expansion*: every node on that path that is not fully expanded and whose priority G is at
    least the mean priority of its depth (Eq. 14) adds one child, sampled from its yet-unexpanded
    valid children in proportion to pi. When the budget left is smaller than the number of such
-   nodes, the deepest go first (they complete candidates; shallower ones open branches).
+   nodes, the deepest go first (they complete candidates; shallower ones open branches). Two rules
+   the paper leaves open: selection skips exhausted subtrees (every valid node below them already
+   evaluated), and when the gate closes every open node of the path the deepest open node expands
+   anyway, so the search never stalls with budget left.
 4. *Backpropagation*: the new children are evaluated (V, H, G: one forward token each), visit
    counts along the path go up by one, and the depth means follow.
 
@@ -73,7 +76,7 @@ def ved_decode(
     t0 = time.perf_counter()
     L, K = policy.levels, policy.k_max
     C, b0 = cfg.n_candidates, cfg.warm_beam
-    budget = budget or budget_tokens(L, C, cfg.budget_x)
+    budget = budget if budget is not None else budget_tokens(L, C, cfg.budget_x)
     if warm_start_cost(L, b0) >= budget:
         raise ValueError(
             f"budget = {budget} forward tokens is below VED's minimum: the warm start alone costs "
@@ -99,12 +102,14 @@ def ved_decode(
     visits = torch.zeros(q, cap)
     V, H, G = torch.zeros(q, cap), torch.zeros(q, cap), torch.zeros(q, cap)
     n_valid = torch.zeros(q, cap, dtype=torch.long)  # valid children per node (0 at depth L)
-    pools: list[State] = []
+    pool: State | None = None  # every evaluated node's State, preallocated on the first insert
     n_pool = 0
 
     def insert(qs: torch.Tensor, par_loc: torch.Tensor, states: State, s_sid, s_tok, s_cum) -> torch.Tensor:
         """Append evaluated nodes (one per row of ``states``) to their queries' trees."""
-        nonlocal n_pool
+        nonlocal n_pool, pool
+        if pool is None:
+            pool = State.empty_like(states, q * cap)
         # local index: next free slot of each query, several per query allowed
         order = torch.argsort(qs, stable=True)
         qs_sorted = qs[order]
@@ -132,7 +137,7 @@ def ved_decode(
         G[qs, loc] = priority(v, h, d, L, cfg.priority, cfg.lam)
         visits[qs, loc] = 1.0
         n_valid[qs, loc] = torch.where(d < L, (child_tab[states.node] >= 0).sum(-1).cpu(), 0)
-        pools.append(states)
+        pool.put(n_pool, states)
         n_pool += len(qs)
         return loc
 
@@ -155,14 +160,22 @@ def ved_decode(
     for _ in range(4 * budget + 8):
         if not active.any():
             break
-        pool = State.cat(pools) if len(pools) > 1 else pools[0]
-        pools = [pool]
         exists = torch.arange(cap)[None, :] < count[:, None]
         # depth means of G (Eq. 14)
         gsum = torch.zeros(q, L + 1).scatter_add_(1, depth, torch.where(exists, G, 0.0))
         gcnt = torch.zeros(q, L + 1).scatter_add_(1, depth, exists.float())
         gbar = gsum / gcnt.clamp_min(1.0)
-        # 2. selection: UCB (Eq. 13) from the root to a node without children
+        # exhausted subtrees (nothing left to expand below them) are skipped by selection
+        n_child_all = (child_of >= 0).sum(-1)
+        exhausted = exists & (depth == L)
+        for dpt in range(L - 1, -1, -1):
+            ch_exh = torch.where(child_of >= 0, exhausted.gather(1, child_of.clamp_min(0).reshape(q, -1))
+                                 .reshape(q, cap, K), True).all(-1)
+            exhausted |= exists & (depth == dpt) & (n_child_all >= n_valid) & ch_exh
+        active &= ~exhausted[:, 0]
+        if not active.any():
+            break
+        # 2. selection: UCB (Eq. 13) from the root to a node without (non-exhausted) children
         n_root = visits[:, 0]
         path = torch.full((q, L + 1), -1, dtype=torch.long)
         path[:, 0] = 0
@@ -170,11 +183,12 @@ def ved_decode(
         going = active.clone()
         for dpt in range(L):
             ch = child_of[qidx, cur]  # (Q, K)
-            has = (ch >= 0).any(1) & going
             chs = ch.clamp_min(0)
+            ok = (ch >= 0) & ~exhausted.gather(1, chs)
+            has = ok.any(1) & going
             # Eq. 13: U(s) = G(s) + beta * sqrt(ln(N_root + 1) / (N(s) + 1))
             u = G.gather(1, chs) + cfg.beta * torch.sqrt(torch.log(n_root + 1)[:, None] / (visits.gather(1, chs) + 1))
-            u = torch.where(ch >= 0, u, torch.full_like(u, NEG_INF))
+            u = torch.where(ok, u, torch.full_like(u, NEG_INF))
             nxt = chs.gather(1, u.argmax(1, keepdim=True)).squeeze(1)
             cur = torch.where(has, nxt, cur)
             path[:, dpt + 1] = torch.where(has, nxt, -1)
@@ -185,6 +199,10 @@ def ved_decode(
         n_child = (child_of.gather(1, pn[..., None].expand(-1, -1, K)) >= 0).sum(-1)
         open_ = on & (n_child < n_valid.gather(1, pn)) & active[:, None]
         gate = G.gather(1, pn) >= gbar.gather(1, depth.gather(1, pn)) - 1e-9
+        # when the gate closes every open node of the path, the deepest open one expands anyway:
+        # the search would otherwise stall with budget left (and, at beta = 0, forever)
+        deepest = open_ & (open_.long().flip(1).cumsum(1).flip(1) == 1)
+        gate = gate | (deepest & ~(open_ & gate).any(1, keepdim=True))
         trig = (open_ & gate).flip(1)  # deepest first
         room = (budget - cost).clamp_min(0)
         trig = trig & (trig.long().cumsum(1) <= room[:, None])
@@ -218,7 +236,6 @@ def ved_decode(
         cost.index_add_(0, eq, torch.ones_like(eq))
         active &= (cost < budget) & (stall <= 2 * (L + 1))
 
-    pool = State.cat(pools) if len(pools) > 1 else pools[0]
     out_sid, out_tok, out_lp = _extract(pool, C, count, depth, sid, tok_lp, cum, row, child_of, V, L, K)
     items = torch.as_tensor(policy.catalog.item_of(out_sid.reshape(-1, L).numpy()).reshape(q, C))
     return CandidateSets(
@@ -253,22 +270,20 @@ def _extract(pool, C, count, depth, sid, tok_lp, cum, row, child_of, V, L, K):
         prow = row.clamp_min(0)
         lp = pool.logp[prow.reshape(-1).to(pool.logp.device)].float().cpu().reshape(q, cap, K)
         lp = lp.masked_fill(~par_ok[..., None] | (child_of >= 0), NEG_INF)
-        par_rank = torch.argsort(torch.argsort(torch.where(par_ok, V, torch.full_like(V, NEG_INF)), 1, descending=True), 1)
+        par_v = torch.where(par_ok, V, torch.full_like(V, NEG_INF))
+        par_rank = torch.argsort(torch.argsort(par_v, 1, descending=True), 1)
         child_rank = torch.argsort(torch.argsort(lp, -1, descending=True), -1)
         rr = (child_rank * cap + par_rank[..., None]).float().masked_fill(lp == NEG_INF, math.inf)
-        for b in need.nonzero().squeeze(1).tolist():
-            k = int(need[b])
-            flat = rr[b].reshape(-1)
-            pick = flat.argsort()[:k]
-            pick = pick[flat[pick] < math.inf]
-            p_loc, code = pick // K, pick % K
-            start = int(min(n_leaf[b], C))
-            sl = slice(start, start + len(pick))
-            s = sid[b, p_loc].clone()
-            s[:, L - 1] = code
-            t = tok_lp[b, p_loc].clone()
-            t[:, L - 1] = lp[b, p_loc, code]
-            out_sid[b, sl], out_tok[b, sl], out_lp[b, sl] = s, t, cum[b, p_loc] + lp[b, p_loc, code]
+        pick = rr.reshape(q, -1).argsort(1)[:, :C]  # (Q, C) round-robin order of completions
+        take = (torch.arange(C)[None, :] < need[:, None]) & (rr.reshape(q, -1).gather(1, pick) < math.inf)
+        b, j = take.nonzero(as_tuple=True)
+        p_loc, code = pick[b, j] // K, pick[b, j] % K
+        slot = n_leaf[b].clamp_max(C) + j
+        s = sid[b, p_loc].clone()
+        s[:, L - 1] = code
+        t = tok_lp[b, p_loc].clone()
+        t[:, L - 1] = lp[b, p_loc, code]
+        out_sid[b, slot], out_tok[b, slot], out_lp[b, slot] = s, t, cum[b, p_loc] + lp[b, p_loc, code]
     return out_sid, out_tok, out_lp
 
 

@@ -68,6 +68,17 @@ class State:
     def cat(states: list[State]) -> State:
         return State(**{f.name: torch.cat([getattr(s, f.name) for s in states]) for f in fields(State)})
 
+    @staticmethod
+    def empty_like(like: State, n: int) -> State:
+        """An uninitialised buffer of ``n`` rows shaped like ``like`` (for preallocated pools)."""
+        return State(**{f.name: getattr(like, f.name).new_empty((n, *getattr(like, f.name).shape[1:]))
+                        for f in fields(State)})
+
+    def put(self, start: int, rows: State) -> None:
+        """Write ``rows`` into this buffer at rows start .. start + len(rows) - 1, in place."""
+        for f in fields(State):
+            getattr(self, f.name)[start : start + len(rows)] = getattr(rows, f.name)
+
     def entropy(self) -> torch.Tensor:
         """(N,) H_theta(s) of Eq. 12 over the valid next codes; 0 at depth L."""
         p = self.logp.exp()
@@ -76,12 +87,14 @@ class State:
 
 @dataclass
 class Context:
-    """The encoded prompts: per-layer keys/values (policy-owned layout), (B, T) key mask, and the
-    slot (item index) at which each context's next item is generated."""
+    """The encoded prompts: per-layer keys/values (policy-owned layout), (B, T) key mask, the slot
+    (item index) at which each context's next item is generated, and the prompt's last-layer hidden
+    states (B, T, d), which the value head reads together with the prefix's."""
 
     kv: object
     mask: torch.Tensor
     next_slot: torch.Tensor
+    hidden: torch.Tensor
 
 
 class SIDPolicy(nn.Module):
@@ -192,8 +205,8 @@ class SIDPolicy(nn.Module):
         """Prefill the contexts (B, H item ids, -1 padded) and forward the start token of each."""
         items = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=self.device)
         tokens, levels, slots, mask, next_slot = self.item_tokens(items)
-        _, kv = self._encode(tokens, levels, slots, mask)
-        self.context = Context(kv=kv, mask=mask, next_slot=next_slot)
+        ctx_hidden, kv = self._encode(tokens, levels, slots, mask)
+        self.context = Context(kv=kv, mask=mask, next_slot=next_slot, hidden=ctx_hidden)
         self.prefill_tokens += int(mask.sum())
         b = len(items)
         query = torch.arange(b, device=self.device)
@@ -221,6 +234,9 @@ class SIDPolicy(nn.Module):
         depth = states.depth
         if (depth >= self.levels).any():
             raise ValueError("cannot step a state at depth L: the SID is complete")
+        if ((codes < 0) | (codes >= self.k_max)).any():
+            bad = codes[(codes < 0) | (codes >= self.k_max)][0]
+            raise ValueError(f"code {int(bad)} is out of range: expected 0 <= code < {self.k_max}")
         node = self.child[states.node, codes]
         if (node < 0).any():
             r = int((node < 0).nonzero()[0])
@@ -246,16 +262,16 @@ class SIDPolicy(nn.Module):
             kv=self._write_kv(states.kv, lvl, new_kv),
         )
 
-    def candidate_hidden(self, histories, sids: torch.Tensor, with_last: bool = False) -> torch.Tensor:
+    def candidate_hidden(self, histories, sids: torch.Tensor, with_last: bool = False):
         """Hidden states of [start, y_1 .. y_{L-1}] (and y_L if ``with_last``) for candidates
-        (B, C, L) of contexts (B, H): (B, C, L or L+1, d), with gradients. Each context is encoded
-        once and all its candidates attend to that one cache."""
+        (B, C, L) of contexts (B, H): (B, C, L or L+1, d), with gradients, and the encoded Context.
+        Each context is encoded once and all its candidates attend to that one cache."""
         items = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=self.device)
         sids = torch.as_tensor(sids, dtype=torch.long, device=self.device)
         b, c, L = sids.shape
         tokens, levels, slots, mask, next_slot = self.item_tokens(items)
-        _, kv = self._encode(tokens, levels, slots, mask)
-        ctx = Context(kv=kv, mask=mask, next_slot=next_slot)
+        ctx_hidden, kv = self._encode(tokens, levels, slots, mask)
+        ctx = Context(kv=kv, mask=mask, next_slot=next_slot, hidden=ctx_hidden)
         flat = sids.reshape(b * c, L).clamp_min(0)  # padding candidates: any code, masked by callers
         n_in = L + 1 if with_last else L
         lv = torch.arange(n_in, device=self.device)
@@ -265,7 +281,7 @@ class SIDPolicy(nn.Module):
         zero = torch.zeros(b * c, dtype=torch.long, device=self.device)
         hidden, _ = self._extend(ctx, query, None, zero, inp, lv.expand(b * c, -1),
                                  next_slot[query][:, None].expand(-1, n_in))
-        return hidden.reshape(b, c, n_in, -1)
+        return hidden.reshape(b, c, n_in, -1), ctx
 
     def logprobs(self, histories, sids: torch.Tensor) -> torch.Tensor:
         """log pi(y_l | x, y_<l) for candidate SIDs, with gradients: (B, C, L) for sids (B, C, L),
@@ -276,7 +292,7 @@ class SIDPolicy(nn.Module):
         if squeeze:
             sids = sids[:, None]
         b, c, L = sids.shape
-        hidden = self.candidate_hidden(histories, sids).reshape(b * c, L, -1)
+        hidden = self.candidate_hidden(histories, sids)[0].reshape(b * c, L, -1)
         flat = sids.reshape(b * c, L)
         pad = (flat < 0).any(1)
         flat = flat.clamp_min(0)
@@ -289,23 +305,6 @@ class SIDPolicy(nn.Module):
             node = self.child[node, code]
         res = torch.stack(out, 1).reshape(b, c, L)
         return res[:, 0] if squeeze else res
-
-    def sequence_nll(self, sequences: torch.Tensor) -> torch.Tensor:
-        """Mean next-token NLL of every code of every item in (B, T) item sequences given the items
-        before it (SFT, rl/sft.py). The first item's codes are predicted from nothing but their SEP."""
-        tokens, levels, slots, mask, _ = self.item_tokens(sequences)
-        hidden, _ = self._encode(tokens, levels, slots, mask)
-        b, h = sequences.shape
-        hid = hidden.reshape(b, h, self.levels + 1, -1)[:, :, : self.levels]  # positions SEP, y1 .. y_{L-1}
-        real = sequences >= 0
-        items = sequences[real]  # (M,)
-        hid = hid[real]  # (M, L, d)
-        nll = 0.0
-        for lvl in range(self.levels):
-            node = self.item_prefix_nodes[items, lvl]
-            lp = self.restricted_logp(hid[:, lvl], torch.full_like(node, lvl), node)
-            nll = nll - lp.gather(1, self.item_sids[items, lvl : lvl + 1]).mean()
-        return nll / self.levels
 
     def reset_cost(self) -> None:
         self.cost = 0

@@ -91,22 +91,25 @@ def resolve_collisions(
             codes[i, -1] = free[0]
             used.add(int(free[0]))
             continue
-        # parent full: try the other codes of the level above, nearest first
-        if L < 2:
-            raise ValueError("catalog has more items than codes: cannot give every item a unique SID")
-        prev = books[L - 2]
-        r_prev = resid[i] + prev[codes[i, -2]]  # the residual that level L-1 quantised
-        for c2 in np.argsort(((r_prev[None] - prev) ** 2).sum(-1)):
-            alt = (*parent[:-1], int(c2))
-            alt_used = taken.setdefault(alt, set())
-            if len(alt_used) < codebook_sizes[-1]:
-                c3 = next(c for c in np.argsort(dist_last[i]) if int(c) not in alt_used)
-                codes[i, -2], codes[i, -1] = c2, c3
-                alt_used.add(int(c3))
-                break
-        else:
-            raise ValueError("catalog has more items than a level-1 branch can hold: raise codebook_sizes")
+        # parent full: the nearest parent prefix (by reconstruction error) that still has a free slot
+        alt = _nearest_free_parent(emb[i], books, codebook_sizes, taken)
+        c_last = next(int(c) for c in np.argsort(dist_last[i]) if int(c) not in taken.setdefault(alt, set()))
+        codes[i, :-1], codes[i, -1] = alt, c_last
+        taken[alt].add(c_last)
     return codes, moved
+
+
+def _nearest_free_parent(e: np.ndarray, books: list[np.ndarray], sizes: tuple[int, ...], taken: dict) -> tuple:
+    """The length-(L-1) code prefix whose reconstruction is nearest ``e`` among those with a free last
+    code. Exhaustive over all prefixes: a rare fallback, taken only when an item's own parent is full."""
+    grids = np.meshgrid(*[np.arange(k) for k in sizes[:-1]], indexing="ij")
+    prefixes = np.stack([g.reshape(-1) for g in grids], 1)  # (P, L-1)
+    recon = sum(books[lvl][prefixes[:, lvl]] for lvl in range(len(sizes) - 1))
+    for p in np.argsort(((recon - e) ** 2).sum(-1)):
+        key = tuple(int(c) for c in prefixes[p])
+        if len(taken.get(key, ())) < sizes[-1]:
+            return key
+    raise ValueError("catalog has more items than SIDs: raise codebook_sizes")
 
 
 # ----------------------------------------------------------------------------------------------

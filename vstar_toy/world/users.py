@@ -5,8 +5,13 @@ The world's two distributions over items, for a user with taste u (DESIGN sectio
 - truth:   a(u, i) = cos(u, e(i));   y* ~ softmax(a(u, .) / tau)
 - logs:    log P_log(i | u) = (1 - m) * a(u, i) / tau + m * log pop(i) + const
 
-SFT learns from the logs; rewards and hits are measured against the truth. The knob m
-(``mismatch``) moves the logs from the truth (m = 0) to popularity (m = 1).
+A user's history (the context x) holds items drawn from the truth: what the user chose to engage
+with, so the context always carries the taste. The *logged next items* that SFT learns to predict
+from that history are drawn from P_log: what the old, popularity-driven system exposed and got
+clicked. Rewards and hits are measured against the truth. The knob m (``mismatch``) moves the logs
+from the truth (m = 0, SFT's likelihood is the reward) to popularity (m = 1). Putting the bias on
+the logged targets and not on the history keeps the taste recoverable from the context at every m,
+so that RL and a value model have something to recover.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ def unit(x: np.ndarray) -> np.ndarray:
 def hierarchical_embeddings(cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:
     """(N, D) unit item embeddings from a two-level Gaussian mixture (clusters inside clusters)."""
     centres = unit(rng.normal(size=(cfg.n_clusters, cfg.embed_dim)))
-    subs = unit(centres[:, None] + cfg.cluster_spread * rng.normal(size=(cfg.n_clusters, cfg.n_subclusters, cfg.embed_dim)))
+    shape = (cfg.n_clusters, cfg.n_subclusters, cfg.embed_dim)
+    subs = unit(centres[:, None] + cfg.cluster_spread * rng.normal(size=shape))
     c = rng.integers(cfg.n_clusters, size=cfg.n_items)
     s = rng.integers(cfg.n_subclusters, size=cfg.n_items)
     return unit(subs[c, s] + cfg.item_spread * rng.normal(size=(cfg.n_items, cfg.embed_dim))).astype(np.float32)
@@ -75,6 +81,12 @@ def gumbel_top_k(logp: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
     g = logp - np.log(-np.log(rng.uniform(1e-12, 1.0, size=logp.shape)))
     top = np.argpartition(-g, k - 1, axis=1)[:, :k]
     return rng.permuted(top, axis=1)
+
+
+def sample_rows(logp: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(U, k) items per row drawn with replacement from exp(logp) (Gumbel-max, one draw per column)."""
+    cols = [(logp - np.log(-np.log(rng.uniform(1e-12, 1.0, size=logp.shape)))).argmax(1) for _ in range(k)]
+    return np.stack(cols, 1)
 
 
 def split_users(n_users: int, cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:

@@ -15,7 +15,7 @@ from scipy.stats import rankdata
 
 from ..config import WorldConfig
 from . import users as U
-from .catalog import Catalog, resolve_collisions, residual_kmeans
+from .catalog import Catalog, residual_kmeans, resolve_collisions
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class World:
         histories: (U, H) item ids, left-padded with -1: the context x of each user's query.
         targets: (U,) ground-truth next item y*.
         split: (U,) 0 train, 1 valid, 2 test.
-        train_sequences: (S, T) item-id sequences (left-padded with -1) that SFT learns from.
+        train_histories: (S, H) contexts of the supervised pairs SFT learns from (-1 left-padded).
+        train_targets: (S, T) logged next items of each of those contexts (-1 padded).
         tastes: (U, D) latent tastes u, or None for real data.
         log_pop: (N,) log-popularity, or None for real data.
         config: the WorldConfig that built it, or None for real data.
@@ -57,7 +58,8 @@ class World:
     histories: np.ndarray
     targets: np.ndarray
     split: np.ndarray
-    train_sequences: np.ndarray
+    train_histories: np.ndarray
+    train_targets: np.ndarray
     tastes: np.ndarray | None = None
     log_pop: np.ndarray | None = None
     config: WorldConfig | None = None
@@ -78,16 +80,17 @@ class World:
         catalog = Catalog.from_sids(codes, emb, cfg.codebook_sizes)
         # 2. exposure: Zipf popularity over level-1 branches and items
         log_pop = U.zipf_popularity(codes[:, 0], cfg.zipf_exponent, rng)
-        # 3. users: tastes, logged histories (biased by m), ground truth (unbiased), split
+        # 3. users: tastes; histories and ground truth from the truth; logged next items biased by m
         tastes = U.user_tastes(cfg, emb, rng)
-        logged = U.logged_logprobs(tastes, emb, log_pop, cfg)
-        histories = U.gumbel_top_k(logged, cfg.history_len, rng)
         truth = U.log_softmax(U.true_logits(tastes, emb, cfg))
-        targets = (truth - np.log(-np.log(rng.uniform(1e-12, 1.0, size=truth.shape)))).argmax(1)
+        histories = U.gumbel_top_k(truth, cfg.history_len, rng)
+        targets = U.sample_rows(truth, 1, rng)[:, 0]
+        logged = U.sample_rows(U.logged_logprobs(tastes, emb, log_pop, cfg), cfg.logged_per_user, rng)
         split = U.split_users(cfg.n_users, cfg, rng)
+        train = split == U.SPLITS["train"]
         return cls(
             catalog=catalog, histories=histories, targets=targets, split=split,
-            train_sequences=histories[split == U.SPLITS["train"]], tastes=tastes, log_pop=log_pop,
+            train_histories=histories[train], train_targets=logged[train], tastes=tastes, log_pop=log_pop,
             config=cfg, name=f"synthetic(m={cfg.mismatch:g}, seed={cfg.seed})", collisions_resolved=moved,
         )
 
