@@ -162,16 +162,20 @@ def td_update(policy, head, opt, world, queries, cands, cfg: ValueConfig) -> flo
 def value_spearman(policy, head, world, queries, n_candidates: int = 32, reward_kind: str | None = None,
                    seed: int = 0) -> dict[str, list[float]]:
     """Fig. 3's protocol: temperature-1.5 candidates; per level, Spearman rho against the prefix
-    reward (bucket mean of R) of V_phi(prefix) and of log pi(prefix). Averaged over queries."""
+    reward (bucket mean of R) of V_phi(prefix) and of log pi(prefix). Averaged over queries.
+    ``head`` None gives NaN for V."""
     kind = reward_kind or ("affinity" if world.tastes is not None else "semantic")
     with torch.no_grad():
         cands = sample(policy, queries.histories, n_candidates, temperature=1.5, seed=seed)
         r = rewards(world, kind, queries.users, queries.targets, cands.items.numpy())
-        v = candidate_values(policy, head, queries.histories, cands.sids.clamp_min(0))
     logp_prefix = cands.token_logp.cumsum(-1)
     valid = cands.valid.numpy()
-    rho_v = prefix_spearman(cands.sids.numpy(), v.numpy(), r, valid)
     rho_p = prefix_spearman(cands.sids.numpy(), logp_prefix.numpy(), r, valid)
+    if head is None:
+        return {"value": [float("nan")] * policy.levels, "logp": np.nanmean(rho_p, 0).tolist()}
+    with torch.no_grad():
+        v = candidate_values(policy, head, queries.histories, cands.sids.clamp_min(0))
+    rho_v = prefix_spearman(cands.sids.numpy(), v.numpy(), r, valid)
     return {"value": np.nanmean(rho_v, 0).tolist(), "logp": np.nanmean(rho_p, 0).tolist()}
 
 

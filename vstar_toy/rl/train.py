@@ -1,0 +1,186 @@
+"""The self-evolving loop (Sec. 4.4): decode -> reward -> value TD update -> policy update.
+
+One step, for a batch of training users:
+
+1. *decode* C(x) with ``cfg.decode`` (beam search for the GRPO baseline, VED for V-STAR), the
+   policy in eval mode and without gradients: the behaviour policy pi_theta_old;
+2. *reward* every candidate with ``cfg.rl.reward`` (what the learner may see: semantic similarity
+   to the logged next item by default, never the oracle affinity unless asked);
+3. *value*: ``cfg.rl.value_updates`` TD steps of V_phi on these candidates (Eq. 9), if a head is
+   given;
+4. *policy*: ``cfg.rl.inner_epochs`` passes of the objective (GRPO, Sibling-GRPO or joint, plus KL
+   to the frozen SFT reference) over the batch.
+
+Everything random is seeded by (seed, step), so a run is a function of its config, and a run that
+resumes from its last checkpoint continues exactly as if it had never stopped. The run directory
+holds ``metrics.csv`` (one row per step, rewritten atomically each step), ``state.pt`` (weights,
+optimiser states and the log, every ``eval_every`` steps and at the end), ``reference.pt`` (the
+SFT policy the KL term holds on to) and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoint import atomic_save, atomic_write_text, fingerprint
+from ..config import Config
+from ..decoding import decode
+from ..evaluate import evaluate, true_reward_kind
+from ..policy.value import td_update, value_spearman
+from ..world import World
+from ..world.rewards import rewards
+from .advantages import reward_range, sibling_contrast
+from .losses import policy_loss
+
+
+@dataclass
+class TrainResult:
+    policy: torch.nn.Module
+    value_head: torch.nn.Module | None
+    log: pd.DataFrame  # one row per step; evaluation columns filled every eval_every steps
+    run_dir: Path | None
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed + 1) * 1_000_003 + step
+
+
+def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Path | None = None,
+          progress: bool = True, say: Callable[[str], None] = print, resume: bool = True) -> TrainResult:
+    """Run ``cfg.rl.steps`` steps of the loop on ``policy`` (in place) and return it with its log.
+
+    With ``run_dir``, metrics and checkpoints are written there, and an existing run with the same
+    config resumes from its last checkpoint (``resume=False`` starts over).
+    """
+    rl, dcfg = cfg.rl, cfg.decode
+    if dcfg.decoder == "ved" and value_head is None:
+        raise ValueError("training with the ved decoder needs a value head (see pipeline.value_model)")
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    opt = torch.optim.Adam(policy.parameters(), lr=rl.lr)
+    vopt = torch.optim.Adam(value_head.parameters(), lr=cfg.value.lr) if value_head is not None else None
+    rows: list[dict] = []
+    start = 0
+    run = Path(run_dir) if run_dir is not None else None
+    cfg_json = json.dumps({"config": dataclasses.asdict(cfg), "world": fingerprint(world)}, sort_keys=True,
+                          default=str)
+    if run is not None:
+        run.mkdir(parents=True, exist_ok=True)
+        if resume and (run / "state.pt").exists():
+            if (run / "config.json").read_text() != cfg_json:
+                raise ValueError(f"{run} holds a run with another config or world: pass a new --out, or resume=False")
+            state = torch.load(run / "state.pt", weights_only=False)
+            reference.load_state_dict(torch.load(run / "reference.pt", weights_only=True))
+            policy.load_state_dict(state["policy"])
+            opt.load_state_dict(state["opt"])
+            if value_head is not None:
+                value_head.load_state_dict(state["value"])
+                vopt.load_state_dict(state["vopt"])
+            rows, start = state["rows"], state["step"]
+            say(f"resuming {run} at step {start} of {rl.steps}")
+        else:
+            atomic_write_text(cfg_json, run / "config.json")
+            atomic_save(reference.state_dict(), run / "reference.pt")
+
+    val = world.queries("valid", n=rl.eval_queries, seed=rl.seed)
+    eval_cfg = dataclasses.replace(dcfg, decoder="beam", budget_x=1.0)
+
+    def checkpoint(step: int) -> None:
+        if run is None:
+            return
+        atomic_save({"policy": policy.state_dict(), "opt": opt.state_dict(), "step": step, "rows": rows,
+                     "value": value_head.state_dict() if value_head is not None else None,
+                     "vopt": vopt.state_dict() if vopt is not None else None}, run / "state.pt")
+
+    bar = tqdm(range(start, rl.steps), desc=f"RL {dcfg.decoder}+{rl.objective}", disable=not progress,
+               initial=start, total=rl.steps)
+    for step in bar:
+        t0 = time.perf_counter()
+        row = train_step(world, policy, reference, value_head, opt, vopt, cfg, step)
+        if (step + 1) % rl.eval_every == 0 or step + 1 == rl.steps:
+            row.update(evaluate_policy(world, policy, value_head, val, eval_cfg, seed=rl.seed))
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        bar.set_postfix(reward=f"{row['reward']:.3f}")
+        if run is not None:
+            atomic_write_text(pd.DataFrame(rows).to_csv(index=False), run / "metrics.csv")
+            if (step + 1) % rl.eval_every == 0 or step + 1 == rl.steps:
+                checkpoint(step + 1)
+    policy.eval()
+    return TrainResult(policy, value_head, pd.DataFrame(rows), run)
+
+
+def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Config, step: int) -> dict:
+    """One step of the loop; returns its log row."""
+    rl, dcfg = cfg.rl, cfg.decode
+    seed = _step_seed(rl.seed, step)
+    q = world.queries("train", n=rl.batch_queries, seed=seed)
+    # 1. decode with the behaviour policy
+    policy.eval()
+    with torch.no_grad():
+        cands = decode(policy, q.histories, dataclasses.replace(dcfg, seed=seed % (2**31)), value_head)
+    items, valid = cands.items.numpy(), cands.valid
+    # 2. rewards: what the learner sees, and (for the log) the truth
+    r = torch.as_tensor(rewards(world, rl.reward, q.users, q.targets, items, cands.logp.numpy()), dtype=torch.float32)
+    r_true = rewards(world, true_reward_kind(world), q.users, q.targets, items)
+    # 3. value TD (Eq. 9)
+    v_loss = math.nan
+    if value_head is not None and vopt is not None:
+        for _ in range(rl.value_updates):
+            v_loss = td_update(policy, value_head, vopt, world, q, cands, cfg.value)
+    # 4. policy update
+    sids = cands.sids.clamp_min(0)
+    torch.manual_seed(seed)
+    policy.train()
+    with torch.no_grad():
+        old = policy.logprobs(q.histories, sids)
+        ref = reference.logprobs(q.histories, sids)
+    parts = {}
+    for _ in range(rl.inner_epochs):
+        new = policy.logprobs(q.histories, sids)
+        loss, parts = policy_loss(rl.objective, new, old, ref, cands.sids, r, valid, grpo_weight=rl.grpo_weight,
+                                  sibling_weight=rl.sibling_weight, kl_coef=rl.kl_coef, clip_eps=rl.clip_eps,
+                                  eps=rl.adv_eps)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+    policy.eval()
+    contrast = sibling_contrast(sids, r, rl.adv_eps, valid)
+    vmask = valid.numpy()
+    return {
+        "step": step + 1,
+        "reward": float(r[valid].mean()),
+        "true_reward": float(np.nanmean(np.where(vmask, r_true, np.nan))),
+        "max_true_reward": float(np.nanmean(np.nanmax(np.where(vmask, r_true, np.nan), 1))),
+        "hit": float((items == q.targets[:, None]).any(1).mean()),
+        "reward_range": float(torch.nanmean(reward_range(r, valid))),
+        "adv_spread_global": float(torch.nanmean(contrast["global"])),
+        "adv_spread_sibling": float(torch.nanmean(contrast["sibling"])),
+        "entropy": float(np.nanmean(cands.tree.entropy)),
+        "value_loss": v_loss,
+        "expansion_tokens": float(np.mean(cands.expansion_tokens)),
+        **parts,
+    }
+
+
+def evaluate_policy(world: World, policy, value_head, queries, eval_cfg, seed: int = 0) -> dict:
+    """Validation HR@10 / NDCG@10 by beam search, and the Spearman of V and log pi per level."""
+    m, _ = evaluate(world, policy, queries, eval_cfg)
+    out = {"valid_hr@10": m["hr@10"], "valid_ndcg@10": m["ndcg@10"]}
+    rho = value_spearman(policy, value_head, world, queries.take(slice(0, 128)), seed=seed)
+    for lvl in range(world.catalog.levels):
+        out[f"rho_logp_l{lvl + 1}"] = rho["logp"][lvl]
+        out[f"rho_value_l{lvl + 1}"] = rho["value"][lvl] if value_head is not None else math.nan
+    return out
