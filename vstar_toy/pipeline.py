@@ -23,7 +23,7 @@ from .policy.value import ValueHead, pretrain_value
 from .rl.sft import train_sft
 from .world import World
 
-CACHE_VERSION = 2  # part of every cache key: bump it when a model's architecture or training changes
+CACHE_VERSION = 3  # part of every cache key: bump it when a model's architecture or training changes
 
 
 def cache_root() -> Path:
@@ -42,14 +42,21 @@ def _key(*parts) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def _world_key(world: World):
+    """What shapes a world's logs beyond its trie: the synthetic config (mismatch, seed, ...) or the
+    real data set's name. Two worlds with one catalog but different logs train different policies."""
+    cfg = getattr(world, "config", None)
+    return cfg if dataclasses.is_dataclass(cfg) else world.name
+
+
 def sft_policy(world: World, cfg: Config, policy_dir: str | Path | None = None, progress: bool = True,
                say: Callable[[str], None] = print) -> TinyPolicy:
     """The SFT policy: loaded from ``policy_dir``, reused from the cache, or trained (and cached)."""
     if policy_dir is not None:
         say(f"policy: loaded from {policy_dir}")
         return checkpoint.load_policy(policy_dir, world)
-    d = cache_root() / f"sft-{checkpoint.fingerprint(world)}-{_key(cfg.policy, cfg.sft)}"
-    if (d / "policy.pt").exists():
+    d = cache_root() / f"sft-{checkpoint.fingerprint(world)}-{_key(_world_key(world), cfg.policy, cfg.sft)}"
+    if (d / "meta.json").exists():  # written last: a checkpoint with meta.json is complete
         say(f"policy: reusing the cached SFT policy in {d} (pass --policy DIR to use another)")
         return checkpoint.load_policy(d, world)
     say(f"policy: no --policy given, training the default SFT policy on {world.name} (cached in {d})")
@@ -70,8 +77,9 @@ def value_model(world: World, policy, cfg: Config, policy_dir: str | Path | None
         say(f"value head: none in {policy_dir}; pre-training one on this policy's candidates (not saved there)")
         head, _ = pretrain_value(policy, world, cfg.value, progress=progress)
         return head
-    d = cache_root() / f"value-{checkpoint.fingerprint(world)}-{_key(cfg.policy, cfg.sft, cfg.value)}"
-    if (d / "value.pt").exists():
+    key = _key(_world_key(world), cfg.policy, cfg.sft, cfg.value)
+    d = cache_root() / f"value-{checkpoint.fingerprint(world)}-{key}"
+    if (d / "meta.json").exists():
         say(f"value head: reusing the cached one in {d}")
         return checkpoint.load_value(d, world, policy)
     say(f"value head: pre-training V_phi by TD on SFT candidates (cached in {d})")

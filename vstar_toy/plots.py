@@ -9,7 +9,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.collections import PatchCollection
 from matplotlib.colors import Normalize
+from matplotlib.patches import Rectangle
 
 from .world import World
 
@@ -21,11 +23,22 @@ def _fig_ax(ax, figsize):
     return ax.figure, ax
 
 
+def path_nodes(world: World, items, levels: int | None = None) -> np.ndarray:
+    """Trie nodes on the paths of ``items`` (one id or many) at depths 1 .. ``levels``, without repeats."""
+    cat = world.catalog
+    levels = min(levels or cat.levels, cat.levels)
+    items = np.atleast_1d(np.asarray(items, dtype=np.int64))
+    items = items[items >= 0]
+    nodes = [cat.node_of(cat.sids[items, :lvl]) for lvl in range(1, levels + 1)]
+    return np.unique(np.concatenate(nodes)) if nodes else np.zeros(0, dtype=np.int64)
+
+
 def sid_icicle(world: World, node_values: np.ndarray, ax=None, cmap="viridis", label="", highlight=None,
-               max_level: int | None = None):
+               max_level: int | None = None, target: int | None = None):
     """Icicle of the SID trie: one row per level, each prefix a box as wide as its item count,
     coloured by ``node_values`` (one value per trie node). ``highlight``: item ids whose paths get
-    a red outline (e.g. the history and the ground truth)."""
+    a red outline (e.g. the history); ``target``: one item id whose path gets a thick black outline
+    (e.g. the ground truth y*)."""
     cat = world.catalog
     levels = min(max_level or cat.levels, cat.levels)
     fig, ax = _fig_ax(ax, (11, 1.2 + 0.9 * levels))
@@ -39,12 +52,12 @@ def sid_icicle(world: World, node_values: np.ndarray, ax=None, cmap="viridis", l
         colors = cm(norm(node_values[nodes]))
         ax.barh(np.full(len(nodes), -lvl), (hi - lo) / n, left=lo / n, height=0.9, color=colors,
                 edgecolor="white" if lvl == 1 else "none", linewidth=0.6)
-    if highlight is not None:
-        for item in np.atleast_1d(highlight):
-            for lvl in range(1, levels + 1):
-                node = cat.node_of(cat.sids[[item], :lvl])[0]
-                ax.barh(-lvl, (cat.hi[node] - cat.lo[node]) / n, left=cat.lo[node] / n, height=0.9,
-                        fill=False, edgecolor="red", linewidth=1.2)
+    for items, color, lw in ((highlight, "red", 1.2), (target, "black", 2.4)):
+        if items is None:
+            continue
+        for node in path_nodes(world, items, levels):
+            ax.barh(-cat.depth[node], (cat.hi[node] - cat.lo[node]) / n, left=cat.lo[node] / n, height=0.9,
+                    fill=False, edgecolor=color, linewidth=lw)
     ax.set_yticks(-np.arange(1, levels + 1), [f"level {lvl}" for lvl in range(1, levels + 1)])
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the catalog (items sorted by SID)")
@@ -69,6 +82,15 @@ def node_mean(world: World, item_values: np.ndarray) -> np.ndarray:
     return (csum[cat.hi] - csum[cat.lo]) / (cat.hi - cat.lo)
 
 
+def node_logsumexp(world: World, item_logp: np.ndarray) -> np.ndarray:
+    """log sum exp of per-item log-probabilities below each trie node: a prefix's probability mass."""
+    cat = world.catalog
+    x = np.asarray(item_logp, dtype=float)[cat.order]
+    m = x.max()
+    csum = np.concatenate([[0.0], np.cumsum(np.exp(x - m))])
+    return np.log(np.maximum(csum[cat.hi] - csum[cat.lo], 1e-300)) + m
+
+
 def world_tree(world: World, user: int | None = None):
     """The SID tree coloured by popularity, and (given a user) by that user's true reward, with the
     user's history and ground truth outlined."""
@@ -85,9 +107,9 @@ def world_tree(world: World, user: int | None = None):
     return fig
 
 
-def mismatch_curve(df: pd.DataFrame, ax=None, value="spearman", title=None):
+def mismatch_curve(df: pd.DataFrame, ax=None, value="spearman", title=None, mark: float | None = None):
     """Spearman rho per level against the mismatch knob: ``df`` has columns mismatch, level, spearman
-    (and optional low / high for a confidence band)."""
+    (and optional low / high for a confidence band). ``mark``: a mismatch to show as a dashed line."""
     fig, ax = _fig_ax(ax, (6, 4))
     for lvl, g in df.groupby("level"):
         g = g.sort_values("mismatch")
@@ -95,6 +117,8 @@ def mismatch_curve(df: pd.DataFrame, ax=None, value="spearman", title=None):
         if "low" in g and g["low"].notna().any():
             ax.fill_between(g["mismatch"], g["low"], g["high"], alpha=0.2)
     ax.axhline(0, color="grey", lw=0.8)
+    if mark is not None:
+        ax.axvline(mark, color="black", ls="--", lw=1, label=f"m = {mark:g}")
     ax.set_xlabel("mismatch m")
     ax.set_ylabel("Spearman rho(log P_log(prefix), true reward)")
     ax.set_title(title or "The mismatch knob: likelihood vs reward, per SID level")
@@ -105,32 +129,47 @@ def mismatch_curve(df: pd.DataFrame, ax=None, value="spearman", title=None):
 
 def decoding_tree(tree_df: pd.DataFrame, levels: int, ax=None, target_sid: str | None = None, title: str = "",
                   color: str = "value"):
-    """One query's decoding tree (a ``PrefixTree.to_frame(query)``): nodes placed by depth and SID
-    order, size by pi(prefix), colour by V (or another column), pruned nodes as grey crosses, the
+    """One query's decoding tree (a ``PrefixTree.to_frame(query)``): leaves (kept or pruned) side by
+    side in SID order, each inner node above the middle of its children; size by pi(prefix), colour
+    by V (or another column; hollow where it has no value), pruned nodes as grey crosses, the
     ground-truth path in red."""
     fig, ax = _fig_ax(ax, (10, 4))
-    df = tree_df.copy()
-    df = df.sort_values("sid").reset_index(drop=True)
-    x = {}
-    for d in range(levels + 1):
-        sub = df[df["depth"] == d]
-        for i, node in enumerate(sub["node"]):
-            x[node] = (i + 0.5) / max(len(sub), 1)
+    df = tree_df.reset_index(drop=True)
+    code = {r.node: tuple(int(t) for t in r.sid.split("-")) if r.sid else () for r in df.itertuples()}
+    children: dict[int, list[int]] = {n: [] for n in df["node"]}
+    for node, parent in zip(df["node"], df["parent"]):
+        if parent in children:
+            children[parent].append(node)
+    leaves = sorted((n for n, ch in children.items() if not ch), key=code.get)
+    x = {n: (i + 0.5) / len(leaves) for i, n in enumerate(leaves)}
+    for n in sorted(children, key=lambda n: -len(code[n])):  # deepest first: children are placed before parents
+        if children[n]:
+            x[n] = float(np.mean([x[c] for c in children[n]]))
     pos = {r.node: (x[r.node], -r.depth) for r in df.itertuples()}
+    # a node is on the ground-truth path when its SID is a whole-token prefix of y*'s ("1" of "1-2-3", not of "12-3")
+    gt_prefixes = set()
+    if target_sid:
+        toks = target_sid.split("-")
+        gt_prefixes = {"-".join(toks[:d]) for d in range(1, len(toks) + 1)}
     for r in df.itertuples():
         if r.parent >= 0 and r.parent in pos:
-            on_gt = target_sid is not None and target_sid.startswith(r.sid) and r.sid != ""
+            on_gt = r.sid in gt_prefixes
             ax.plot(*zip(pos[r.parent], pos[r.node]), color="red" if on_gt else "lightgrey",
                     lw=1.6 if on_gt else 0.6, zorder=1)
     kept = df[~df["pruned"]]
     size = 15 + 250 * np.exp(kept["logp"].clip(-30, 0)) ** 0.5
-    col = kept[color].fillna(kept[color].min() if kept[color].notna().any() else 0)
-    sc = ax.scatter([pos[n][0] for n in kept["node"]], [pos[n][1] for n in kept["node"]], s=size, c=col,
-                    cmap="coolwarm", zorder=2, edgecolor="k", linewidth=0.3)
+    has = kept[color].notna().to_numpy()
+    xy = np.array([pos[n] for n in kept["node"]]).reshape(-1, 2)
+    sc = ax.scatter(xy[has, 0], xy[has, 1], s=size[has], c=kept[color][has], cmap="coolwarm", zorder=2,
+                    edgecolor="k", linewidth=0.3)
+    if (~has).any():  # nodes without a value in this column (e.g. V of a beam node that was never scored)
+        ax.scatter(xy[~has, 0], xy[~has, 1], s=size[~has], facecolor="white", edgecolor="grey", linewidth=0.6,
+                   zorder=2, label=f"no {color}")
     pr = df[df["pruned"]]
     if len(pr):
         ax.scatter([pos[n][0] for n in pr["node"]], [pos[n][1] for n in pr["node"]], marker="x", s=8,
                    color="grey", alpha=0.5, zorder=1, label="pruned")
+    if len(pr) or (~has).any():
         ax.legend(loc="lower right", fontsize=8)
     ax.set_yticks(-np.arange(levels + 1), ["root"] + [f"level {d}" for d in range(1, levels + 1)])
     ax.set_xticks([])
@@ -156,6 +195,209 @@ def bar_table(df: pd.DataFrame, metrics: list[str], by: str, ax=None, title: str
     ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2, metrics)
     ax.legend(fontsize=8)
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# more views of the SID trie (the explorer's World page offers icicle, sunburst and treemap)
+
+
+def _trie_norm(world: World, node_values: np.ndarray, levels: int):
+    vals = node_values[(world.catalog.depth >= 1) & (world.catalog.depth <= levels)]
+    return Normalize(np.nanmin(vals), np.nanmax(vals))
+
+
+def sid_sunburst(world: World, node_values: np.ndarray, ax=None, cmap="viridis", label="", highlight=None,
+                 max_level: int | None = None, target: int | None = None):
+    """Sunburst of the SID trie: level l is the l-th ring, each prefix an arc as wide as its item count,
+    coloured by ``node_values`` (one per trie node). ``highlight`` (red) and ``target`` (black) as in
+    :func:`sid_icicle`. ``ax``, if given, must be a polar axes."""
+    cat = world.catalog
+    levels = min(max_level or cat.levels, cat.levels)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 6), subplot_kw={"projection": "polar"})
+    fig = ax.figure
+    norm, cm, n = _trie_norm(world, node_values, levels), plt.get_cmap(cmap), cat.n_items
+    nodes = np.flatnonzero((cat.depth >= 1) & (cat.depth <= levels))
+    theta0, width = 2 * np.pi * cat.lo[nodes] / n, 2 * np.pi * (cat.hi[nodes] - cat.lo[nodes]) / n
+    ax.bar(theta0, 0.95, width=width, bottom=cat.depth[nodes] - 0.5, align="edge",
+           color=cm(norm(node_values[nodes])), edgecolor=np.where(cat.depth[nodes] == 1, "white", "none"),
+           linewidth=0.6)
+    for items, color, lw in ((highlight, "red", 1.0), (target, "black", 2.0)):
+        if items is None:
+            continue
+        hl = path_nodes(world, items, levels)
+        ax.bar(2 * np.pi * cat.lo[hl] / n, 0.95, width=2 * np.pi * (cat.hi[hl] - cat.lo[hl]) / n,
+               bottom=cat.depth[hl] - 0.5, align="edge", fill=False, edgecolor=color, linewidth=lw)
+    ax.set_ylim(0, levels + 0.5)
+    ax.set_yticks(np.arange(1, levels + 1), [f"l={lvl}" for lvl in range(1, levels + 1)], fontsize=7)
+    ax.set_xticks([])
+    ax.spines["polar"].set_visible(False)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cm), ax=ax, label=label, pad=0.08, shrink=0.7)
+    return fig
+
+
+def treemap_rects(world: World, levels: int | None = None) -> np.ndarray:
+    """(M, 4) rectangles (x0, y0, x1, y1) of every trie node in a slice-and-dice treemap of the unit
+    square: level 1 splits along x by item count, level 2 splits each level-1 box along y, and so on."""
+    cat = world.catalog
+    levels = min(levels or cat.levels, cat.levels)
+    rect = np.zeros((cat.n_nodes, 4))
+    rect[0] = (0.0, 0.0, 1.0, 1.0)
+    for lvl in range(1, levels + 1):
+        nodes = cat.nodes_at(lvl)
+        par = cat.parent[nodes]
+        span = (cat.hi[par] - cat.lo[par]).astype(float)
+        f0, f1 = (cat.lo[nodes] - cat.lo[par]) / span, (cat.hi[nodes] - cat.lo[par]) / span
+        r = rect[par].copy()
+        axis = (lvl - 1) % 2  # 0: split along x, 1: along y
+        lo, hi = r[:, axis], r[:, axis + 2]
+        r[:, axis], r[:, axis + 2] = lo + f0 * (hi - lo), lo + f1 * (hi - lo)
+        rect[nodes] = r
+    return rect
+
+
+def sid_treemap(world: World, node_values: np.ndarray, ax=None, cmap="viridis", label="", highlight=None,
+                max_level: int | None = None, target: int | None = None):
+    """Treemap of the SID trie: the boxes of depth ``max_level`` (default L) coloured by ``node_values``,
+    nested inside white borders of the shallower levels (thicker = shallower). Area = item count.
+    ``highlight`` (red) and ``target`` (black) outline the deepest box of each item's path."""
+    cat = world.catalog
+    levels = min(max_level or cat.levels, cat.levels)
+    fig, ax = _fig_ax(ax, (8, 6))
+    rect = treemap_rects(world, levels)
+    norm, cm = _trie_norm(world, node_values, levels), plt.get_cmap(cmap)
+
+    def boxes(nodes, **kw):
+        r = rect[nodes]
+        return PatchCollection([Rectangle((a, b), c - a, d - b) for a, b, c, d in r], **kw)
+
+    deep = cat.nodes_at(levels)
+    ax.add_collection(boxes(deep, facecolors=cm(norm(node_values[deep])), edgecolors="none"))
+    for lvl in range(levels - 1, 0, -1):
+        ax.add_collection(boxes(cat.nodes_at(lvl), facecolors="none", edgecolors="white",
+                                linewidths=0.4 + 1.2 * (levels - lvl)))
+    for items, color, lw in ((highlight, "red", 1.2), (target, "black", 2.4)):
+        if items is None:
+            continue
+        hl = path_nodes(world, items, levels)
+        ax.add_collection(boxes(hl[cat.depth[hl] == levels], facecolors="none", edgecolors=color, linewidths=lw))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_aspect("equal")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cm), ax=ax, label=label, pad=0.01)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# candidate sets, advantages and budgets
+
+
+def candidate_tree(sids, node_values, ax=None, title: str = "", label: str = "", cmap: str = "coolwarm",
+                   leaf_text=None, annotate: bool | None = None, vmax: float | None = None):
+    """The prefix tree of one candidate set, each node coloured by a per-node value.
+
+    Args:
+        sids: (C, L) int SIDs of the candidates.
+        node_values: (C, L) float; entry [i, l] is the value of the depth-(l + 1) node candidate i
+            passes through (the layout of ``sibling_node_advantages``). NaN: no value (hollow node).
+        leaf_text: optional (C,) strings written under the leaves (e.g. the rewards).
+        annotate: write each node's value beside it (default: when there are at most 40 nodes).
+        vmax: colour range [-vmax, vmax] (default: the largest |value|), so 0 is the middle colour.
+
+    Leaves sit in SID order; an inner node sits above the middle of its leaves; the root is on top.
+    """
+    s = np.asarray(sids, dtype=np.int64).reshape(len(node_values), -1)
+    vals = np.asarray(node_values, dtype=float).reshape(s.shape)
+    c, L = s.shape
+    fig, ax = _fig_ax(ax, (max(5.0, 0.55 * c + 2), 1.2 + 1.0 * L))
+    # nodes: distinct prefixes per depth, keyed by the tuple of their tokens
+    leaf_keys = sorted({tuple(r) for r in s.tolist()})
+    x = {k: float(i) for i, k in enumerate(leaf_keys)}
+    for d in range(L - 1, -1, -1):
+        for k in {k[:d] for k in leaf_keys}:
+            x[k] = float(np.mean([x[leaf] for leaf in leaf_keys if leaf[:d] == k]))
+    node_val = {}
+    for i in range(c):
+        for d in range(1, L + 1):
+            k = tuple(s[i, :d].tolist())
+            if np.isfinite(vals[i, d - 1]) and k not in node_val:
+                node_val[k] = vals[i, d - 1]
+    for k in x:
+        if len(k):
+            ax.plot([x[k[:-1]], x[k]], [-(len(k) - 1), -len(k)], color="lightgrey", lw=0.8, zorder=1)
+    keys = [k for k in x if len(k)]
+    finite = [node_val[k] for k in keys if k in node_val]
+    vmax = vmax or (max(abs(v) for v in finite) if finite else 1.0) or 1.0
+    norm, cm = Normalize(-vmax, vmax), plt.get_cmap(cmap)
+    ax.scatter([x[()]], [0], s=60, color="black", zorder=2)
+    for k in keys:
+        v = node_val.get(k, np.nan)
+        face = cm(norm(v)) if np.isfinite(v) else "white"
+        ax.scatter([x[k]], [-len(k)], s=140, color=face, edgecolor="k" if np.isfinite(v) else "grey",
+                   linewidth=0.5, zorder=2)
+    if annotate or (annotate is None and len(keys) <= 40):
+        for k in keys:
+            if k in node_val:
+                ax.annotate(f"{node_val[k]:+.2f}", (x[k], -len(k)), xytext=(7, 4), textcoords="offset points",
+                            fontsize=7)
+    if leaf_text is not None:
+        for i in range(c):
+            k = tuple(s[i].tolist())
+            ax.annotate(str(leaf_text[i]), (x[k], -L), xytext=(0, -16), textcoords="offset points", fontsize=7,
+                        ha="center", rotation=90 if c > 12 else 0, va="top")
+    ax.set_xticks([x[k] for k in leaf_keys], ["-".join(map(str, k)) for k in leaf_keys], rotation=90, fontsize=7)
+    ax.set_yticks(-np.arange(L + 1), ["root"] + [f"depth {d}" for d in range(1, L + 1)])
+    ax.set_xlim(-0.6, len(leaf_keys) - 0.2)
+    ax.set_ylim(-L - (1.2 if leaf_text is not None else 0.4), 0.4)
+    ax.set_title(title)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cm), ax=ax, label=label, pad=0.01)
+    return fig
+
+
+def advantage_bounds_bars(bounds: dict, ax=None, title: str = ""):
+    """The realised spread of group advantages against their bounds, on a log scale.
+
+    ``bounds`` maps names to numbers, e.g. the (B,) entries of one query from
+    ``rl.advantages.advantage_bounds``: max_abs_A, sigma_A, samuelson, eq4_tight, eq4_loose."""
+    fig, ax = _fig_ax(ax, (6.5, 3.4))
+    order = [k for k in ("max_abs_A", "sigma_A", "samuelson", "eq4_tight", "eq4_loose") if k in bounds]
+    order += [k for k in bounds if k not in order]
+    names = {"max_abs_A": "realised max|A|", "sigma_A": "realised sigma_A", "samuelson": "Samuelson sqrt(n-1)",
+             "eq4_tight": "Eq. 4 Delta/(sigma+eps)", "eq4_loose": "Eq. 4 Delta/eps"}
+    vals = np.array([float(bounds[k]) for k in order])
+    colors = ["tab:blue" if k in ("max_abs_A", "sigma_A") else "tab:orange" for k in order]
+    shown = np.where(np.isfinite(vals) & (vals > 0), vals, np.nan)
+    ax.barh(np.arange(len(order)), shown, color=colors)
+    for i, v in enumerate(vals):
+        ax.annotate(f"{v:.3g}", (shown[i] if np.isfinite(shown[i]) else 1e-3, i), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yticks(np.arange(len(order)), [names.get(k, k) for k in order])
+    ax.invert_yaxis()
+    ax.set_xlabel("value (log scale); blue: realised, orange: bounds")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def budget_split(df: pd.DataFrame, ax=None, title: str = "Forward tokens per query"):
+    """Stacked bars of how each decoder spent its budget: ``df`` has columns decoder, warmup_tokens,
+    expansion_tokens and budget_tokens (one row per decoder); the budget is a black tick."""
+    fig, ax = _fig_ax(ax, (6.5, 1.6 + 0.5 * len(df)))
+    y = np.arange(len(df))
+    warm, exp_ = df["warmup_tokens"].to_numpy(float), df["expansion_tokens"].to_numpy(float)
+    ax.barh(y, warm, color="tab:blue", label="warm start (likelihood beam)")
+    ax.barh(y, exp_, left=warm, color="tab:green", label="value-guided expansion")
+    ax.scatter(df["budget_tokens"], y, marker="|", s=400, color="black", zorder=3, label="budget B")
+    ax.set_yticks(y, df["decoder"])
+    ax.invert_yaxis()
+    ax.set_xlabel("backbone forward tokens (Cost, Sec. 4.2)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, frameon=False)
     fig.tight_layout()
     return fig
 

@@ -1,0 +1,59 @@
+"""The paper's claims in the toolkit's worlds (DESIGN section 5): one function per claim, a shared
+runner that caches what they share, verdicts from paired seeds, and ``report.md``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..checkpoint import atomic_write_text
+from ..config import Config
+from .claims import CLAIMS
+from .report import write_report
+from .runner import Runner, Settings
+
+
+def reproduce(claims: list[int], base: Config, settings: Settings, out: str | Path, progress: bool = True,
+              say: Callable[[str], None] | None = None, world_loader: Callable | None = None,
+              label: str = "") -> dict:
+    """Run ``claims`` and write ``out/report.md``, ``out/claim_N.csv`` and ``out/summary.json``.
+    Returns the summary: ``{"claims": [{"id", "verdict", "metric", "values"}, ...], ...}``."""
+    unknown = [c for c in claims if c not in CLAIMS]
+    if unknown:
+        raise ValueError(f"claims = {unknown} are invalid: expected numbers in 1..{len(CLAIMS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(base, settings, out, progress=progress, say=say, world_loader=world_loader)
+    t0 = time.perf_counter()
+    frames: list[pd.DataFrame] = []
+    for c in claims:
+        runner.say(f"claim {c}: {CLAIMS[c].__doc__.splitlines()[0]}")
+        df = CLAIMS[c](runner)
+        df.to_csv(out / f"claim_{c}.csv", index=False)
+        frames.append(df)
+        runner.say(f"claim {c}: {df.attrs['verdict']}")
+    seconds = time.perf_counter() - t0
+    header = (f"{label or 'synthetic world'}; {settings.seeds} seed(s); "
+              f"{'quick' if settings.quick else 'full'} settings: {settings}.")
+    report = write_report(frames, runner, out, header, seconds)
+
+    def clean(v):
+        return None if isinstance(v, float) and np.isnan(v) else v
+
+    summary = {
+        "claims": [{"id": df.attrs["claim"], "title": df.attrs["title"], "verdict": df.attrs["verdict"],
+                    "metric": df.attrs["metric"], "values": {k: clean(v) for k, v in df.attrs["values"].items()},
+                    "comparisons": [{k: clean(v) for k, v in c.items()} for c in df.attrs["comparisons"]]}
+                   for df in frames],
+        "seeds": settings.seeds, "quick": settings.quick, "seconds": round(seconds, 1), "report": str(report),
+    }
+    atomic_write_text(json.dumps(summary, indent=2), out / "summary.json")
+    return summary
+
+
+__all__ = ["CLAIMS", "Runner", "Settings", "reproduce"]

@@ -17,7 +17,9 @@ Log-probabilities are restricted to valid children with the catalog's dense mask
 the codes that continue the prefix to a real item (``-inf`` elsewhere). Two normalisations exist
 (``normalize``): ``"valid"`` (the default: over the valid children, what constrained decoding
 samples from) and ``"level"`` (over all codes of the level, masked afterwards, the convention of
-``generate`` with ``prefix_allowed_tokens_fn`` when the vocabulary is the level's codes).
+``generate`` with ``prefix_allowed_tokens_fn`` when the vocabulary is the level's codes). A backbone
+with a wider vocabulary may add its own (``normalizations``, ``_log_partition``): Qwen's ``"vocab"``
+normalises over its whole vocabulary, exactly what ``generate`` does.
 
 A concrete policy supplies three pieces: ``_encode`` (a causal pass over context tokens returning
 hidden states and a cache), ``_extend`` (new tokens attending to a context cache and a prefix
@@ -100,10 +102,13 @@ class Context:
 class SIDPolicy(nn.Module):
     """Shared logic of every policy over SID tokens; subclasses supply the backbone pieces."""
 
+    normalizations: tuple[str, ...] = ("valid", "level")  # the values ``normalize`` may take
+
     def __init__(self, catalog: Catalog, normalize: str = "valid"):
         super().__init__()
-        if normalize not in ("valid", "level"):
-            raise ValueError(f"normalize = {normalize!r} is invalid: expected 'valid' or 'level'")
+        if normalize not in self.normalizations:
+            raise ValueError(f"normalize = {normalize!r} is invalid: expected "
+                             + " or ".join(repr(n) for n in self.normalizations))
         self.catalog = catalog
         self.normalize = normalize
         self.levels = catalog.levels
@@ -137,6 +142,10 @@ class SIDPolicy(nn.Module):
 
     def _code_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
         """(N, K_level) logits of the codes of ``level`` (0-based) from hidden (N, d)."""
+        raise NotImplementedError
+
+    def _log_partition(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        """(N, 1) log Z of a backbone's own normalisation (one not in ("valid", "level")) at hidden (N, d)."""
         raise NotImplementedError
 
     def _empty_kv(self, n: int) -> torch.Tensor:
@@ -193,10 +202,12 @@ class SIDPolicy(nn.Module):
             k = self.catalog.codebook_sizes[lvl]
             logits = self._code_logits(hidden[rows], lvl).float()  # (n, K_l)
             valid = self.child[node[rows], :k] >= 0
-            if self.normalize == "level":
-                lp = logits.log_softmax(-1).masked_fill(~valid, float("-inf"))
-            else:
+            if self.normalize == "valid":
                 lp = logits.masked_fill(~valid, float("-inf")).log_softmax(-1)
+            elif self.normalize == "level":
+                lp = logits.log_softmax(-1).masked_fill(~valid, float("-inf"))
+            else:  # the backbone's own normaliser, e.g. over its whole vocabulary
+                lp = (logits - self._log_partition(hidden[rows], lvl).float()).masked_fill(~valid, float("-inf"))
             out = out.index_put((rows,), torch.nn.functional.pad(lp, (0, self.k_max - k), value=float("-inf")))
         return out
 

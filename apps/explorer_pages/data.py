@@ -1,0 +1,262 @@
+"""The explorer's cached library calls: every number a page shows comes from here.
+
+Two kinds of cache (Streamlit's):
+
+- ``st.cache_resource`` for objects shared by all sessions and never copied: the world, the SFT
+  policy and the value head (``vstar_toy.pipeline`` also caches the trained models on disk, so only
+  the very first run of a preset trains them). The policy keeps the last encoded prompts between
+  ``start`` and ``step``, so decoding holds ``Models.lock``.
+- ``st.cache_data`` for results (DataFrames, dicts of numbers), keyed by the widgets' values.
+
+No algorithm lives here: each function calls the library and arranges its output for display.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from vstar_toy import metrics, plots
+from vstar_toy.config import Config, DecodeConfig, preset
+from vstar_toy.decoding import beam_search, decode
+from vstar_toy.pipeline import build_world, sft_policy, value_model
+from vstar_toy.policy.value import candidate_values
+from vstar_toy.rl import advantages as adv
+from vstar_toy.world import World
+from vstar_toy.world.rewards import rewards as reward_fn
+
+# ----------------------------------------------------------------------------------------------
+# the world and the models
+
+
+def config(preset_name: str) -> Config:
+    return preset(preset_name)
+
+
+@st.cache_resource(show_spinner="Building the synthetic world...")
+def load_world(preset_name: str) -> World:
+    """The preset's world (DESIGN section 3)."""
+    return build_world(config(preset_name).world)
+
+
+@st.cache_resource(show_spinner=False)
+def world_at(preset_name: str, mismatch: float) -> World:
+    """The preset's world with the logs' mismatch knob set to ``mismatch``.
+
+    Only the logging distribution P_log (users.py) depends on m: the catalog, the tastes, the
+    popularity and the ground truth are drawn before it from the same seed, so the world is rebuilt
+    by changing its config and no k-means is re-run. (tests/test_app.py checks that this world's
+    measured mismatch equals that of ``build_world`` at the same m.)
+    """
+    w = load_world(preset_name)
+    return dataclasses.replace(w, config=dataclasses.replace(w.config, mismatch=float(mismatch)))
+
+
+@dataclass
+class Models:
+    world: World
+    policy: object
+    head: object
+    notes: list[str]
+    lock: threading.Lock
+
+
+@st.cache_resource(show_spinner="Loading the SFT policy and the value head (the first run of a preset trains "
+                                "them, then they are cached on disk)...")
+def load_models(preset_name: str) -> Models:
+    """The preset's SFT policy and value head V_phi, from vstar_toy.pipeline's disk cache (or trained)."""
+    cfg = config(preset_name)
+    world = load_world(preset_name)
+    notes: list[str] = []
+    policy = sft_policy(world, cfg, progress=False, say=notes.append)
+    head = value_model(world, policy, cfg, progress=False, say=notes.append)
+    return Models(world, policy, head.eval(), notes, threading.Lock())
+
+
+@st.cache_data(show_spinner=False)
+def test_users(preset_name: str) -> list[int]:
+    """Ids of the test split's users (the explorer only shows users SFT never trained on)."""
+    return load_world(preset_name).queries("test").users.tolist()
+
+
+def sid_str(sid) -> str:
+    return "-".join(str(int(t)) for t in sid if t >= 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# World page
+
+
+@st.cache_data(show_spinner="Measuring the mismatch...")
+def spearman_at(preset_name: str, mismatch: float) -> list[float]:
+    """Per level, Spearman rho between a prefix's logged log-probability and its true reward."""
+    return world_at(preset_name, mismatch).spearman_exposure_reward()
+
+
+@st.cache_data(show_spinner="Measuring the mismatch over the knob's range...")
+def mismatch_table(preset_name: str, grid: tuple[float, ...]) -> pd.DataFrame:
+    """Columns mismatch, level, spearman: the curve of ``plots.mismatch_curve``."""
+    rows = []
+    for m in grid:
+        rows += [{"mismatch": m, "level": lvl + 1, "spearman": r} for lvl, r in enumerate(spearman_at(preset_name, m))]
+    return pd.DataFrame(rows)
+
+
+@st.cache_data(show_spinner=False)
+def node_colours(preset_name: str, mismatch: float, user: int, colour: str) -> np.ndarray:
+    """One value per trie node: log popularity, the user's mean true reward, or the logs' mass."""
+    w = world_at(preset_name, mismatch)
+    if colour == "popularity":
+        return plots.node_popularity(w)
+    if colour == "true reward":
+        return plots.node_mean(w, w.affinity([user])[0])
+    return plots.node_logsumexp(w, w.logged_logprobs([user])[0])
+
+
+@st.cache_data(show_spinner=False)
+def user_items(preset_name: str, mismatch: float, user: int) -> pd.DataFrame:
+    """The user's history and ground truth, with their SIDs, true reward and logged log-probability."""
+    w = world_at(preset_name, mismatch)
+    hist = w.histories[user][w.histories[user] >= 0]
+    items = np.concatenate([hist, [w.targets[user]]])
+    aff = w.affinity([user])[0]
+    logp = w.logged_logprobs([user])[0]
+    rank = (-aff).argsort().argsort()
+    return pd.DataFrame({
+        "role": ["history"] * len(hist) + ["ground truth y*"],
+        "item": items,
+        "SID": [sid_str(s) for s in w.catalog.sids[items]],
+        "true reward a(u, i)": aff[items].round(3),
+        "reward rank (of N)": rank[items] + 1,
+        "log P_log(i | u)": logp[items].round(2),
+    })
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding page
+
+
+def _tree_frame(world: World, cands, user: int, prefix_values: dict[str, float] | None) -> pd.DataFrame:
+    """One query's PrefixTree as a DataFrame, plus the oracle's mean true reward below each prefix
+    and (for beam search, whose nodes VED never scored) V_phi of the prefixes of its candidates."""
+    tree = cands.tree.for_query(0)
+    df = tree.to_frame()
+    cat_node = np.zeros(len(tree), dtype=np.int64)
+    for d in range(1, world.catalog.levels + 1):
+        at = tree.depth == d
+        cat_node[at] = world.catalog.node_of(tree.sid[at, :d])
+    df["true_reward"] = plots.node_mean(world, world.affinity([user])[0])[cat_node]
+    if prefix_values is not None:
+        df["value"] = df["value"].fillna(df["sid"].map(prefix_values))
+    return df
+
+
+def _candidate_table(world, cands, values: torch.Tensor, user: int, target: int) -> pd.DataFrame:
+    c = cands.valid[0].numpy()
+    items = cands.items[0].numpy()[c]
+    return pd.DataFrame({
+        "rank": np.arange(1, c.sum() + 1),
+        "SID": [sid_str(s) for s in cands.sids[0].numpy()[c]],
+        "item": items,
+        "log pi(y|x)": cands.logp[0].numpy()[c].round(3),
+        "V(y)": values[0, :, -1].numpy()[c].round(3),
+        "true reward": world.affinity([user], items[None])[0].round(3),
+        "is y*": items == target,
+    })
+
+
+@st.cache_data(show_spinner="Decoding with beam search and VED...")
+def decode_user(preset_name: str, user: int, budget_x: float, warm_beam: int, lam: float, beta: float,
+                priority: str) -> dict:
+    """Beam search and VED for one user at the same budget (the preset's |C|).
+
+    Returns trees (DataFrames), candidate tables, the budget split, a summary per decoder, the
+    target's SID, and ``error`` (the library's message when VED cannot run at this budget)."""
+    m = load_models(preset_name)
+    w, cfg = m.world, config(preset_name)
+    row = int(np.flatnonzero(w.queries("test").users == user)[0])
+    q = w.queries("test").take([row])
+    n_cand = cfg.decode.n_candidates
+    dcfg = DecodeConfig(decoder="ved", n_candidates=n_cand, budget_x=budget_x, warm_beam=warm_beam, lam=lam,
+                        beta=beta, priority=priority, seed=cfg.decode.seed)
+    out: dict = {"target_sid": sid_str(w.catalog.sids[q.targets[0]]), "error": None, "n_candidates": n_cand}
+    sets = {}
+    with m.lock, torch.no_grad():
+        sets["beam search"] = beam_search(m.policy, q.histories, n_cand, budget_x)
+        try:
+            sets["VED"] = decode(m.policy, q.histories, dcfg, m.head)
+        except ValueError as e:
+            out["error"] = str(e)
+        values = {k: candidate_values(m.policy, m.head, q.histories, c.sids.clamp_min(0)) for k, c in sets.items()}
+    out["trees"], out["candidates"], rows = {}, {}, []
+    for name, c in sets.items():
+        # V of every prefix of the candidates, keyed by its SID string (fills beam search's tree)
+        pv = {sid_str(s[: lvl + 1]): float(values[name][0, i, lvl])
+              for i, s in enumerate(c.sids[0].numpy()) if c.valid[0, i] for lvl in range(w.catalog.levels)}
+        out["trees"][name] = _tree_frame(w, c, user, pv if name == "beam search" else None)
+        table = _candidate_table(w, c, values[name], user, int(q.targets[0]))
+        out["candidates"][name] = table
+        r = reward_fn(w, "affinity", q.users, q.targets, c.items.numpy())
+        rows.append({
+            "decoder": name,
+            "budget_tokens": int(c.budget_tokens),
+            "cost_tokens": int(c.cost_tokens[0]),
+            "warmup_tokens": int(c.warmup_tokens[0]),
+            "expansion_tokens": int(c.expansion_tokens[0]),
+            "y* reached": bool(metrics.reachability(c.items.numpy(), q.targets)[0]),
+            "max true reward": float(metrics.max_reward(r, c.valid.numpy())[0]),
+            "mean true reward": float(table["true reward"].mean()),
+            "Div(C)": float(metrics.diversity(c.sids.numpy(), c.valid.numpy())[0]),
+            "nodes in tree": int((~out["trees"][name]["pruned"]).sum()),
+            "pruned children": int(out["trees"][name]["pruned"].sum()),
+        })
+    out["summary"] = pd.DataFrame(rows)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Advantages page
+
+
+@st.cache_data(show_spinner=False)
+def decoded_rewards(preset_name: str, user: int, decoder: str, kind: str) -> pd.DataFrame:
+    """Columns sid, reward: the user's candidates from ``decoder`` (beam search or VED, 1x budget,
+    the preset's knobs) with rewards R(x, y) of ``kind`` (world.rewards)."""
+    cfg = config(preset_name)
+    m = load_models(preset_name)
+    w = m.world
+    row = int(np.flatnonzero(w.queries("test").users == user)[0])
+    q = w.queries("test").take([row])
+    dcfg = dataclasses.replace(cfg.decode, decoder="ved" if decoder == "VED" else "beam", budget_x=1.0)
+    with m.lock, torch.no_grad():
+        c = decode(m.policy, q.histories, dcfg, m.head)
+    r = reward_fn(w, kind, q.users, q.targets, c.items.numpy(), c.logp.numpy())
+    ok = c.valid[0].numpy()
+    return pd.DataFrame({"sid": [sid_str(s) for s in c.sids[0].numpy()[ok]], "reward": r[0][ok].round(4)})
+
+
+@st.cache_data(show_spinner=False)
+def advantage_report(sids: tuple[tuple[int, ...], ...], rewards: tuple[float, ...], eps: float) -> dict:
+    """GRPO advantages (Eq. 2), node advantages (Eq. 18), the bounds (Eq. 4, Samuelson) and the
+    sibling contrast of one candidate set (one query)."""
+    s = torch.tensor([sids], dtype=torch.long)  # (1, C, L)
+    r = torch.tensor([rewards], dtype=torch.float64)  # (1, C)
+    a_grpo = adv.grpo_advantages(r, eps)
+    a_node, first = adv.sibling_node_advantages(s, r, eps)
+    scores = adv.sibling_node_scores(s, r)
+    bounds = {k: float(v[0]) for k, v in adv.advantage_bounds(r, eps).items()}
+    contrast = {k: float(v[0]) for k, v in adv.sibling_contrast(s, r, eps).items()}
+    table = pd.DataFrame({"SID": ["-".join(map(str, x)) for x in sids], "reward": rewards,
+                          "A GRPO (Eq. 2)": a_grpo[0].numpy()})
+    for lvl in range(s.shape[-1]):
+        table[f"R-bar depth {lvl + 1} (Eq. 17)"] = scores[0, :, lvl].numpy()
+    for lvl in range(s.shape[-1]):
+        table[f"A_node depth {lvl + 1} (Eq. 18)"] = a_node[0, :, lvl].numpy()
+    return {"table": table, "grpo": a_grpo[0].numpy(), "node": a_node[0].numpy(), "first": first[0].numpy(),
+            "bounds": bounds, "contrast": contrast, "range": float(adv.reward_range(r)[0])}

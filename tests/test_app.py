@@ -1,0 +1,161 @@
+"""The explorer, headless: every page runs without an exception, its widgets change what it shows."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "apps" / "explorer.py"
+
+
+@pytest.fixture
+def open_page(model_cache, monkeypatch):
+    """``open_page("world")`` runs the explorer on the tiny preset at ``?page=world``."""
+    monkeypatch.setenv("VSTAR_TOY_APP_PRESET", "tiny")
+
+    def run(page: str) -> AppTest:
+        at = AppTest.from_file(str(APP), default_timeout=120)
+        at.query_params["page"] = page
+        return ok(at.run())
+
+    return run
+
+
+def ok(at: AppTest) -> AppTest:
+    """The run ended without an exception box."""
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def frame_with(at: AppTest, label: str) -> pd.DataFrame:
+    """The first dataframe shown whose columns or index contain ``label``."""
+    for df in at.dataframe:
+        v = df.value
+        if label in v.columns or label in v.index:
+            return v
+    raise AssertionError(f"no dataframe with {label!r}")
+
+
+def test_world_page_moves_the_spearman_with_the_mismatch(open_page):
+    at = open_page("world")
+    assert "World" in at.header[0].value
+    assert len(at.get("image")) == 2  # the tree and the mismatch curve
+    rho = {m: None for m in (0.0, 1.0)}
+    for m in rho:
+        at.slider(key="mismatch").set_value(m)
+        ok(at.run())
+        rho[m] = [float(metrics(at)[f"Spearman rho, level {lvl}"]) for lvl in (1, 2, 3)]
+    # m = 0: the logs follow the truth; m = 1: they follow popularity, independent of taste
+    assert all(a > 0.8 for a in rho[0.0]), rho
+    assert all(abs(b) < 0.2 for b in rho[1.0]), rho
+    items = frame_with(at, "role")
+    assert items["role"].iloc[-1] == "ground truth y*" and len(items) == 6 + 1  # tiny: history_len 6
+
+
+@pytest.mark.parametrize("layout,colour", [("sunburst", "popularity"), ("treemap", "logged probability")])
+def test_world_page_layouts_and_colourings(open_page, layout, colour):
+    at = open_page("world")
+    at.radio(key="layout").set_value(layout)
+    at.selectbox(key="colour").set_value(colour)
+    at.slider(key="depth").set_value(2)
+    ok(at.run())
+    assert len(at.get("image")) == 2
+
+
+def test_world_at_equals_a_rebuilt_world():
+    """The World page changes m without re-running k-means: it must measure what a rebuilt world does."""
+    sys.path.insert(0, str(APP.parent))
+    from explorer_pages import data
+
+    from vstar_toy.config import presets
+    from vstar_toy.pipeline import build_world
+
+    cfg = presets.tiny().world
+    for m in (0.0, 0.7):
+        rebuilt = build_world(dataclasses.replace(cfg, mismatch=m))
+        assert data.world_at("tiny", m).spearman_exposure_reward() == rebuilt.spearman_exposure_reward()
+
+
+def test_decoding_page_spends_the_same_budget(open_page):
+    at = open_page("decoding")
+    assert len(at.get("image")) == 3  # two trees and the budget split
+    for budget_x, budget in ((1.0, 17), (2.0, 33)):  # tiny: L = 3, |C| = 8, so kx = 1 + 16k tokens
+        at.slider(key="budget_x").set_value(budget_x)
+        ok(at.run())
+        summary = frame_with(at, "budget_tokens")
+        assert summary.loc["budget_tokens"].astype(int).tolist() == [budget, budget]
+        assert (summary.loc["cost_tokens"].astype(int) <= budget).all()
+        assert int(summary.loc["expansion_tokens", "VED"]) > 0
+        assert int(summary.loc["expansion_tokens", "beam search"]) == 0
+    tables = [df.value for df in at.dataframe if "V(y)" in df.value.columns]
+    assert [len(t) for t in tables] == [8, 8]
+
+
+def test_decoding_page_names_a_budget_below_veds_minimum(open_page):
+    at = open_page("decoding")
+    at.selectbox(key="tree_colour").set_value("true_reward")
+    at.slider(key="warm_beam").set_value(7)  # warm start 1 + 3 * 7 = 22 > 17 tokens at 1x
+    ok(at.run())
+    assert any("below VED's minimum" in w.value for w in at.warning)
+    assert len(at.get("image")) == 2  # beam search's tree and the budget split
+
+
+def test_advantages_page_toy_set(open_page):
+    at = open_page("advantages")  # the toy set first
+    assert len(at.get("image")) == 3  # the bounds and two trees
+    m = metrics(at)
+    assert m["candidates n"] == "8"
+    assert math.isclose(float(m["sqrt(n - 1)"]), math.sqrt(7), rel_tol=1e-2)
+    assert float(m["max |A|"]) <= math.sqrt(7)
+    assert float(m["contrast, Sibling-GRPO"]) == pytest.approx(1.0, abs=1e-3)
+    assert float(m["contrast, GRPO"]) < 1.0
+    table = frame_with(at, "A GRPO (Eq. 2)")
+    assert table["A_node depth 3 (Eq. 18)"].round(3).tolist()[:2] == [-1.0, 1.0]
+    at.select_slider(key="adv_eps").set_value(1.0)
+    ok(at.run())
+    assert float(metrics(at)["contrast, Sibling-GRPO"]) < 0.5  # sigma_h / (sigma_h + 1)
+
+
+@pytest.mark.parametrize("source,kind", [("beam search candidates", "hit"), ("VED candidates", "minionerec")])
+def test_advantages_page_decoded_sets(open_page, source, kind):
+    at = open_page("advantages")
+    at.selectbox(key="adv_source").set_value(source)
+    ok(at.run())  # the reward's selectbox is disabled for the toy set
+    at.selectbox(key="adv_reward").set_value(kind)
+    ok(at.run())
+    assert metrics(at)["candidates n"] == "8"
+
+
+def test_advantages_editor_rows_are_checked():
+    sys.path.insert(0, str(APP.parent))
+    from explorer_pages.advantages import parse_set
+
+    df = pd.DataFrame({"sid": ["0-1-2", "0-1", "a-b-c", "1-1-1", "2-0-1"], "reward": [0.5, 1.0, 1.0, None, 0.25]})
+    sids, rewards, skipped = parse_set(df)
+    assert sids == [(0, 1, 2), (2, 0, 1)] and rewards == [0.5, 0.25]
+    assert len(skipped) == 3
+
+
+def test_sidebar_switches_pages_and_shows_the_source(open_page):
+    at = open_page("world")
+    at.sidebar.radio[0].set_value("Advantages")
+    at.sidebar.toggle[0].set_value(True)
+    ok(at.run())
+    assert "Advantages" in at.header[0].value
+    assert at.query_params["page"] == "advantages"
+    sources = [c.value for c in at.code]
+    assert any("def grpo_advantages" in s for s in sources)
+    assert any("def sibling_node_advantages" in s for s in sources)

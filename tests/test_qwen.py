@@ -1,0 +1,340 @@
+"""QwenPolicy (policy/qwen.py) on the ``tiny-qwen`` config, on a CPU, in float32.
+
+Oracles: the KV-cached ``start``/``step`` path equals the stock Hugging Face forward over the whole
+prompt + prefix; our constrained beam search (normalize="vocab") returns the candidate sets of
+``generate(num_beams, prefix_allowed_tokens_fn)``; shared-prompt gradients equal those of re-encoding
+the prompt per candidate. Properties: every decoder stays valid, distinct and within budget on the
+Qwen policy. Smoke: a joint-loss step moves the parameters; ``benchmarks/gpu.py --tiny`` runs.
+
+Policies are random-init with the SID rows of the LM head re-drawn with std 0.5 (``sharpen``): code
+logits of std ~4, so that rankings are not decided by near-ties (as in tests/properties/test_decoders.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from vstar_toy.config import DecodeConfig, ValueConfig, presets  # noqa: E402
+from vstar_toy.decoding import beam_search, budget_tokens, decode  # noqa: E402
+from vstar_toy.pipeline import build_world  # noqa: E402
+from vstar_toy.policy.base import State  # noqa: E402
+from vstar_toy.policy.qwen import BACKBONES, QwenPolicy, _query_major  # noqa: E402
+from vstar_toy.policy.value import ValueHead  # noqa: E402
+from vstar_toy.rl.losses import policy_loss  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and spinning OpenMP threads stall on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """The tiny preset's world: 200 items, SIDs of 3 levels x 8 codes."""
+    return build_world(presets.tiny().world)
+
+
+@pytest.fixture(scope="module")
+def histories(world) -> np.ndarray:
+    """Six test-user histories, three of them left-padded by different amounts."""
+    hist = world.queries("test", n=6).histories.copy()
+    hist[0, :2] = -1
+    hist[2, :4] = -1
+    hist[5, :1] = -1
+    return hist
+
+
+def make_policy(world, normalize: str = "valid", seed: int = 0, dtype=torch.float32) -> QwenPolicy:
+    policy = QwenPolicy.from_backbone(world.catalog, "tiny-qwen", dtype=dtype, device="cpu", normalize=normalize,
+                                      seed=seed)
+    return policy.sharpen(0.5, seed)
+
+
+def random_sids(world, b: int, c: int, seed: int = 0) -> torch.Tensor:
+    items = np.random.default_rng(seed).integers(0, world.catalog.n_items, (b, c))
+    return torch.as_tensor(world.catalog.sids[items])  # (B, C, L)
+
+
+def hf_hidden(policy: QwenPolicy, histories, sids: torch.Tensor) -> torch.Tensor:
+    """(B, C, L+1, d) hidden states of [<sid>, y_1 .. y_L] by the Hugging Face forward on the whole sequence."""
+    b, c, L = sids.shape
+    prompt, mask = policy._prompt_ids(histories)
+    flat = sids.reshape(b * c, L)
+    ids = torch.cat([prompt.repeat_interleave(c, 0), policy.hf_token[policy.code_token(torch.arange(L), flat)]], 1)
+    am = torch.cat([mask.repeat_interleave(c, 0), torch.ones_like(flat)], 1)
+    out = policy.model.model(input_ids=ids, attention_mask=am, position_ids=(am.cumsum(1) - 1).clamp_min(0),
+                             use_cache=False)
+    return out.last_hidden_state[:, -(L + 1):].reshape(b, c, L + 1, -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the KV cache against a full re-encode
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normalize", ["valid", "level", "vocab"])
+def test_kv_cached_start_step_equals_a_full_reencode(world, histories, normalize):
+    policy = make_policy(world, normalize)
+    b, c, L = len(histories), 5, world.catalog.levels
+    sids = random_sids(world, b, c)
+    flat = sids.reshape(b * c, L)
+    rows = torch.arange(b).repeat_interleave(c)  # grouped by query: each prompt's rows as one block
+    shuffled = torch.randperm(b * c, generator=torch.Generator().manual_seed(0))  # any order: gathered prompts
+    assert _query_major(rows, b) == c and _query_major(rows[shuffled], b) is None
+
+    def walk(order):
+        state = policy.start(histories).index(rows[order])
+        out = []
+        for lvl in range(L):
+            out.append(state.logp.gather(1, flat[order, lvl : lvl + 1]).squeeze(1))
+            state = policy.step(state, flat[order, lvl])
+        return torch.stack(out, 1)[order.argsort()].reshape(b, c, L), state
+
+    with torch.no_grad():
+        cached, state = walk(torch.arange(b * c))
+        gathered, _ = walk(shuffled)
+        reference = policy.reference_logprobs(histories, sids)  # the HF forward, one sequence per candidate
+        shared = policy.logprobs(histories, sids)  # each prompt encoded once
+        ref_hidden = hf_hidden(policy, histories, sids)
+        shared_hidden = policy.candidate_hidden(histories, sids, with_last=True)[0]
+    assert torch.isfinite(reference).all()
+    torch.testing.assert_close(cached, reference, rtol=ATOL, atol=ATOL)
+    torch.testing.assert_close(gathered, reference, rtol=ATOL, atol=ATOL)
+    torch.testing.assert_close(shared, reference, rtol=ATOL, atol=ATOL)
+    # the hidden states the value head reads, on all three paths
+    torch.testing.assert_close(state.hidden.reshape(ref_hidden.shape), ref_hidden, rtol=ATOL, atol=ATOL)
+    torch.testing.assert_close(shared_hidden, ref_hidden, rtol=ATOL, atol=ATOL)
+    # "valid" sums to one over the valid children, "level" at most one, "vocab" leaves mass on the
+    # backbone's other tokens
+    assert (state.logp.exp().sum(-1) == 0).all()  # depth L: nothing left to predict
+    with torch.no_grad():
+        total = policy.start(histories).logp.exp().sum(-1)
+    if normalize == "vocab":
+        assert (total < 1 - 1e-3).all()
+    else:
+        assert (total <= 1 + 1e-5).all()
+        if normalize == "valid":
+            torch.testing.assert_close(total, torch.ones_like(total))
+
+
+def test_step_on_mixed_queries_and_depths_equals_step_row_by_row(world, histories):
+    policy = make_policy(world)
+    rng = np.random.default_rng(1)
+    with torch.no_grad():
+        root = policy.start(histories)
+        rows, codes = [], []
+        for q, depth in [(0, 0), (3, 2), (2, 1), (0, 2), (5, 1), (1, 0)]:
+            sid = world.catalog.sids[rng.integers(world.catalog.n_items)]
+            state = root.index(torch.tensor([q]))
+            for lvl in range(depth):
+                state = policy.step(state, torch.tensor([sid[lvl]]))
+            rows.append(state)
+            codes.append(int(sid[depth]))
+        batch, codes = State.cat(rows), torch.tensor(codes)
+        cost0 = policy.cost
+        together = policy.step(batch, codes)
+        assert policy.cost - cost0 == len(codes)
+        alone = State.cat([policy.step(batch.index(torch.tensor([i])), codes[i : i + 1]) for i in range(len(codes))])
+    for name in ("query", "node", "depth", "tokens"):
+        assert torch.equal(getattr(together, name), getattr(alone, name))
+    assert torch.equal(torch.isinf(together.logp), torch.isinf(alone.logp))
+    finite = torch.isfinite(together.logp)
+    torch.testing.assert_close(together.logp[finite], alone.logp[finite], rtol=0, atol=ATOL)
+    torch.testing.assert_close(together.hidden, alone.hidden, rtol=0, atol=ATOL)
+    torch.testing.assert_close(together.kv, alone.kv, rtol=0, atol=ATOL)
+
+
+def test_left_padding_changes_nothing(world, histories):
+    policy = make_policy(world)
+    sids = random_sids(world, len(histories), 4, seed=2)
+    padded = np.concatenate([np.full((len(histories), 3), -1), histories], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(policy.logprobs(padded, sids), policy.logprobs(histories, sids),
+                                   rtol=ATOL, atol=ATOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) our beam search against Hugging Face generate
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("beams", [4, 8])
+def test_beam_search_returns_the_sets_of_generate(world, histories, beams):
+    """normalize="vocab" scores a SID by its summed log-softmax over the whole vocabulary, as ``generate``
+    does (length_penalty 0: every SID has L tokens, so the sum ranks them)."""
+    policy = make_policy(world, "vocab")
+    assert (world.catalog.child[0] >= 0).sum() >= beams  # generate would keep -inf beams otherwise
+    hf_sids, hf_scores = policy.hf_beam_search(histories, beams)
+    with torch.no_grad():
+        ours = beam_search(policy, histories, beams)
+    for b in range(len(histories)):
+        got = {tuple(s) for s in ours.sids[b][ours.valid[b]].tolist()}
+        assert got == {tuple(s) for s in hf_sids[b].tolist()}, f"query {b}"
+        torch.testing.assert_close(ours.logp[b].sort(descending=True).values, hf_scores[b].sort(descending=True).values,
+                                   rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) shared-prompt gradients against per-candidate re-encoding
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normalize", ["valid", "vocab"])
+def test_shared_prompt_gradients_equal_per_candidate_reencoding(world, histories, normalize):
+    policy = make_policy(world, normalize)
+    sids = random_sids(world, len(histories), 6, seed=3)
+    weights = torch.randn(sids.shape, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for logprobs in (policy.logprobs, policy.reference_logprobs):
+        policy.zero_grad()
+        (weights * logprobs(histories, sids)).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
+    shared, naive = grads
+    assert naive.norm() > 0
+    assert float((shared - naive).norm() / naive.norm()) < 1e-5
+
+
+def test_layer_checkpointing_gives_the_same_gradients(world, histories):
+    policy = make_policy(world)
+    sids = random_sids(world, len(histories), 3, seed=4)
+    grads = []
+    for ckpt in (False, True):
+        policy.checkpointing = ckpt
+        policy.zero_grad()
+        policy.logprobs(histories, sids).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) every decoder: valid, distinct, within budget, honest about cost and log-probs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decoder", ["beam", "topk", "temperature", "ved"])
+def test_decoders_stay_valid_and_within_budget(world, histories, decoder):
+    policy = make_policy(world, "valid", seed=1)
+    head = ValueHead.for_policy(policy, ValueConfig(hidden=16)).eval()
+    cat = world.catalog
+    for budget_x in (1.0, 2.0):
+        cfg = DecodeConfig(decoder=decoder, n_candidates=8, warm_beam=4, budget_x=budget_x, top_k=3, seed=1)
+        cost0 = policy.cost
+        with torch.no_grad():
+            cands = decode(policy, histories, cfg, head)
+        sids, valid = cands.sids.numpy(), cands.valid.numpy()
+        assert valid.all(), f"{decoder} returned fewer than 8 valid candidates"
+        cat.check_valid(sids[valid])
+        np.testing.assert_array_equal(cat.item_of(sids[valid]), cands.items.numpy()[valid])
+        for b in range(len(histories)):
+            assert len({tuple(s) for s in sids[b].tolist()}) == 8
+        budget = budget_tokens(cat.levels, 8, budget_x if decoder in ("beam", "ved") else 1.0)
+        assert cands.budget_tokens == budget
+        assert (cands.cost_tokens <= budget).all()
+        assert policy.cost - cost0 == int(cands.cost_tokens.sum())
+        with torch.no_grad():
+            tok = policy.logprobs(histories, cands.sids.clamp_min(0))
+        torch.testing.assert_close(cands.token_logp, tok, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(cands.logp, tok.sum(-1), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) a joint-loss training step
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_joint_loss_step_moves_the_parameters(world, histories):
+    policy = make_policy(world)
+    with torch.no_grad():
+        cands = beam_search(policy, histories, 8)
+    rewards = torch.rand(cands.valid.shape, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in policy.parameters()]
+    logp = policy.logprobs(histories, cands.sids.clamp_min(0))
+    loss, parts = policy_loss("joint", logp, logp.detach(), logp.detach() - 0.1, cands.sids, rewards, cands.valid)
+    opt.zero_grad()
+    loss.backward()
+    assert torch.isfinite(loss) and set(parts) == {"loss_grpo", "loss_sibling", "loss_kl"}
+    assert all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None)
+    opt.step()
+    moved = [not torch.equal(a, p.detach()) for a, p in zip(before, policy.parameters())]
+    assert sum(moved) >= len(moved) // 2
+    head = policy.model.get_output_embeddings().weight
+    assert not torch.equal(before[[i for i, p in enumerate(policy.parameters()) if p is head][0]][policy.hf_token[2:]],
+                           head.detach()[policy.hf_token[2:]])
+
+
+# ---------------------------------------------------------------------------------------------
+# construction: backbones, checkpoints, errors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sid_tokens_are_added_to_the_vocabulary(world):
+    policy = make_policy(world)
+    base = BACKBONES["tiny-qwen"]["vocab_size"]
+    n_new = 1 + sum(world.catalog.codebook_sizes)
+    assert policy.model.get_input_embeddings().weight.shape[0] == base + n_new
+    assert policy.model.get_output_embeddings().weight.shape[0] == base + n_new
+    assert policy.hf_token[1:].tolist() == list(range(base, base + n_new))
+    assert policy.hidden_size == BACKBONES["tiny-qwen"]["hidden_size"]
+
+
+def test_a_local_checkpoint_with_its_tokenizer(world, tmp_path, histories):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**BACKBONES["tiny-qwen"]))
+    model.save_pretrained(tmp_path)
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(250)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, pad_token="w0").save_pretrained(tmp_path)
+    policy = QwenPolicy.from_backbone(world.catalog, str(tmp_path), device="cpu")
+    # the SID tokens come after the tokenizer's words, which had 6 spare embedding rows: the embeddings grew
+    ids = policy.hf_token[1:].tolist()
+    assert policy.tokenizer.convert_ids_to_tokens(ids[:3]) == ["<sid>", "<a_0>", "<a_1>"]
+    assert ids[0] >= 250 and ids == list(range(ids[0], ids[0] + len(ids))) and policy.pad_id == 0
+    assert policy.model.get_input_embeddings().weight.shape[0] == ids[-1] + 1 > 256
+    up = policy.model.model.layers[0].mlp.up_proj.weight
+    torch.testing.assert_close(up, model.model.layers[0].mlp.up_proj.weight)
+    with torch.no_grad():
+        assert torch.isfinite(policy.logprobs(histories, random_sids(world, len(histories), 2))).all()
+
+
+def test_errors_name_the_value_and_what_is_valid(world):
+    with pytest.raises(ValueError, match="backbone = 'qwen9'.*tiny-qwen"):
+        QwenPolicy.from_backbone(world.catalog, "qwen9", device="cpu")
+    with pytest.raises(ValueError, match="normalize = 'full'.*'vocab'"):
+        QwenPolicy.from_backbone(world.catalog, "tiny-qwen", device="cpu", normalize="full")
+
+
+# ---------------------------------------------------------------------------------------------
+# the GPU benchmark's CPU smoke run
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_gpu_benchmark_runs_tiny(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--tiny", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "device: CPU" in proc.stdout
+    rows = {r["measure"]: r for r in json.loads(out.read_text())["rows"]}
+    assert not any(r["error"] for r in rows.values())
+    assert rows["same set as generate (vocab beam)"]["value"] == 1.0
+    assert rows["train step shared-prompt s"]["value"] > 0

@@ -1,0 +1,171 @@
+"""``report.md`` and its figures from the claims' DataFrames.
+
+Figures: a Fig. 3-like chart of Spearman per level (claim 6), a Fig. 4-like budget-scaling chart
+(claim 7), the mismatch sweep (claim 8), and histograms of the within-parent advantage spread under
+GRPO's global normalisation and under Sibling-GRPO's (from one seed's VED candidate sets).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from ..checkpoint import atomic_write_text  # noqa: E402
+from ..config import DecodeConfig  # noqa: E402
+from ..decoding import decode  # noqa: E402
+from ..rl.advantages import sibling_contrast  # noqa: E402
+from ..world.rewards import rewards  # noqa: E402
+from .runner import Runner  # noqa: E402
+
+
+def _fmt(x: float) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def claim_table(df: pd.DataFrame) -> str:
+    """Markdown: one row per arm, one column per metric, 'mean [low, high]'."""
+    cell = df.assign(v=[f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]" for m, lo, hi in zip(df["mean"], df.ci_low, df.ci_high)])
+    wide = cell.pivot(index="arm", columns="metric", values="v")
+    wide = wide.loc[list(dict.fromkeys(df.arm)), list(dict.fromkeys(df.metric))]
+    head = "| arm | " + " | ".join(wide.columns) + " |\n|---|" + "---|" * len(wide.columns) + "\n"
+    return head + "".join(f"| {arm} | " + " | ".join(row.fillna("")) + " |\n" for arm, row in wide.iterrows())
+
+
+def comparison_table(df: pd.DataFrame) -> str:
+    head = "| comparison | metric | mean difference [95% CI] | verdict |\n|---|---|---|---|\n"
+    return head + "".join(
+        f"| {c['a']} > {c['b']} | {c['metric']} | {_fmt(c['diff'])} [{_fmt(c['low'])}, {_fmt(c['high'])}] "
+        f"| {c['verdict']} |\n" for c in df.attrs["comparisons"])
+
+
+def _ci_err(df: pd.DataFrame) -> np.ndarray:
+    lo = (df["mean"] - df.ci_low).fillna(0).to_numpy()
+    hi = (df.ci_high - df["mean"]).fillna(0).to_numpy()
+    return np.vstack([lo, hi])
+
+
+def fig_spearman(df: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    series = [("SFT", "logp", "P (SFT)"), ("beam+GRPO", "logp", "P (beam+GRPO)"), ("V-STAR", "logp", "P (V-STAR)"),
+              ("V-STAR", "value", "V (V-STAR)")]
+    levels = sorted({int(m.split("_l")[1]) for m in df.metric if "_l" in m})
+    width = 0.8 / len(series)
+    for i, (arm, kind, label) in enumerate(series):
+        sub = df[(df.arm == arm) & df.metric.isin([f"{kind}_l{lv}" for lv in levels])]
+        if sub.empty:
+            continue
+        ax.bar(np.arange(len(sub)) + (i - 1.5) * width, sub["mean"], width, yerr=_ci_err(sub), label=label,
+               capsize=2)
+    ax.set_xticks(range(len(levels)), [f"level {lv}" for lv in levels])
+    ax.set_ylabel("Spearman rho with prefix reward")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=7)
+    ax.set_title("Fig. 3 in the toy: probability (P) and value (V) vs true reward", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fig_budget(df: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    sub = df[df.metric == "ndcg@10"].copy()
+    sub["decoder"] = sub.arm.str.split().str[0]
+    sub["k"] = sub.arm.str.split().str[1].str.rstrip("x").astype(float)
+    for dec, g in sub.groupby("decoder"):
+        g = g.sort_values("k")
+        ax.errorbar(g.k, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, label=f"train with {dec}")
+    ax.set_xlabel("training-time decoding budget (x of 1 + 2|C| tokens)")
+    ax.set_ylabel("test NDCG@10")
+    ax.legend(fontsize=8)
+    ax.set_title("Fig. 4 in the toy: budget scaling", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fig_mismatch(df: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for metric in ("max_reward", "ndcg@10", "reachability"):
+        g = df[df.metric == metric].copy()
+        g["m"] = g.arm.str.removeprefix("m=").astype(float)
+        g = g.sort_values("m")
+        ax.errorbar(g.m, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, label=metric)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("mismatch m")
+    ax.set_ylabel("VED minus beam search")
+    ax.legend(fontsize=8)
+    ax.set_title("The VED gain as the mismatch knob turns", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fig_advantage_spread(runner: Runner, path: Path, seed: int = 0) -> dict:
+    """Per-query within-parent spread of node advantages, global (GRPO) vs sibling normalisation, on
+    the SFT policy's VED and beam candidate sets with the training reward. Returns the means."""
+    w, policy, head = runner.world(seed), runner.sft(seed), runner.value(seed)
+    q = runner.test_queries(seed).take(slice(0, 256))
+    cfg = runner.config(seed)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+    means = {}
+    for ax, dec in zip(axes, ("beam", "ved")):
+        with torch.no_grad():
+            c = decode(policy, q.histories, DecodeConfig(decoder=dec, seed=seed), head)
+        r = torch.as_tensor(rewards(w, cfg.rl.reward, q.users, q.targets, c.items.numpy(), c.logp.numpy()),
+                            dtype=torch.float32)
+        s = sibling_contrast(c.sids.clamp_min(0), r, cfg.rl.adv_eps, c.valid)
+        g, sib = s["global"].numpy(), s["sibling"].numpy()
+        bins = np.linspace(0, 1.1, 23)
+        ax.hist(g[~np.isnan(g)], bins=bins, alpha=0.7, label="GRPO (global sigma)")
+        ax.hist(sib[~np.isnan(sib)], bins=bins, alpha=0.7, label="Sibling-GRPO")
+        ax.set_title(f"{dec} candidates", fontsize=9)
+        ax.set_xlabel("within-parent spread of node advantages")
+        means[dec] = {"global": float(np.nanmean(g)), "sibling": float(np.nanmean(sib))}
+    axes[0].set_ylabel("queries")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Advantage compression: what shrinks under global normalisation", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return means
+
+
+def write_report(frames: list[pd.DataFrame], runner: Runner, out: Path, header: str, seconds: float) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# V-STAR toolkit: reproduction report\n\n{header}\n", f"Wall time: {seconds / 60:.1f} min.\n",
+             "Verdicts compare arms paired by seed: *holds* when the 95% interval of the mean difference lies "
+             "above 0, *does not hold* when below, *inconclusive* when it contains 0 (or with one seed).\n",
+             "\n## Verdicts\n\n| claim | verdict | metric | values (mean over seeds) |\n|---|---|---|---|\n"]
+    for df in frames:
+        a = df.attrs
+        vals = ", ".join(f"{k}: {_fmt(v)}" for k, v in a["values"].items())
+        lines.append(f"| {a['claim']}. {a['title']} | **{a['verdict']}** | {a['metric']} | {vals} |\n")
+    by_id = {df.attrs["claim"]: df for df in frames}
+    figures = {6: ("spearman.png", fig_spearman), 7: ("budget_scaling.png", fig_budget),
+               8: ("mismatch_sweep.png", fig_mismatch)}
+    for df in frames:
+        a = df.attrs
+        lines.append(f"\n## Claim {a['claim']}: {a['title']}\n\n**{a['verdict']}**. {a.get('note', '')}\n\n")
+        lines.append(claim_table(df) + "\n" + comparison_table(df))
+        if a["claim"] in figures:
+            name, fn = figures[a["claim"]]
+            fn(df, out / name)
+            lines.append(f"\n![]({name})\n")
+    if any(c in by_id for c in (1, 4)):
+        means = fig_advantage_spread(runner, out / "advantage_spread.png")
+        lines.append("\n## Advantage compression (Eq. 3-4, Sec. 4.3)\n\nWithin every parent with two or more "
+                     "child nodes, the spread of node advantages: GRPO's global normalisation against "
+                     "Sibling-GRPO's (seed 0, SFT policy, training reward). Means: "
+                     + "; ".join(f"{d}: global {_fmt(m['global'])}, sibling {_fmt(m['sibling'])}"
+                                 for d, m in means.items()) + ".\n\n![](advantage_spread.png)\n")
+    path = out / "report.md"
+    atomic_write_text("".join(lines), path)
+    return path

@@ -1,0 +1,139 @@
+"""The artefacts the claims share, built once per seed and cached: worlds, SFT policies, value
+heads, RL runs and their test scores.
+
+Seed s sets the world's seed, the policy's initial weights, the value head's, and the RL batches,
+so the arms of a comparison share everything but what is compared. SFT policies and value heads
+are cached by ``vstar_toy.pipeline`` (on disk, across commands); RL runs live under
+``OUT/runs/<name>/`` and resume after a crash; test scores are memoised for the session.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import pipeline
+from ..config import Config, DecodeConfig
+from ..evaluate import evaluate
+from ..rl.train import train
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How big a reproduction is.
+
+    seeds: seeds 0 .. seeds-1, >= 1. quick: the small settings of ``--quick`` (a 1,000-item world,
+    shorter training, fewer test users). test_queries: test users scored per seed. rl_steps: policy
+    updates per RL run. budgets: the budget multipliers of the Fig. 4 experiment.
+    """
+
+    seeds: int = 3
+    quick: bool = False
+    test_queries: int = 500
+    rl_steps: int = 60
+    budgets: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
+
+    @staticmethod
+    def make(seeds: int = 3, quick: bool = False) -> Settings:
+        if seeds < 1:
+            raise ValueError(f"seeds = {seeds} is invalid: expected an integer >= 1")
+        if quick:
+            return Settings(seeds=seeds, quick=True, test_queries=300, rl_steps=30, budgets=(1.0, 3.0))
+        return Settings(seeds=seeds)
+
+
+def quick_config(cfg: Config) -> Config:
+    """``--quick``: a smaller world and shorter SFT / value pre-training, the same algorithms."""
+    w = cfg.world
+    return cfg.replace(
+        world={"n_items": min(w.n_items, 1000), "n_users": min(w.n_users, 1500)},
+        sft={"epochs": min(cfg.sft.epochs, 12)},
+        value={"pretrain_steps": min(cfg.value.pretrain_steps, 200)},
+    )
+
+
+class Runner:
+    """Builds and caches the artefacts of one reproduction (see the module docstring)."""
+
+    def __init__(self, base: Config, settings: Settings, out: Path, progress: bool = True,
+                 say: Callable[[str], None] | None = None, world_loader: Callable | None = None):
+        self.base = quick_config(base) if settings.quick else base
+        self.settings = settings
+        self.out = Path(out)
+        self.progress = progress
+        self.say = say or (lambda msg: print(msg, file=sys.stderr))
+        self.world_loader = world_loader  # real data: a function () -> World (mismatch does not apply)
+        self._memo: dict = {}
+
+    # -- configs and worlds ----------------------------------------------------------------------
+    def config(self, seed: int, mismatch: float | None = None, **stages) -> Config:
+        world = {"seed": seed} if self.world_loader is None else {}
+        if mismatch is not None:
+            world["mismatch"] = mismatch
+        cfg = self.base.replace(world=world, policy={"seed": seed}, value={"seed": seed},
+                                rl={"seed": seed, "steps": self.settings.rl_steps})
+        return cfg.replace(**stages) if stages else cfg
+
+    def _cached(self, key, make):
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def world(self, seed: int, mismatch: float | None = None):
+        if self.world_loader is not None:
+            if mismatch is not None:
+                raise ValueError("the mismatch knob exists only in the synthetic world, not on real data")
+            return self._cached(("world",), self.world_loader)
+        return pipeline.build_world(self.config(seed, mismatch).world)
+
+    def test_queries(self, seed: int, mismatch: float | None = None):
+        w = self.world(seed, mismatch)
+        return self._cached(("test", seed, mismatch),
+                            lambda: w.queries("test", n=min(self.settings.test_queries, int((w.split == 2).sum()))))
+
+    # -- models ------------------------------------------------------------------------------------
+    def sft(self, seed: int, mismatch: float | None = None):
+        def make():
+            return pipeline.sft_policy(self.world(seed, mismatch), self.config(seed, mismatch),
+                                       progress=self.progress, say=self.say)
+        return self._cached(("sft", seed, mismatch), make)
+
+    def value(self, seed: int, mismatch: float | None = None):
+        def make():
+            return pipeline.value_model(self.world(seed, mismatch), self.sft(seed, mismatch),
+                                        self.config(seed, mismatch), progress=self.progress, say=self.say)
+        return self._cached(("value", seed, mismatch), make)
+
+    def trained(self, seed: int, decoder: str, objective: str, budget_x: float = 1.0,
+                mismatch: float | None = None):
+        """(policy, value head) after RL from this seed's SFT policy and pre-trained head."""
+        def make():
+            cfg = self.config(seed, mismatch, decode={"decoder": decoder, "budget_x": budget_x},
+                              rl={"objective": objective})
+            name = f"s{seed}-m{cfg.world.mismatch}-{decoder}{budget_x:g}x-{objective}"
+            self.say(f"RL run {name}")
+            policy = copy.deepcopy(self.sft(seed, mismatch))
+            head = copy.deepcopy(self.value(seed, mismatch))
+            res = train(self.world(seed, mismatch), policy, cfg, head, run_dir=self.out / "runs" / name,
+                        progress=self.progress, say=self.say)
+            return res.policy, res.value_head
+        return self._cached(("rl", seed, decoder, objective, budget_x, mismatch), make)
+
+    # -- scores ------------------------------------------------------------------------------------
+    def score(self, policy_key: tuple, seed: int, dcfg: DecodeConfig, mismatch: float | None = None) -> dict:
+        """Test metrics of the policy named by ``policy_key`` ("sft",) or ("rl", decoder, objective,
+        budget_x) decoded with ``dcfg``."""
+        def make():
+            if policy_key[0] == "sft":
+                policy, head = self.sft(seed, mismatch), self.value(seed, mismatch)
+            else:
+                policy, head = self.trained(seed, *policy_key[1:], mismatch=mismatch)
+            cfg = dataclasses.replace(dcfg, seed=seed,
+                                      warm_beam=min(dcfg.warm_beam, max(1, dcfg.n_candidates - 1)))
+            m, _ = evaluate(self.world(seed, mismatch), policy, self.test_queries(seed, mismatch), cfg, head)
+            return m
+        return self._cached(("score", policy_key, seed, dcfg, mismatch), make)

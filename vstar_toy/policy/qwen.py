@@ -1,0 +1,376 @@
+"""A Hugging Face Qwen2 backbone behind the Policy protocol: the GPU path (DESIGN section 6).
+
+Vocabulary. Every (level, code) of the catalog becomes one new token, ``<a_12>`` for code 12 of
+level 1, ``<b_3>`` for code 3 of level 2, ...; ``<sid>`` separates items and starts generation. The
+backbone's embedding rows (and its LM head, tied or not) are resized to hold them. A prompt is the
+user's history written as those tokens, ``<sid><a_4><b_0><c_7><sid><a_1>...``, left-padded; the item
+to recommend is generated after one more ``<sid>``.
+
+Positions. RoPE positions count real tokens only (prompt token j sits at the number of real tokens
+before it; the generated ``<sid>, y_1 .. y_L`` at n_real + 0 .. L), as ``generate`` does with a
+left-padded attention mask, so left padding changes nothing.
+
+Layers. The forward runs the backbone's own modules (embeddings, RMSNorms, q/k/v/o projections,
+rotary embedding, MLP) with our attention, so that the masks and the cache are ours: a context
+cache per layer, keys (B, kv_heads, T, dh) after RoPE, computed once by ``start``; and per state a
+prefix cache (N, layers, 2, kv_heads, L+1, dh) for ``<sid>, y_1 .. y_L``. Rows of any queries and
+depths step in one call. When a call's rows come grouped by query, c rows each (``start``, a beam
+level where every query kept B beams, ``logprobs``, ``candidate_hidden``), each prompt's c rows are laid out as
+one block after it with block-diagonal masks, so the prompt's keys are read in place, never copied
+per row; otherwise (VED's uneven expansions) each row gathers its prompt's keys, as tiny.py does.
+The oracles (``reference_logprobs``: the stock Hugging Face forward on [prompt, candidate] for each
+candidate; ``hf_beam_search``: ``generate``) live here too, for the tests and ``benchmarks/gpu.py``.
+
+Normalisations (``normalize``): ``"valid"`` and ``"level"`` read only the level's K_l rows of the
+LM head (softmax over the valid children, or over the level's codes); ``"vocab"`` normalises over
+the whole vocabulary, log pi(y_l) = z[y_l] - logsumexp(z), as ``generate`` with
+``prefix_allowed_tokens_fn`` does: it costs the full LM head (V x d per row, V ~ 152k for Qwen2.5).
+
+Backbones (``QwenPolicy.from_backbone``): a local checkpoint directory (weights and, when present,
+its tokenizer; nothing is downloaded), the published Qwen2.5-0.5B / 1.5B architectures with random
+weights, or ``"tiny-qwen"`` (hidden 64, 2 layers) for CPU tests. bf16 on a GPU, float32 on a CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..world.catalog import Catalog
+from .base import SEP, Context, SIDPolicy
+
+# published sizes (the models' config.json); weights are random unless a checkpoint path is given
+_QWEN25 = dict(vocab_size=151936, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu",
+               bos_token_id=151643, eos_token_id=151643, pad_token_id=151643, initializer_range=0.02)
+BACKBONES: dict[str, dict] = {
+    "qwen2.5-0.5b": dict(_QWEN25, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768),
+    "qwen2.5-1.5b": dict(_QWEN25, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072),
+    "tiny-qwen": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1e4,
+                      rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act="silu", pad_token_id=0,
+                      initializer_range=0.02),
+}
+SEP_TOKEN = "<sid>"
+MAX_BLOCK = 64  # rows per context laid out as one block (block-diagonal masks grow as rows squared)
+
+
+def sid_token_names(codebook_sizes) -> list[str]:
+    """``<sid>`` then one name per (level, code): ``<a_0> .. <a_{K_1-1}>, <b_0> ..``."""
+    letter = "abcdefghijklmnopqrstuvwxyz"
+    return [SEP_TOKEN] + [f"<{letter[lvl] if lvl < 26 else f'l{lvl}'}_{c}>"
+                          for lvl, k in enumerate(codebook_sizes) for c in range(k)]
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x (N, h, S, dh) with cos, sin (N, 1, S, dh): x cos + rotate_half(x) sin."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), -1) * sin
+
+
+def _bias(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias (N, 1, groups * S, T) from a key mask (N, 1, S, T), built once per call
+    and shared by every layer: 0 where a query may attend, -inf elsewhere, rows repeated per query
+    head of a kv head (see ``_attention``)."""
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return bias.repeat(1, 1, groups, 1)
+
+
+def _attention(q, k, v, bias, scale) -> torch.Tensor:
+    """SDPA with grouped-query heads: q (N, H, S, dh), k and v (N, kv, T, dh), bias from ``_bias``.
+
+    Query head h reads kv head h // g (g = H / kv, Hugging Face's ``repeat_kv``); the g query heads of
+    one kv head are folded into its query length, so keys are never copied g times."""
+    n, h, s, dh = q.shape
+    out = F.scaled_dot_product_attention(q.reshape(n, k.shape[1], h // k.shape[1] * s, dh), k, v,
+                                         attn_mask=bias, scale=scale)
+    return out.reshape(n, h, s, dh)
+
+
+def _query_major(query: torch.Tensor, n_ctx: int) -> int | None:
+    """c when ``query`` is [0]*c + [1]*c + ... + [n_ctx-1]*c (each context's rows together) and c is at
+    most ``MAX_BLOCK``, else None."""
+    n = len(query)
+    if n == 0 or n % n_ctx or n // n_ctx > MAX_BLOCK:
+        return None
+    c = n // n_ctx
+    return c if torch.equal(query, torch.arange(n_ctx, device=query.device).repeat_interleave(c)) else None
+
+
+class QwenPolicy(SIDPolicy):
+    """A ``Qwen2ForCausalLM`` with SID tokens added, behind the Policy protocol; see the module docstring."""
+
+    normalizations = ("valid", "level", "vocab")
+
+    def __init__(self, catalog: Catalog, model, tokenizer=None, normalize: str = "valid"):
+        super().__init__(catalog, normalize)
+        cfg = model.config
+        if getattr(cfg, "use_sliding_window", False):
+            raise ValueError("use_sliding_window = True is not supported: prompts and SIDs need full attention")
+        self.model, self.tokenizer = model, tokenizer
+        self.hidden_size = cfg.hidden_size
+        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.scale = self.head_dim**-0.5
+        self.checkpointing = False  # recompute each layer in backward: activation memory of one layer
+        # 1. the new tokens: ids from the tokenizer when there is one, else appended after the vocabulary
+        names = sid_token_names(catalog.codebook_sizes)
+        if tokenizer is not None:
+            tokenizer.add_tokens(names, special_tokens=True)
+            ids = tokenizer.convert_tokens_to_ids(names)
+            pad = tokenizer.pad_token_id
+        else:
+            ids = list(range(cfg.vocab_size, cfg.vocab_size + len(names)))
+            pad = None
+        pad = next((p for p in (pad, cfg.pad_token_id, cfg.eos_token_id, 0) if isinstance(p, int)), 0)
+        # 2. embeddings resized (the tied LM head follows); new rows drawn like the backbone's init
+        n_rows = model.get_input_embeddings().weight.shape[0]
+        if max(ids) >= n_rows:
+            model.resize_token_embeddings(max(ids) + 1, mean_resizing=tokenizer is not None)
+        # our token ids (PAD, SEP, codes: base.py's layout) -> the backbone's
+        self.register_buffer("hf_token", torch.as_tensor([pad] + ids, dtype=torch.long), persistent=False)
+        self.pad_id = pad
+        self._allowed = None
+
+    # -- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_backbone(cls, catalog: Catalog, backbone: str, dtype: torch.dtype | None = None,
+                      device: str | torch.device | None = None, normalize: str = "valid",
+                      seed: int = 0) -> QwenPolicy:
+        """A policy on ``backbone``: a local checkpoint directory, or one of ``BACKBONES`` (random weights
+        drawn with ``seed``). ``dtype`` defaults to bf16 on a GPU and float32 on a CPU."""
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        tokenizer = None
+        if backbone in BACKBONES:
+            torch.manual_seed(seed)
+            with torch.device(device):
+                model = Qwen2ForCausalLM._from_config(Qwen2Config(**BACKBONES[backbone]), dtype=dtype,
+                                                      attn_implementation="sdpa")
+        elif Path(backbone).is_dir():
+            from transformers import AutoTokenizer
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(backbone, local_files_only=True)
+            except (OSError, ValueError):
+                tokenizer = None  # weights without a tokenizer: the SID tokens are appended
+            model = Qwen2ForCausalLM.from_pretrained(backbone, dtype=dtype, local_files_only=True,
+                                                     attn_implementation="sdpa").to(device)
+        else:
+            raise ValueError(f"backbone = {backbone!r} is invalid: expected a local checkpoint directory or one of "
+                             f"{', '.join(BACKBONES)}")
+        return cls(catalog, model, tokenizer, normalize).to(device).eval()
+
+    def sharpen(self, std: float, seed: int = 0) -> QwenPolicy:
+        """Re-draw the LM head rows of the SID codes with std ``std`` (in place; tests and benchmarks).
+
+        A random backbone's head (std 0.02) makes every code almost equally likely, so near-ties decide
+        rankings and any rounding flips them; a sharp head separates them, as a trained model's does."""
+        w = self.model.get_output_embeddings().weight
+        rows = self.hf_token[2:]
+        gen = torch.Generator(device=w.device).manual_seed(seed)
+        with torch.no_grad():
+            w[rows] = torch.randn(len(rows), w.shape[1], generator=gen, device=w.device, dtype=torch.float32).to(
+                w.dtype) * std
+        return self
+
+    # -- the backbone --------------------------------------------------------------------------------
+    def _layer(self, layer, x, cos, sin, attend):
+        """One decoder layer with attention ``attend(q, k, v)``: x (N, S, d) -> x, and this layer's k, v."""
+        a = layer.self_attn
+        n, s, _ = x.shape
+        h = layer.input_layernorm(x)
+        q, k, v = (p(h).view(n, s, -1, self.head_dim).transpose(1, 2) for p in (a.q_proj, a.k_proj, a.v_proj))
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        x = x + a.o_proj(attend(q, k, v).transpose(1, 2).reshape(n, s, -1))
+        return x + layer.mlp(layer.post_attention_layernorm(x)), k, v
+
+    def _layers(self, tokens, positions, attend):
+        """Our tokens (N, S) at RoPE ``positions`` (N, S) through every layer; ``attend(i, q, k, v)``
+        is layer i's attention. Returns the final-norm hidden states (N, S, d) and [(k, v)] per layer."""
+        backbone = self.model.model
+        x = self.model.get_input_embeddings()(self.hf_token[tokens])
+        cos, sin = backbone.rotary_emb(x, positions)
+        cos, sin = cos[:, None], sin[:, None]  # (N, 1, S, dh)
+        kv = []
+        for i, layer in enumerate(backbone.layers):
+            fn = functools.partial(self._layer, layer, attend=functools.partial(attend, i))
+            if self.checkpointing and torch.is_grad_enabled():
+                x, k, v = checkpoint(fn, x, cos, sin, use_reentrant=False)
+            else:
+                x, k, v = fn(x, cos, sin)
+            kv.append((k, v))
+        return backbone.norm(x), kv
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def _encode(self, tokens, levels, slots, mask):
+        t = tokens.shape[1]
+        positions = (mask.long().cumsum(1) - 1).clamp_min(0)  # real tokens only; pads sit at 0
+        causal = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
+        eye = torch.eye(t, dtype=torch.bool, device=tokens.device)
+        att = ((causal[None] & mask[:, None, :]) | eye)[:, None]  # (B, 1, T, T): causal, pads hidden, see themselves
+        bias = _bias(att, self.n_heads // self.n_kv, self._dtype)
+        return self._layers(tokens, positions, lambda i, q, k, v: _attention(q, k, v, bias, self.scale))
+
+    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots):
+        n, s = tokens.shape
+        n_ctx, t = ctx.mask.shape
+        p = 0 if past_kv is None else past_kv.shape[-2]
+        dev = tokens.device
+        positions = ctx.mask.sum(1)[query][:, None] + levels  # after the prompt's real tokens
+        causal = torch.ones(s, s, dtype=torch.bool, device=dev).tril()
+        past = torch.arange(p, device=dev)[None, :] < past_len[:, None] if p else None  # (N, P) filled positions
+        c = _query_major(query, n_ctx)
+        if c is not None:
+            # each context's c rows as one block after it: keys [prompt, the c rows' prefix caches, the c
+            # rows' new tokens], the prompt's read in place (never copied per row); a row sees only its own
+            b = n_ctx
+            own = torch.eye(c, dtype=torch.bool, device=dev)[:, None, :, None]  # (c, 1, c, 1): row r, key row r'
+            masks = [ctx.mask[:, None, :].expand(b, c * s, t)]
+            if p:
+                masks.append((own & past.view(b, 1, 1, c, p)).expand(b, c, s, c, p).reshape(b, c * s, c * p))
+            masks.append((own & causal[None, :, None, :]).reshape(c * s, c * s).expand(b, -1, -1))
+            bias = _bias(torch.cat(masks, -1)[:, None], self.n_heads // self.n_kv, self._dtype)
+
+            def fold(x):  # (N, h, S', dh) -> (B, h, c * S', dh)
+                return x.reshape(b, c, *x.shape[1:]).transpose(1, 2).reshape(b, x.shape[1], -1, x.shape[-1])
+
+            def attend(i, q, k, v):
+                ck, cv = ctx.kv[i]
+                keys, vals = [ck, fold(k)], [cv, fold(v)]
+                if p:
+                    keys.insert(1, fold(past_kv[:, i, 0]))
+                    vals.insert(1, fold(past_kv[:, i, 1]))
+                out = _attention(fold(q), torch.cat(keys, 2), torch.cat(vals, 2), bias, self.scale)
+                return out.view(b, -1, c, s, out.shape[-1]).transpose(1, 2).reshape(n, -1, s, out.shape[-1])
+        else:
+            # rows of any queries, in any order: gather each row's prompt keys, then its prefix cache
+            masks = [ctx.mask[query][:, None, :].expand(n, s, t)]
+            if p:
+                masks.append(past[:, None, :].expand(n, s, p))
+            masks.append(causal[None].expand(n, -1, -1))
+            bias = _bias(torch.cat(masks, -1)[:, None], self.n_heads // self.n_kv, self._dtype)  # (N, 1, gS, T+P+S)
+
+            def attend(i, q, k, v):
+                ck, cv = ctx.kv[i]
+                keys, vals = [ck[query], k], [cv[query], v]
+                if p:
+                    keys.insert(1, past_kv[:, i, 0])
+                    vals.insert(1, past_kv[:, i, 1])
+                return _attention(q, torch.cat(keys, 2), torch.cat(vals, 2), bias, self.scale)
+
+        hidden, kv = self._layers(tokens, positions, attend)
+        return hidden, torch.stack([torch.stack([k, v], 1) for k, v in kv], 1)  # (N, layers, 2, kv, S, dh)
+
+    def _code_rows(self, level: int) -> torch.Tensor:
+        k = self.catalog.codebook_sizes[level]
+        off = 2 + int(self.code_offset[level])
+        return self.hf_token[off : off + k]
+
+    def _code_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        w = self.model.get_output_embeddings().weight
+        return F.linear(hidden, w[self._code_rows(level)])  # only the level's K_l rows of the LM head
+
+    def _log_partition(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
+        if self.normalize != "vocab":
+            raise ValueError(f"normalize = {self.normalize!r} has no partition function here")
+        return self.model.get_output_embeddings()(hidden).float().logsumexp(-1, keepdim=True)  # all V rows
+
+    def _empty_kv(self, n: int) -> torch.Tensor:
+        layers = len(self.model.model.layers)
+        return torch.zeros(n, layers, 2, self.n_kv, self.levels + 1, self.head_dim, device=self.device,
+                           dtype=self._dtype)
+
+    def _write_kv(self, kv: torch.Tensor, pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        out = kv.clone()
+        rows = torch.arange(len(kv), device=kv.device)
+        out[rows, :, :, :, pos] = new[..., 0, :].to(out.dtype)  # new: (N, layers, 2, kv, 1, dh)
+        return out
+
+    # -- the oracles: the stock Hugging Face forward and generate ----------------------------------------
+    def _prompt_ids(self, histories):
+        """Backbone ids (B, T+1) of the prompts followed by the start ``<sid>``, and their attention mask."""
+        items = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=self.device)
+        tokens, _, _, mask, _ = self.item_tokens(items)
+        ones = torch.ones(len(items), 1, dtype=torch.bool, device=self.device)
+        ids = self.hf_token[torch.cat([tokens, torch.full_like(ones, SEP, dtype=torch.long)], 1)]
+        return ids, torch.cat([mask, ones], 1).long()
+
+    def reference_logprobs(self, histories, sids: torch.Tensor) -> torch.Tensor:
+        """log pi(y_l | x, y_<l) (B, C, L) of valid candidates the naive way: every candidate re-encodes
+        [prompt, <sid>, y_1 .. y_{L-1}] through the Hugging Face forward (``model.model``). With gradients."""
+        sids = torch.as_tensor(sids, dtype=torch.long, device=self.device)
+        b, c, L = sids.shape
+        prompt, mask = self._prompt_ids(histories)
+        flat = sids.reshape(b * c, L)
+        lv = torch.arange(L - 1, device=self.device)
+        ids = torch.cat([prompt.repeat_interleave(c, 0), self.hf_token[self.code_token(lv, flat[:, :-1])]], 1)
+        am = torch.cat([mask.repeat_interleave(c, 0), torch.ones_like(flat[:, 1:])], 1)
+        positions = (am.cumsum(1) - 1).clamp_min(0)
+        hidden = self.model.model(input_ids=ids, attention_mask=am, position_ids=positions,
+                                  use_cache=False).last_hidden_state[:, -L:]  # [<sid>, y_1 .. y_{L-1}]
+        node = torch.zeros(b * c, dtype=torch.long, device=self.device)
+        out = []
+        for lvl in range(L):
+            lp = self.restricted_logp(hidden[:, lvl], torch.full_like(node, lvl), node)
+            out.append(lp.gather(1, flat[:, lvl : lvl + 1]).squeeze(1))
+            node = self.child[node, flat[:, lvl]]
+        return torch.stack(out, 1).reshape(b, c, L)
+
+    def _allowed_table(self) -> dict[tuple, list[int]]:
+        """{backbone ids of a prefix: backbone ids of its valid next codes}, for ``prefix_allowed_tokens_fn``."""
+        if self._allowed is None:
+            cat = self.catalog
+            tok = self.hf_token.cpu().numpy()
+            prefix: list[tuple] = [()] * cat.n_nodes
+            allowed: dict[tuple, list[int]] = {}
+            off = self.code_offset.cpu().numpy()
+            for node in range(cat.n_nodes):  # parents come before their children
+                d = int(cat.depth[node])
+                if node > 0:
+                    prefix[node] = prefix[int(cat.parent[node])] + (int(tok[2 + off[d - 1] + cat.token[node]]),)
+                if d < cat.levels:
+                    codes = np.flatnonzero(cat.child[node] >= 0)
+                    allowed[prefix[node]] = tok[2 + off[d] + codes].tolist()
+            self._allowed = allowed
+        return self._allowed
+
+    def hf_beam_search(self, histories, num_beams: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Constrained beam search by ``generate(num_beams, prefix_allowed_tokens_fn)``: SIDs (B, num_beams, L)
+        (-1 where ``generate`` returned a token that is not a valid code) and their scores, the sum of
+        full-vocabulary log-probs (``length_penalty=0``). What ``beam_search`` with normalize="vocab" returns."""
+        ids, mask = self._prompt_ids(histories)
+        t0 = ids.shape[1]
+        allowed = self._allowed_table()
+        no_code = [self.pad_id]
+
+        def prefix_allowed_tokens_fn(batch_id, seq):
+            return allowed.get(tuple(seq[t0:].tolist()), no_code)
+
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, num_beams=num_beams, num_return_sequences=num_beams,
+                do_sample=False, max_new_tokens=self.levels, min_new_tokens=self.levels,
+                prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, length_penalty=0.0, early_stopping=True,
+                pad_token_id=self.pad_id, return_dict_in_generate=True, output_scores=True,
+            )
+        gen = out.sequences[:, t0:]  # (B * beams, L)
+        code_of = torch.full((int(self.hf_token.max()) + 1,), -1, dtype=torch.long, device=self.device)
+        code_of[self.hf_token[2:]] = torch.cat([torch.arange(k, device=self.device)
+                                                for k in self.catalog.codebook_sizes])
+        codes = torch.where(gen < len(code_of), code_of[gen.clamp_max(len(code_of) - 1)], -1)
+        if codes.shape[1] < self.levels:
+            codes = F.pad(codes, (0, self.levels - codes.shape[1]), value=-1)
+        b = len(ids)
+        return codes.reshape(b, num_beams, self.levels), out.sequences_scores.reshape(b, num_beams).float()
