@@ -58,11 +58,13 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Path | None = None,
-          progress: bool = True, say: Callable[[str], None] = print, resume: bool = True) -> TrainResult:
+          progress: bool = True, say: Callable[[str], None] = print, resume: bool = True,
+          on_step: Callable[[dict], None] | None = None) -> TrainResult:
     """Run ``cfg.rl.steps`` steps of the loop on ``policy`` (in place) and return it with its log.
 
     With ``run_dir``, metrics and checkpoints are written there, and an existing run with the same
-    config resumes from its last checkpoint (``resume=False`` starts over).
+    config resumes from its last checkpoint (``resume=False`` starts over). ``on_step(row)`` is
+    called with each step's log row (live curves in the explorer).
     """
     rl, dcfg = cfg.rl, cfg.decode
     if dcfg.decoder == "ved" and value_head is None:
@@ -113,6 +115,8 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         bar.set_postfix(reward=f"{row['reward']:.3f}")
+        if on_step is not None:
+            on_step(row)
         if run is not None:
             atomic_write_text(pd.DataFrame(rows).to_csv(index=False), run / "metrics.csv")
             if (step + 1) % rl.eval_every == 0 or step + 1 == rl.steps:
