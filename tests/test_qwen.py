@@ -4,7 +4,9 @@ Oracles: the KV-cached ``start``/``step`` path equals the stock Hugging Face for
 prompt + prefix; our constrained beam search (normalize="vocab") returns the candidate sets of
 ``generate(num_beams, prefix_allowed_tokens_fn)``; shared-prompt gradients equal those of re-encoding
 the prompt per candidate. Properties: every decoder stays valid, distinct and within budget on the
-Qwen policy. Smoke: a joint-loss step moves the parameters; ``benchmarks/gpu.py --tiny`` runs.
+Qwen policy. Smoke: a joint-loss step moves the parameters; ``train`` runs on it; ``benchmarks/gpu.py
+--tiny`` runs. Plumbing: checkpoints round-trip a Qwen policy (a local backbone reloads without its
+directory), and ``pipeline`` SFT-trains, caches and reloads one, keeping the tiny policy's cache keys.
 
 Policies are random-init with the SID rows of the LM head re-drawn with std 0.5 (``sharpen``): code
 logits of std ~4, so that rankings are not decided by near-ties (as in tests/properties/test_decoders.py).
@@ -23,13 +25,16 @@ import torch
 
 pytest.importorskip("transformers")
 
+from vstar_toy import checkpoint, pipeline  # noqa: E402
 from vstar_toy.config import DecodeConfig, ValueConfig, presets  # noqa: E402
 from vstar_toy.decoding import beam_search, budget_tokens, decode  # noqa: E402
 from vstar_toy.pipeline import build_world  # noqa: E402
 from vstar_toy.policy.base import State  # noqa: E402
 from vstar_toy.policy.qwen import BACKBONES, QwenPolicy, _query_major  # noqa: E402
+from vstar_toy.policy.tiny import TinyPolicy  # noqa: E402
 from vstar_toy.policy.value import ValueHead  # noqa: E402
 from vstar_toy.rl.losses import policy_loss  # noqa: E402
+from vstar_toy.rl.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-5
@@ -279,6 +284,24 @@ def test_a_joint_loss_step_moves_the_parameters(world, histories):
                            head.detach()[policy.hf_token[2:]])
 
 
+def test_forward_is_logprobs_for_ddp(world, histories):
+    """DistributedDataParallel calls ``forward``: it must be ``logprobs``, gradients included."""
+    policy = make_policy(world)
+    sids = random_sids(world, len(histories), 3, seed=5)
+    torch.testing.assert_close(policy(histories, sids), policy.logprobs(histories, sids), rtol=0, atol=0)
+
+
+def test_the_training_loop_runs_on_a_qwen_policy(world):
+    cfg = presets.tiny().replace(decode={"decoder": "ved"}, rl={"steps": 2, "batch_queries": 4, "eval_every": 100,
+                                                                 "eval_queries": 8})
+    policy = make_policy(world)
+    head = ValueHead.for_policy(policy, cfg.value)
+    before = [p.detach().clone() for p in policy.parameters()]
+    res = train(world, policy, cfg, head, progress=False, say=lambda msg: None)
+    assert len(res.log) == 2 and np.isfinite(res.log["loss_grpo"]).all() and np.isfinite(res.log["value_loss"]).all()
+    assert any(not torch.equal(a, p) for a, p in zip(before, policy.parameters()))
+
+
 # ---------------------------------------------------------------------------------------------
 # construction: backbones, checkpoints, errors
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +337,71 @@ def test_a_local_checkpoint_with_its_tokenizer(world, tmp_path, histories):
     torch.testing.assert_close(up, model.model.layers[0].mlp.up_proj.weight)
     with torch.no_grad():
         assert torch.isfinite(policy.logprobs(histories, random_sids(world, len(histories), 2))).all()
+
+
+def assert_same_policy(a: QwenPolicy, b: QwenPolicy, histories, world) -> None:
+    assert torch.equal(a.hf_token, b.hf_token) and a.normalize == b.normalize and a.backbone == b.backbone
+    sids = random_sids(world, len(histories), 4, seed=6)
+    with torch.no_grad():
+        torch.testing.assert_close(a.logprobs(histories, sids), b.logprobs(histories, sids), rtol=0, atol=0)
+
+
+def test_a_checkpoint_round_trips_a_qwen_policy_and_its_value_head(world, tmp_path, histories):
+    policy = make_policy(world, "vocab")
+    head = ValueHead.for_policy(policy, ValueConfig(hidden=16))
+    checkpoint.save(tmp_path, world, policy, head)
+    meta = checkpoint.read_meta(tmp_path)
+    assert meta["policy_kind"] == "QwenPolicy" and meta["backbone"] == "tiny-qwen" and meta["dtype"] == "float32"
+    loaded = checkpoint.load_policy(tmp_path, world, device="cpu")
+    assert isinstance(loaded, QwenPolicy) and not loaded.training
+    assert_same_policy(policy, loaded, histories, world)
+    loaded_head = checkpoint.load_value(tmp_path, world, loaded)
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, loaded_head.state_dict()[k])
+
+
+def test_a_local_backbone_reloads_from_the_checkpoint_alone(world, tmp_path, histories):
+    """The SID tokens' ids come from the backbone's tokenizer; the checkpoint keeps the ids, the
+    resized config and the tokenizer, so the backbone's directory is not needed to reload it."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    src = tmp_path / "backbone"
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(**BACKBONES["tiny-qwen"])).save_pretrained(src)
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(250)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, pad_token="w0").save_pretrained(src)
+    policy = QwenPolicy.from_backbone(world.catalog, str(src), device="cpu").sharpen(0.5)
+    checkpoint.save(tmp_path / "ckpt", world, policy)
+    shutil.rmtree(src)
+    loaded = checkpoint.load_policy(tmp_path / "ckpt", world, device="cpu")
+    assert loaded.tokenizer is not None and loaded.tokenizer.convert_ids_to_tokens(loaded.hf_token[1:3].tolist()) == [
+        "<sid>", "<a_0>"]
+    assert_same_policy(policy, loaded, histories, world)
+
+
+def test_the_pipeline_trains_caches_and_reloads_a_backbone_policy(world, tmp_path, monkeypatch, histories):
+    monkeypatch.setenv("VSTAR_TOY_CACHE", str(tmp_path))
+    cfg = presets.tiny().replace(sft={"epochs": 1, "eval_queries": 8}, value={"pretrain_steps": 2})
+    assert isinstance(pipeline.make_policy(world, cfg), TinyPolicy)
+    said: list[str] = []
+    policy = pipeline.sft_policy(world, cfg, progress=False, say=said.append, backbone="tiny-qwen")
+    head = pipeline.value_model(world, policy, cfg, progress=False, say=said.append)
+    assert isinstance(policy, QwenPolicy) and head.proj.in_features == BACKBONES["tiny-qwen"]["hidden_size"]
+    again = pipeline.sft_policy(world, cfg, progress=False, say=said.append, backbone="tiny-qwen")
+    pipeline.value_model(world, again, cfg, progress=False, say=said.append)
+    assert ["training" in said[0], "pre-training" in said[1], "reusing" in said[2], "reusing" in said[3]] == [True] * 4
+    assert_same_policy(policy, again, histories, world)
+    # the tiny policy's keys are what they were before backbones: (world, policy config, SFT config)
+    tiny_key = pipeline._key(pipeline._world_key(world), cfg.policy, cfg.sft)
+    sft_dirs = list(tmp_path.glob("sft-*"))
+    assert len(sft_dirs) == 1 and not sft_dirs[0].name.endswith(tiny_key)
+    assert pipeline._key(pipeline._world_key(world), cfg.policy, cfg.sft, *pipeline._policy_parts(None)) == tiny_key
+    with pytest.raises(ValueError, match="backbone = 'qwen2.5-0.5b' does not match .* backbone 'tiny-qwen'"):
+        pipeline.sft_policy(world, cfg, next(tmp_path.glob("sft-*")), say=said.append, backbone="qwen2.5-0.5b")
 
 
 def test_errors_name_the_value_and_what_is_valid(world):

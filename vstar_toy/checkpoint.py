@@ -4,6 +4,12 @@ A checkpoint directory holds ``policy.pt`` (weights), ``value.pt`` (optional), a
 the configs, the world's name and seed, and a fingerprint of its catalog (a hash of every SID).
 Loading into a different world raises a clear error instead of decoding garbage. Files are written
 to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
+
+Two kinds of policy (``policy_kind`` in meta.json): the tiny transformer (rebuilt from its
+``policy_config``) and a Qwen backbone (policy/qwen.py), rebuilt from what meta.json keeps of it: the
+backbone's name or path, its Hugging Face config after the SID tokens were added, the ids of those
+tokens, and the normalisation; a tokenizer, when it had one, is saved in ``tokenizer/``. The weights
+then come from ``policy.pt`` alone, so a checkpoint of a local backbone does not need that path again.
 """
 
 from __future__ import annotations
@@ -44,6 +50,13 @@ def save(directory: str | Path, world: World, policy, value_head=None, extra: di
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     atomic_save(policy.state_dict(), d / "policy.pt")
+    backbone = {}
+    if type(policy).__name__ == "QwenPolicy":
+        backbone = {"backbone": policy.backbone, "backbone_config": policy.model.config.to_dict(),
+                    "sid_token_ids": policy.hf_token.tolist(), "normalize": policy.normalize,
+                    "dtype": str(policy._dtype).removeprefix("torch.")}
+        if policy.tokenizer is not None:
+            policy.tokenizer.save_pretrained(d / "tokenizer")
     if value_head is not None:
         atomic_save(value_head.state_dict(), d / "value.pt")
     meta = {
@@ -53,6 +66,7 @@ def save(directory: str | Path, world: World, policy, value_head=None, extra: di
         "policy_kind": type(policy).__name__,
         "policy_config": dataclasses.asdict(policy.cfg) if hasattr(policy, "cfg") else None,
         "value_config": dataclasses.asdict(value_head.cfg) if value_head is not None else None,
+        **backbone,
         **(extra or {}),
     }
     atomic_write_text(json.dumps(meta, indent=2, default=str), d / "meta.json")
@@ -75,15 +89,42 @@ def check_world(meta: dict, world: World, directory) -> None:
         )
 
 
-def load_policy(directory: str | Path, world: World):
-    """The tiny policy saved in ``directory``; raises if it belongs to another world."""
-    from .policy.tiny import TinyPolicy
+def load_policy(directory: str | Path, world: World, device: str | torch.device | None = None):
+    """The policy saved in ``directory`` (tiny or Qwen), in eval mode; raises if it belongs to another world.
 
+    The tiny policy loads on the CPU; a Qwen policy on ``device`` (default: the GPU when there is one, in
+    bf16; else the CPU, in float32), like ``QwenPolicy.from_backbone``."""
     meta = read_meta(directory)
     check_world(meta, world, directory)
-    policy = TinyPolicy(world.catalog, PolicyConfig(**meta["policy_config"]))
-    policy.load_state_dict(torch.load(Path(directory) / "policy.pt", weights_only=True))
+    kind = meta.get("policy_kind", "TinyPolicy")
+    if kind == "TinyPolicy":
+        from .policy.tiny import TinyPolicy
+
+        policy = TinyPolicy(world.catalog, PolicyConfig(**meta["policy_config"]))
+        policy.load_state_dict(torch.load(Path(directory) / "policy.pt", map_location="cpu", weights_only=True))
+    elif kind == "QwenPolicy":
+        policy = _load_qwen(Path(directory), meta, world, device)
+    else:
+        raise ValueError(f"{directory} holds a policy of kind {kind!r}: expected TinyPolicy or QwenPolicy")
     policy.eval()
+    return policy
+
+
+def _load_qwen(d: Path, meta: dict, world: World, device):
+    """A QwenPolicy rebuilt from its saved config and token ids, with the weights of ``policy.pt``."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from .policy.qwen import QwenPolicy
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with torch.device(device):  # initialised, then overwritten: the architecture is all that is read here
+        model = Qwen2ForCausalLM._from_config(Qwen2Config.from_dict(meta["backbone_config"]), dtype=dtype,
+                                              attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer") if (d / "tokenizer").is_dir() else None
+    policy = QwenPolicy(world.catalog, model, tokenizer, meta["normalize"], token_ids=meta["sid_token_ids"],
+                        backbone=meta["backbone"]).to(device)
+    policy.load_state_dict(torch.load(d / "policy.pt", map_location=device, weights_only=True))
     return policy
 
 
@@ -99,5 +140,5 @@ def load_value(directory: str | Path, world: World, policy):
     cfg = meta["value_config"]
     cfg["step_weights"] = tuple(cfg["step_weights"])
     head = ValueHead.for_policy(policy, ValueConfig(**cfg))
-    head.load_state_dict(torch.load(path, weights_only=True))
+    head.load_state_dict(torch.load(path, map_location=policy.device, weights_only=True))
     return head

@@ -4,7 +4,14 @@
     vstar-toy sft     --out runs/sft              supervised policy -> checkpoint
     vstar-toy value   --policy runs/sft           V_phi by TD on the policy's candidates
     vstar-toy decode  --decoder ved --json        decode the test split and score it
+    vstar-toy train   --decoder ved --objective joint --out runs/vstar
+                                                  the self-evolving RL loop (Sec. 4.4)
+    vstar-toy reproduce --quick --out runs/reproduce --json
+                                                  the paper's claims, verdicts and report.md
     vstar-toy demo    --out runs/demo             the whole story in a few minutes
+
+``--data amazon18-office`` (or a MiniOneRec-format directory) runs sft, value, decode, train and
+reproduce on real data instead of the synthetic world.
 
 Errors in what you typed (a bad config value, a checkpoint from another world, a budget below the
 minimum) print one line naming the problem and exit with status 2.
@@ -26,7 +33,7 @@ import typer
 from . import checkpoint, plots
 from .config import Config, DecodeConfig, preset
 from .evaluate import evaluate
-from .pipeline import build_world, sft_policy, value_model
+from .pipeline import build_world, load_data, sft_policy, value_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="V-STAR toolkit: value-guided decoding and Sibling-GRPO over SID prefix trees.")
@@ -36,6 +43,11 @@ Mismatch = Annotated[float | None, typer.Option(help="the world's mismatch knob 
 Seed = Annotated[int | None, typer.Option(help="the world's seed (overrides the preset)")]
 AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object and nothing else on stdout")]
 PolicyDir = Annotated[Path | None, typer.Option("--policy", help="a checkpoint from `vstar-toy sft` (default: cached)")]
+Backbone = Annotated[str | None, typer.Option(
+    "--backbone", help="a Qwen2 backbone instead of the tiny transformer: tiny-qwen, qwen2.5-0.5b, qwen2.5-1.5b "
+    "(random weights from the config) or a local checkpoint path")]
+Data = Annotated[str | None, typer.Option(
+    "--data", help="real data instead of the synthetic world: amazon18-office or a MiniOneRec directory")]
 
 
 def make_config(preset_name: str, mismatch: float | None = None, seed: int | None = None) -> Config:
@@ -46,6 +58,16 @@ def make_config(preset_name: str, mismatch: float | None = None, seed: int | Non
     if seed is not None:
         world["seed"] = seed
     return cfg.replace(world=world) if world else cfg
+
+
+def load(preset_name: str, mismatch: float | None, seed: int | None, data: str | None):
+    """(config, world): the synthetic world of the preset, or the real data set ``data``."""
+    cfg = make_config(preset_name, mismatch, seed)
+    if data is None:
+        return cfg, build_world(cfg.world)
+    if mismatch is not None or seed is not None:
+        raise ValueError("--mismatch and --seed shape the synthetic world; they do not apply with --data")
+    return cfg, load_data(data)
 
 
 def say_to(quiet: bool):
@@ -77,17 +99,17 @@ def world(preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: See
 
 @app.command()
 def sft(out: Annotated[Path, typer.Option(help="checkpoint directory to write")],
-        preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
-        epochs: Annotated[int | None, typer.Option(help="maximum SFT epochs")] = None, quiet: bool = False):
+        preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None, data: Data = None,
+        backbone: Backbone = None, epochs: Annotated[int | None, typer.Option(help="maximum SFT epochs")] = None,
+        quiet: bool = False):
     """Supervised next-item training on the logs; writes a checkpoint that `--policy DIR` loads."""
-    cfg = make_config(preset_name, mismatch, seed)
-    if epochs is not None:
-        cfg = cfg.replace(sft={"epochs": epochs})
-    w = build_world(cfg.world)
-    from .policy.tiny import TinyPolicy
+    from .pipeline import make_policy
     from .rl.sft import train_sft
 
-    policy = TinyPolicy(w.catalog, cfg.policy)
+    cfg, w = load(preset_name, mismatch, seed, data)
+    if epochs is not None:
+        cfg = cfg.replace(sft={"epochs": epochs})
+    policy = make_policy(w, cfg, backbone)
     log = train_sft(policy, w, cfg.sft, progress=not quiet)
     checkpoint.save(out, w, policy, extra={"sft_log": log, "preset": preset_name})
     best = max(r["valid_hr@10"] for r in log)
@@ -96,16 +118,15 @@ def sft(out: Annotated[Path, typer.Option(help="checkpoint directory to write")]
 
 @app.command()
 def value(policy: Annotated[Path, typer.Option("--policy", help="a checkpoint from `vstar-toy sft`")],
-          preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
+          preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None, data: Data = None,
           steps: Annotated[int | None, typer.Option(help="TD steps")] = None, as_json: AsJson = False):
     """Pre-train the value head V_phi by TD (Eq. 9) on the policy's candidates; saves it beside the policy
     and reports Spearman(V, true prefix reward) against Spearman(log pi, ...) per level."""
     from .policy.value import pretrain_value, value_spearman
 
-    cfg = make_config(preset_name, mismatch, seed)
+    cfg, w = load(preset_name, mismatch, seed, data)
     if steps is not None:
         cfg = cfg.replace(value={"pretrain_steps": steps})
-    w = build_world(cfg.world)
     pol = checkpoint.load_policy(policy, w)
     head, losses = pretrain_value(pol, w, cfg.value, progress=not as_json)
     meta = checkpoint.read_meta(policy)
@@ -123,17 +144,17 @@ def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature or
            priority: Annotated[str, typer.Option(help="VED expansion rule: G, V or H (Table 3)")] = "G",
            queries: Annotated[int, typer.Option(help="test queries to decode")] = 300,
            policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
-           as_json: AsJson = False):
+           data: Data = None, backbone: Backbone = None, as_json: AsJson = False):
     """Decode the test split with one decoder and print accuracy, diversity, reachability and budget."""
-    cfg = make_config(preset_name, mismatch, seed)
+    cfg, w = load(preset_name, mismatch, seed, data)
     dcfg = DecodeConfig(decoder=decoder, n_candidates=candidates, budget_x=budget_x, priority=priority,
                         warm_beam=min(cfg.decode.warm_beam, max(1, candidates - 1)))
-    w = build_world(cfg.world)
     say = say_to(as_json)
-    pol = sft_policy(w, cfg, policy, progress=not as_json, say=say)
+    pol = sft_policy(w, cfg, policy, progress=not as_json, say=say, backbone=backbone)
     head = value_model(w, pol, cfg, policy, progress=not as_json, say=say) if decoder == "ved" else None
     metrics, _ = evaluate(w, pol, w.queries("test", n=queries), dcfg, head)
     metrics["decoder"] = decoder
+    metrics["world"] = w.name
     if as_json:
         print(json.dumps(metrics))
     else:
@@ -141,18 +162,114 @@ def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature or
             print(f"{k:<18} {v:.4f}" if isinstance(v, float) else f"{k:<18} {v}")
 
 
+@app.command()
+def train(out: Annotated[Path, typer.Option(help="run directory: metrics.csv, checkpoints; an existing run resumes")],
+          decoder: Annotated[str, typer.Option(help="candidates from beam (GRPO baseline) or ved (V-STAR)")] = "ved",
+          objective: Annotated[str, typer.Option(help="grpo, sibling or joint (Eq. 2, Eq. 19, their sum)")] = "joint",
+          steps: Annotated[int | None, typer.Option(help="policy updates (default: the preset's)")] = None,
+          budget_x: Annotated[float, typer.Option(help="training-time decoding budget multiplier")] = 1.0,
+          queries: Annotated[int, typer.Option(help="test queries scored at the end (beam search)")] = 300,
+          policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
+          data: Data = None, backbone: Backbone = None,
+          restart: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
+          as_json: AsJson = False):
+    """The self-evolving loop (Sec. 4.4) from the SFT policy: decode -> reward -> value TD -> policy update.
+    Writes OUT/metrics.csv (one row per step), checkpoints, and OUT/final (a `--policy` checkpoint).
+    Under `torchrun --nproc_per_node N -m vstar_toy.cli train ...` the batch is sharded over N processes
+    (DDP; nccl on GPUs, gloo on CPU) and rank 0 writes and prints."""
+    import copy
+
+    from .rl import distributed
+    from .rl.train import train as run_training
+
+    distributed.init_from_env()
+    try:
+        cfg, w = load(preset_name, mismatch, seed, data)
+        rl = {"objective": objective} | ({"steps": steps} if steps is not None else {})
+        cfg = cfg.replace(decode={"decoder": decoder, "budget_x": budget_x}, rl=rl)
+        main = distributed.is_main()
+        quiet = as_json or not main
+        say = say_to(quiet)
+        with distributed.main_first():  # rank 0 trains and caches the SFT policy; the others load it
+            pol = copy.deepcopy(sft_policy(w, cfg, policy, progress=not quiet, say=say, backbone=backbone))
+            head = copy.deepcopy(value_model(w, pol, cfg, policy, progress=not quiet, say=say))
+        test = w.queries("test", n=queries)
+        start_metrics = evaluate(w, pol, test, DecodeConfig(decoder="beam"))[0] if main else None
+        res = run_training(w, pol, cfg, head, run_dir=out, progress=not quiet, say=say, resume=not restart)
+        if main:
+            _train_summary(w, res, cfg, out, start_metrics, test, preset_name, as_json)
+    finally:
+        distributed.shutdown()
+
+
+def _train_summary(w, res, cfg, out: Path, start_metrics: dict, test, preset_name: str, as_json: bool) -> None:
+    decoder, objective = cfg.decode.decoder, cfg.rl.objective
+    checkpoint.save(out / "final", w, res.policy, res.value_head,
+                    extra={"preset": preset_name, "decoder": decoder, "objective": objective, "steps": cfg.rl.steps})
+    end_metrics, _ = evaluate(w, res.policy, test, DecodeConfig(decoder="beam"))
+    log = res.log
+    first, last = log.head(max(1, len(log) // 5)), log.tail(max(1, len(log) // 5))
+    summary = {"run": str(out), "world": w.name, "decoder": decoder, "objective": objective, "steps": len(log),
+               "reward_first": float(first["reward"].mean()), "reward_last": float(last["reward"].mean()),
+               "adv_spread_global": float(log["adv_spread_global"].mean()),
+               "adv_spread_sibling": float(log["adv_spread_sibling"].mean()),
+               **{f"test_{k}_sft": start_metrics[k] for k in ("hr@10", "ndcg@10")},
+               **{f"test_{k}": end_metrics[k] for k in ("hr@3", "hr@5", "hr@10", "ndcg@3", "ndcg@5", "ndcg@10")}}
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        for k, v in summary.items():
+            print(f"{k:<20} {v:.4f}" if isinstance(v, float) else f"{k:<20} {v}")
+        print(f"per-step metrics in {out / 'metrics.csv'}; the trained policy in {out / 'final'} (use --policy)")
+
+
+@app.command()
+def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figures go here")] = Path("runs/reproduce"),
+              claims: Annotated[str, typer.Option(help="comma-separated claim numbers (DESIGN section 5)")] =
+              "1,2,3,4,5,6,7,8",
+              seeds: Annotated[int, typer.Option(help="seeds per arm (confidence intervals need >= 2)")] = 3,
+              quick: Annotated[bool, typer.Option(help="smaller world, shorter training: <= 15 min on 2 cores")] =
+              False,
+              preset_name: Preset = "cpu_demo", data: Data = None, backbone: Backbone = None,
+              as_json: AsJson = False):
+    """Reproduce the paper's claims: mean and 95% interval over seeds, a verdict per claim, report.md."""
+    from .experiments import Settings
+    from .experiments import reproduce as run_claims
+
+    try:
+        ids = [int(c) for c in claims.split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"claims = {claims!r} is invalid: expected comma-separated integers such as 1,2,5") from None
+    loader = (lambda: load_data(data)) if data is not None else None
+    if data is not None and 8 in ids:
+        raise ValueError("claim 8 sweeps the synthetic world's mismatch knob; leave it out with --data")
+    summary = run_claims(ids, preset(preset_name), Settings.make(seeds, quick), out, progress=not as_json,
+                         say=say_to(as_json), world_loader=loader, label=data or "", backbone=backbone)
+    if as_json:
+        print(json.dumps({k: summary[k] for k in ("claims", "seeds", "quick", "seconds", "report")}))
+    else:
+        for c in summary["claims"]:
+            vals = ", ".join(f"{k}: {v:.4f}" for k, v in c["values"].items() if v is not None)
+            print(f"claim {c['id']} ({c['metric']}): {c['verdict']:<14} {vals}")
+        print(f"report: {summary['report']}")
+
+
 # ----------------------------------------------------------------------------------------------
 @app.command()
 def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go")] = Path("runs/demo"),
-         preset_name: Preset = "high_mismatch", queries: int = 300):
-    """The whole story in a few minutes: the world and its mismatch knob, SFT, the value model, and
-    beam search against VED at the same budget."""
+         preset_name: Preset = "high_mismatch", queries: int = 300,
+         rl_steps: Annotated[int, typer.Option(help="policy updates per training run in step 5")] = 40):
+    """The whole story in a few minutes: the world and its mismatch knob, SFT, the value model, beam
+    search against VED at the same budget, and a short GRPO (beam) against V-STAR (VED + joint) training."""
+    import copy
+
     from .policy.value import value_spearman
+    from .rl.train import train as run_training
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     cfg = preset(preset_name)
-    print(f"[1/4] The world ({preset_name}): items with Semantic IDs, users with hidden tastes.")
+    print(f"[1/5] The world ({preset_name}): items with Semantic IDs, users with hidden tastes.")
     w = build_world(cfg.world)
     s = w.summary()
     print(f"      {s['items']} items, SIDs of {s['levels']} codes {s['codebook_sizes']}, {s['users']} users; "
@@ -163,22 +280,23 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
         rho = build_world(cfg.world.__class__(**{**cfg.world.__dict__, "mismatch": m})).spearman_exposure_reward()
         rows += [{"mismatch": m, "level": lvl + 1, "spearman": r} for lvl, r in enumerate(rho)]
     knob = pd.DataFrame(rows)
-    plots.save(plots.mismatch_curve(knob), out / "mismatch_knob.png")
+    plots.save(plots.mismatch_curve(knob, mark=cfg.world.mismatch), out / "mismatch_knob.png")
     knob.to_csv(out / "mismatch_knob.csv", index=False)
     print("      rho(logged log-prob, true reward) per level as m grows:")
     print(knob.pivot(index="mismatch", columns="level", values="spearman").round(3).to_string())
     print(f"      -> {out / 'sid_tree.png'}, {out / 'mismatch_knob.png'}")
 
-    print("[2/4] SFT: the policy learns the logs (which follow popularity as much as taste).")
+    print("[2/5] SFT: the policy learns the logs (which follow popularity as much as taste).")
     pol = sft_policy(w, cfg, None, progress=True)
-    print("[3/4] The value model V_phi (Sec. 4.1): TD on dense semantic returns.")
+    print("[3/5] The value model V_phi (Sec. 4.1): TD on dense semantic returns.")
     head = value_model(w, pol, cfg, None, progress=True)
     rho = value_spearman(pol, head, w, w.queries("valid", n=200))
     print("      Spearman with the true prefix reward, per level:  V_phi "
           f"{np.round(rho['value'], 3).tolist()}  vs  log pi {np.round(rho['logp'], 3).tolist()}")
 
-    print("[4/4] Decoding the test users at the same budget (1x = 1 + 2|C| forward tokens):")
+    print("[4/5] Decoding the test users at the same budget (1x = 1 + 2|C| forward tokens):")
     q = w.queries("test", n=queries)
+    tsid = "-".join(map(str, w.catalog.sids[q.targets[0]]))
     table = []
     for name, dcfg in [("beam", DecodeConfig(decoder="beam")), ("topk", DecodeConfig(decoder="topk")),
                        ("ved", DecodeConfig(decoder="ved")), ("ved 2x", DecodeConfig(decoder="ved", budget_x=2.0)),
@@ -186,22 +304,38 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
         m, sets = evaluate(w, pol, q, dcfg, head)
         table.append({"decoder": name, **{k: m[k] for k in ("hr@10", "ndcg@10", "reachability", "max_reward", "div",
                                                               "mean_cost_tokens", "expansion_tokens")}})
-        if name == "ved":
-            tree = sets[0].tree.to_frame(0)
-            tsid = "-".join(map(str, w.catalog.sids[q.targets[0]]))
-            plots.save(plots.decoding_tree(tree, w.catalog.levels, target_sid=tsid,
-                                           title="VED's tree for one test user (red: the ground-truth path)"),
-                       out / "ved_tree.png")
-        if name == "beam":
-            tree = sets[0].tree.to_frame(0)
-            tsid = "-".join(map(str, w.catalog.sids[q.targets[0]]))
-            plots.save(plots.decoding_tree(tree, w.catalog.levels, target_sid=tsid, color="logp",
-                                           title="Beam search's tree for the same user (x: pruned)"),
-                       out / "beam_tree.png")
+        if name in ("ved", "beam"):
+            title = ("VED's tree for one test user (red: the ground-truth path)" if name == "ved" else
+                     "Beam search's tree for the same user (x: pruned)")
+            plots.save(plots.decoding_tree(sets[0].tree.to_frame(0), w.catalog.levels, target_sid=tsid,
+                                           color="value" if name == "ved" else "logp", title=title),
+                       out / f"{name}_tree.png")
     df = pd.DataFrame(table)
     df.to_csv(out / "decoding.csv", index=False)
     print(df.round(4).to_string(index=False))
+
+    print(f"[5/5] Training from the SFT policy for {rl_steps} steps (Sec. 4.4): beam search + GRPO "
+          "against V-STAR (VED + GRPO + Sibling-GRPO).")
+    logs, scores = {}, [{"policy": "SFT", **_test_row(w, pol, q)}]
+    for name, decoder, objective in [("beam+GRPO", "beam", "grpo"), ("V-STAR", "ved", "joint")]:
+        rcfg = cfg.replace(decode={"decoder": decoder}, rl={"objective": objective, "steps": rl_steps})
+        res = run_training(w, copy.deepcopy(pol), rcfg, copy.deepcopy(head), run_dir=out / "runs" / name,
+                           progress=True, resume=False)
+        logs[name] = res.log
+        scores.append({"policy": name, **_test_row(w, res.policy, q),
+                       "train_reward_last10": float(res.log["reward"].tail(10).mean()),
+                       "adv_spread_global": float(res.log["adv_spread_global"].mean())})
+    plots.save(plots.training_curves(logs), out / "training.png")
+    trained = pd.DataFrame(scores)
+    trained.to_csv(out / "training.csv", index=False)
+    print("      test users, every policy decoded by beam search (one seed: see `vstar-toy reproduce` for intervals):")
+    print(trained.round(4).to_string(index=False))
     print(f"done in {time.perf_counter() - t0:.0f} s; tables and figures in {out}/")
+
+
+def _test_row(world, policy, queries) -> dict:
+    m, _ = evaluate(world, policy, queries, DecodeConfig(decoder="beam"))
+    return {k: m[k] for k in ("hr@10", "ndcg@10", "max_reward")}
 
 
 def main() -> None:

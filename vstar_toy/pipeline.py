@@ -4,6 +4,10 @@ and the notebooks share.
 Without an explicit checkpoint, a trained policy is cached under ``$VSTAR_TOY_CACHE`` (default
 ``.cache/vstar_toy`` in the working directory), keyed by the world's fingerprint and the configs
 that shape it; the functions say which they did (trained, or reused from where).
+
+The policy is the tiny transformer of ``cfg.policy`` by default, or a Qwen backbone (``backbone``: a
+name of ``policy.qwen.BACKBONES`` or a local checkpoint directory; DESIGN section 6), SFT-trained by the
+same ``rl/sft.py``; its cache keys add the backbone and the device kind (bf16 on a GPU, float32 on a CPU).
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from . import checkpoint
 from .config import Config, WorldConfig
+from .policy.base import SIDPolicy
 from .policy.tiny import TinyPolicy
 from .policy.value import ValueHead, pretrain_value
 from .rl.sft import train_sft
@@ -36,6 +43,15 @@ def build_world(cfg: WorldConfig) -> World:
     return World.build(cfg)
 
 
+@functools.lru_cache(maxsize=4)
+def load_data(source: str) -> World:
+    """The world of a real data set: a shipped name (``amazon18-office``) or a MiniOneRec directory
+    (memoised by its name)."""
+    from .world.amazon import load_world
+
+    return load_world(source)
+
+
 def _key(*parts) -> str:
     blob = json.dumps([CACHE_VERSION] + [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts],
                       sort_keys=True, default=str)
@@ -49,18 +65,64 @@ def _world_key(world: World):
     return cfg if dataclasses.is_dataclass(cfg) else world.name
 
 
+def _backbone_key(backbone: str) -> dict:
+    """What identifies a backbone in a cache key: its name, or a local directory's path and the names,
+    sizes and times of its files (new weights at the same path are a new backbone); and the device kind."""
+    from .policy.qwen import BACKBONES
+
+    key = {"backbone": backbone, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    path = Path(backbone)
+    if backbone not in BACKBONES and path.is_dir():
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+        key.update(backbone=str(path.resolve()), files=files)
+    return key
+
+
+def _policy_parts(policy_or_backbone) -> tuple:
+    """The parts of a cache key that name the policy: none for the tiny transformer (its config is keyed
+    already; keys stay what they were), the backbone's for a Qwen policy."""
+    held = policy_or_backbone
+    backbone = held if held is None or isinstance(held, str) else getattr(held, "backbone", None)
+    return () if backbone is None else (_backbone_key(backbone),)
+
+
+def make_policy(world: World, cfg: Config, backbone: str | None = None,
+                device: str | torch.device | None = None) -> SIDPolicy:
+    """An untrained policy over ``world``'s SIDs: the tiny transformer of ``cfg.policy`` (on the CPU), or
+    ``QwenPolicy.from_backbone`` for ``backbone`` (random weights drawn with ``cfg.policy.seed`` for a
+    named architecture; bf16 on a GPU). ``device`` defaults to this process's GPU (``LOCAL_RANK`` under
+    torchrun) when there is one."""
+    if backbone is None:
+        return TinyPolicy(world.catalog, cfg.policy)
+    from .policy.qwen import QwenPolicy
+    from .rl.distributed import device as local_device
+
+    return QwenPolicy.from_backbone(world.catalog, backbone, device=device or local_device(), seed=cfg.policy.seed)
+
+
 def sft_policy(world: World, cfg: Config, policy_dir: str | Path | None = None, progress: bool = True,
-               say: Callable[[str], None] = print) -> TinyPolicy:
-    """The SFT policy: loaded from ``policy_dir``, reused from the cache, or trained (and cached)."""
+               say: Callable[[str], None] = print, backbone: str | None = None) -> SIDPolicy:
+    """The SFT policy: loaded from ``policy_dir``, reused from the cache, or trained (and cached).
+
+    ``backbone`` (a ``policy.qwen.BACKBONES`` name or a local checkpoint directory) trains a Qwen policy
+    instead of the tiny transformer; with ``policy_dir``, it must be the backbone that checkpoint holds."""
     if policy_dir is not None:
+        policy = checkpoint.load_policy(policy_dir, world)
+        held = getattr(policy, "backbone", None)
+        if backbone is not None and _policy_parts(held) != _policy_parts(backbone):
+            holds = "the tiny policy" if held is None else f"backbone {held!r}"
+            raise ValueError(f"backbone = {backbone!r} does not match the checkpoint in {policy_dir}, which holds "
+                             f"{holds}: drop --backbone or pass another --policy")
         say(f"policy: loaded from {policy_dir}")
-        return checkpoint.load_policy(policy_dir, world)
-    d = cache_root() / f"sft-{checkpoint.fingerprint(world)}-{_key(_world_key(world), cfg.policy, cfg.sft)}"
+        return policy
+    key = _key(_world_key(world), cfg.policy, cfg.sft, *_policy_parts(backbone))
+    d = cache_root() / f"sft-{checkpoint.fingerprint(world)}-{key}"
     if (d / "meta.json").exists():  # written last: a checkpoint with meta.json is complete
         say(f"policy: reusing the cached SFT policy in {d} (pass --policy DIR to use another)")
         return checkpoint.load_policy(d, world)
-    say(f"policy: no --policy given, training the default SFT policy on {world.name} (cached in {d})")
-    policy = TinyPolicy(world.catalog, cfg.policy)
+    name = "the default SFT policy" if backbone is None else f"an SFT policy on backbone {backbone}"
+    say(f"policy: no --policy given, training {name} on {world.name} (cached in {d})")
+    policy = make_policy(world, cfg, backbone)
     log = train_sft(policy, world, cfg.sft, progress=progress)
     checkpoint.save(d, world, policy, extra={"sft_log": log})
     return policy
@@ -77,7 +139,7 @@ def value_model(world: World, policy, cfg: Config, policy_dir: str | Path | None
         say(f"value head: none in {policy_dir}; pre-training one on this policy's candidates (not saved there)")
         head, _ = pretrain_value(policy, world, cfg.value, progress=progress)
         return head
-    key = _key(_world_key(world), cfg.policy, cfg.sft, cfg.value)
+    key = _key(_world_key(world), cfg.policy, cfg.sft, cfg.value, *_policy_parts(policy))
     d = cache_root() / f"value-{checkpoint.fingerprint(world)}-{key}"
     if (d / "meta.json").exists():
         say(f"value head: reusing the cached one in {d}")

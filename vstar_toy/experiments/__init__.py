@@ -20,15 +20,18 @@ from .runner import Runner, Settings
 
 def reproduce(claims: list[int], base: Config, settings: Settings, out: str | Path, progress: bool = True,
               say: Callable[[str], None] | None = None, world_loader: Callable | None = None,
-              label: str = "") -> dict:
+              label: str = "", backbone: str | None = None) -> dict:
     """Run ``claims`` and write ``out/report.md``, ``out/claim_N.csv`` and ``out/summary.json``.
-    Returns the summary: ``{"claims": [{"id", "verdict", "metric", "values"}, ...], ...}``."""
+    Returns the summary: ``{"claims": [{"id", "verdict", "metric", "values"}, ...], ...}``.
+    ``world_loader``: real data (a function () -> World); ``backbone``: a Qwen2 backbone for every
+    policy instead of the tiny transformer (see ``pipeline.make_policy``)."""
     unknown = [c for c in claims if c not in CLAIMS]
     if unknown:
         raise ValueError(f"claims = {unknown} are invalid: expected numbers in 1..{len(CLAIMS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(base, settings, out, progress=progress, say=say, world_loader=world_loader)
+    runner = Runner(base, settings, out, progress=progress, say=say, world_loader=world_loader,
+                    backbone=backbone)
     t0 = time.perf_counter()
     frames: list[pd.DataFrame] = []
     for c in claims:
@@ -38,7 +41,7 @@ def reproduce(claims: list[int], base: Config, settings: Settings, out: str | Pa
         frames.append(df)
         runner.say(f"claim {c}: {df.attrs['verdict']}")
     seconds = time.perf_counter() - t0
-    header = (f"{label or 'synthetic world'}; {settings.seeds} seed(s); "
+    header = (f"{label or 'synthetic world'}; policy: {backbone or 'tiny transformer'}; {settings.seeds} seed(s); "
               f"{'quick' if settings.quick else 'full'} settings: {settings}.")
     report = write_report(frames, runner, out, header, seconds)
 

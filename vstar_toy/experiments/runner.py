@@ -28,7 +28,8 @@ class Settings:
 
     seeds: seeds 0 .. seeds-1, >= 1. quick: the small settings of ``--quick`` (a 1,000-item world,
     shorter training, fewer test users). test_queries: test users scored per seed. rl_steps: policy
-    updates per RL run. budgets: the budget multipliers of the Fig. 4 experiment.
+    updates per RL run, at most (a preset with fewer ``rl.steps``, like ``tiny``, keeps its own).
+    budgets: the budget multipliers of the Fig. 4 experiment.
     """
 
     seeds: int = 3
@@ -60,13 +61,15 @@ class Runner:
     """Builds and caches the artefacts of one reproduction (see the module docstring)."""
 
     def __init__(self, base: Config, settings: Settings, out: Path, progress: bool = True,
-                 say: Callable[[str], None] | None = None, world_loader: Callable | None = None):
+                 say: Callable[[str], None] | None = None, world_loader: Callable | None = None,
+                 backbone: str | None = None):
         self.base = quick_config(base) if settings.quick else base
         self.settings = settings
         self.out = Path(out)
         self.progress = progress
         self.say = say or (lambda msg: print(msg, file=sys.stderr))
         self.world_loader = world_loader  # real data: a function () -> World (mismatch does not apply)
+        self.backbone = backbone  # None: the tiny transformer; else a Qwen2 backbone (pipeline.make_policy)
         self._memo: dict = {}
 
     # -- configs and worlds ----------------------------------------------------------------------
@@ -75,7 +78,7 @@ class Runner:
         if mismatch is not None:
             world["mismatch"] = mismatch
         cfg = self.base.replace(world=world, policy={"seed": seed}, value={"seed": seed},
-                                rl={"seed": seed, "steps": self.settings.rl_steps})
+                                rl={"seed": seed, "steps": min(self.settings.rl_steps, self.base.rl.steps)})
         return cfg.replace(**stages) if stages else cfg
 
     def _cached(self, key, make):
@@ -99,7 +102,7 @@ class Runner:
     def sft(self, seed: int, mismatch: float | None = None):
         def make():
             return pipeline.sft_policy(self.world(seed, mismatch), self.config(seed, mismatch),
-                                       progress=self.progress, say=self.say)
+                                       progress=self.progress, say=self.say, backbone=self.backbone)
         return self._cached(("sft", seed, mismatch), make)
 
     def value(self, seed: int, mismatch: float | None = None):

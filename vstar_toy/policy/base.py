@@ -317,6 +317,11 @@ class SIDPolicy(nn.Module):
         res = torch.stack(out, 1).reshape(b, c, L)
         return res[:, 0] if squeeze else res
 
+    def forward(self, histories, sids: torch.Tensor) -> torch.Tensor:
+        """``logprobs(histories, sids)``: the call that ``DistributedDataParallel`` wraps, so that its
+        gradient all-reduce hooks fire (``rl/distributed.py``). Decoders use ``start`` / ``step``."""
+        return self.logprobs(histories, sids)
+
     def reset_cost(self) -> None:
         self.cost = 0
         self.prefill_tokens = 0

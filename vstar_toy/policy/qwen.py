@@ -29,6 +29,8 @@ the whole vocabulary, log pi(y_l) = z[y_l] - logsumexp(z), as ``generate`` with
 Backbones (``QwenPolicy.from_backbone``): a local checkpoint directory (weights and, when present,
 its tokenizer; nothing is downloaded), the published Qwen2.5-0.5B / 1.5B architectures with random
 weights, or ``"tiny-qwen"`` (hidden 64, 2 layers) for CPU tests. bf16 on a GPU, float32 on a CPU.
+``pipeline.sft_policy(..., backbone=...)`` SFT-trains and caches one; ``vstar_toy.checkpoint`` saves the
+backbone's config and the SID token ids (``token_ids``), so a saved policy reloads from its own weights.
 """
 
 from __future__ import annotations
@@ -108,7 +110,11 @@ class QwenPolicy(SIDPolicy):
 
     normalizations = ("valid", "level", "vocab")
 
-    def __init__(self, catalog: Catalog, model, tokenizer=None, normalize: str = "valid"):
+    def __init__(self, catalog: Catalog, model, tokenizer=None, normalize: str = "valid",
+                 token_ids: list[int] | None = None, backbone: str | None = None):
+        """``token_ids``: the backbone ids of [PAD, ``<sid>``, codes ..] when they are known already (a
+        reloaded checkpoint, whose embeddings hold them: ``vstar_toy.checkpoint``); ``backbone``: the
+        name or path it was built from, kept for checkpoints and cache keys."""
         super().__init__(catalog, normalize)
         cfg = model.config
         if getattr(cfg, "use_sliding_window", False):
@@ -119,9 +125,15 @@ class QwenPolicy(SIDPolicy):
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scale = self.head_dim**-0.5
         self.checkpointing = False  # recompute each layer in backward: activation memory of one layer
+        self.backbone = backbone
         # 1. the new tokens: ids from the tokenizer when there is one, else appended after the vocabulary
         names = sid_token_names(catalog.codebook_sizes)
-        if tokenizer is not None:
+        if token_ids is not None:
+            if len(token_ids) != 1 + len(names):
+                raise ValueError(f"token_ids has {len(token_ids)} ids: expected {1 + len(names)} (PAD, <sid> and "
+                                 f"one per code of codebooks {list(catalog.codebook_sizes)})")
+            pad, ids = int(token_ids[0]), [int(i) for i in token_ids[1:]]
+        elif tokenizer is not None:
             tokenizer.add_tokens(names, special_tokens=True)
             ids = tokenizer.convert_tokens_to_ids(names)
             pad = tokenizer.pad_token_id
@@ -167,7 +179,7 @@ class QwenPolicy(SIDPolicy):
         else:
             raise ValueError(f"backbone = {backbone!r} is invalid: expected a local checkpoint directory or one of "
                              f"{', '.join(BACKBONES)}")
-        return cls(catalog, model, tokenizer, normalize).to(device).eval()
+        return cls(catalog, model, tokenizer, normalize, backbone=backbone).to(device).eval()
 
     def sharpen(self, std: float, seed: int = 0) -> QwenPolicy:
         """Re-draw the LM head rows of the SID codes with std ``std`` (in place; tests and benchmarks).

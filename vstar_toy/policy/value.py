@@ -139,6 +139,7 @@ def candidate_values(policy: SIDPolicy, head: ValueHead, histories, sids: torch.
     b, c, L = sids.shape
     with torch.no_grad():
         hidden, ctx = policy.candidate_hidden(histories, sids, with_last=True)  # (B, C, L+1, d)
+    sids = sids.to(hidden.device)
     query = torch.arange(b, device=hidden.device).repeat_interleave(c)
     vals = head.values(hidden.reshape(b * c, L + 1, -1), sids.reshape(b * c, L), head.context_kv(ctx.hidden, ctx.mask),
                        query)
@@ -152,7 +153,8 @@ def td_update(policy, head, opt, world, queries, cands, cfg: ValueConfig) -> flo
     r_step = step_returns(cands.sids.clamp_min(0), emb[items], torch.as_tensor(world.catalog.sids[queries.targets]),
                           emb[torch.as_tensor(queries.targets)], cfg.step_weights, cands.valid)
     values = candidate_values(policy, head, queries.histories, cands.sids.clamp_min(0))
-    loss = value_loss(values, td_targets(r_step, values, cfg.gamma), cands.valid)
+    r_step, valid = r_step.to(values.device), cands.valid.to(values.device)
+    loss = value_loss(values, td_targets(r_step, values, cfg.gamma), valid)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -175,7 +177,7 @@ def value_spearman(policy, head, world, queries, n_candidates: int = 32, reward_
         return {"value": [float("nan")] * policy.levels, "logp": np.nanmean(rho_p, 0).tolist()}
     with torch.no_grad():
         v = candidate_values(policy, head, queries.histories, cands.sids.clamp_min(0))
-    rho_v = prefix_spearman(cands.sids.numpy(), v.numpy(), r, valid)
+    rho_v = prefix_spearman(cands.sids.numpy(), v.float().cpu().numpy(), r, valid)
     return {"value": np.nanmean(rho_v, 0).tolist(), "logp": np.nanmean(rho_p, 0).tolist()}
 
 

@@ -16,6 +16,11 @@ resumes from its last checkpoint continues exactly as if it had never stopped. T
 holds ``metrics.csv`` (one row per step, rewritten atomically each step), ``state.pt`` (weights,
 optimiser states and the log, every ``eval_every`` steps and at the end), ``reference.pt`` (the
 SFT policy the KL term holds on to) and ``config.json``.
+
+Under torchrun (``distributed.init_from_env()`` called first), each rank decodes and scores its share
+of the global batch and DDP averages the gradients, so a step equals one process on the whole batch
+(``rl/distributed.py`` says when exactly). Only rank 0 writes the run directory, evaluates, calls
+``say`` / ``on_step`` and shows progress; the logged metrics are means over ranks.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from ..evaluate import evaluate, true_reward_kind
 from ..policy.value import td_update, value_spearman
 from ..world import World
 from ..world.rewards import rewards
+from . import distributed
 from .advantages import reward_range, sibling_contrast
 from .losses import policy_loss
 
@@ -64,11 +70,19 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
 
     With ``run_dir``, metrics and checkpoints are written there, and an existing run with the same
     config resumes from its last checkpoint (``resume=False`` starts over). ``on_step(row)`` is
-    called with each step's log row (live curves in the explorer).
+    called with each step's log row (live curves in the explorer). Under torchrun, every rank calls it
+    with the same arguments; ``cfg.rl.batch_queries`` must be divisible by the number of processes.
     """
     rl, dcfg = cfg.rl, cfg.decode
     if dcfg.decoder == "ved" and value_head is None:
         raise ValueError("training with the ved decoder needs a value head (see pipeline.value_model)")
+    rank, world_size = distributed.rank_and_size()
+    distributed.check_batch(rl.batch_queries, world_size)
+    main = rank == 0
+    if not main:  # rank 0 speaks and writes for all
+        progress, say, on_step = False, (lambda msg: None), None
+    distributed.broadcast(policy)
+    distributed.broadcast(value_head)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     opt = torch.optim.Adam(policy.parameters(), lr=rl.lr)
     vopt = torch.optim.Adam(value_head.parameters(), lr=cfg.value.lr) if value_head is not None else None
@@ -78,12 +92,13 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
     cfg_json = json.dumps({"config": dataclasses.asdict(cfg), "world": fingerprint(world)}, sort_keys=True,
                           default=str)
     if run is not None:
-        run.mkdir(parents=True, exist_ok=True)
+        if main:
+            run.mkdir(parents=True, exist_ok=True)
         if resume and (run / "state.pt").exists():
             if (run / "config.json").read_text() != cfg_json:
                 raise ValueError(f"{run} holds a run with another config or world: pass a new --out, or resume=False")
-            state = torch.load(run / "state.pt", weights_only=False)
-            reference.load_state_dict(torch.load(run / "reference.pt", weights_only=True))
+            state = torch.load(run / "state.pt", map_location="cpu", weights_only=False)  # every rank reads it
+            reference.load_state_dict(torch.load(run / "reference.pt", map_location="cpu", weights_only=True))
             policy.load_state_dict(state["policy"])
             opt.load_state_dict(state["opt"])
             if value_head is not None:
@@ -91,15 +106,19 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
                 vopt.load_state_dict(state["vopt"])
             rows, start = state["rows"], state["step"]
             say(f"resuming {run} at step {start} of {rl.steps}")
-        else:
+        elif main:
             atomic_write_text(cfg_json, run / "config.json")
             atomic_save(reference.state_dict(), run / "reference.pt")
 
     val = world.queries("valid", n=rl.eval_queries, seed=rl.seed)
     eval_cfg = dataclasses.replace(dcfg, decoder="beam", budget_x=1.0)
 
+    ddp = distributed.wrap(policy) if world_size > 1 else None  # the update's all-reduce; None in one process
+    if vopt is not None:
+        distributed.sync_gradients(vopt)
+
     def checkpoint(step: int) -> None:
-        if run is None:
+        if run is None or not main:
             return
         atomic_save({"policy": policy.state_dict(), "opt": opt.state_dict(), "step": step, "rows": rows,
                      "value": value_head.state_dict() if value_head is not None else None,
@@ -109,15 +128,15 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
                initial=start, total=rl.steps)
     for step in bar:
         t0 = time.perf_counter()
-        row = train_step(world, policy, reference, value_head, opt, vopt, cfg, step)
-        if (step + 1) % rl.eval_every == 0 or step + 1 == rl.steps:
+        row = train_step(world, policy, reference, value_head, opt, vopt, cfg, step, model=ddp)
+        if main and ((step + 1) % rl.eval_every == 0 or step + 1 == rl.steps):
             row.update(evaluate_policy(world, policy, value_head, val, eval_cfg, seed=rl.seed))
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         bar.set_postfix(reward=f"{row['reward']:.3f}")
         if on_step is not None:
             on_step(row)
-        if run is not None:
+        if run is not None and main:
             atomic_write_text(pd.DataFrame(rows).to_csv(index=False), run / "metrics.csv")
             if (step + 1) % rl.eval_every == 0 or step + 1 == rl.steps:
                 checkpoint(step + 1)
@@ -125,15 +144,18 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
     return TrainResult(policy, value_head, pd.DataFrame(rows), run)
 
 
-def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Config, step: int) -> dict:
-    """One step of the loop; returns its log row."""
+def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Config, step: int,
+               model: torch.nn.Module | None = None) -> dict:
+    """One step of the loop; returns its log row. ``model`` computes the update's log-probs: the DDP
+    wrapper of ``policy`` under torchrun (its backward averages gradients over ranks), else ``policy``."""
     rl, dcfg = cfg.rl, cfg.decode
     seed = _step_seed(rl.seed, step)
-    q = world.queries("train", n=rl.batch_queries, seed=seed)
+    q = distributed.shard(world.queries("train", n=rl.batch_queries, seed=seed))  # this rank's share
     # 1. decode with the behaviour policy
     policy.eval()
     with torch.no_grad():
-        cands = decode(policy, q.histories, dataclasses.replace(dcfg, seed=seed % (2**31)), value_head)
+        cands = decode(policy, q.histories, dataclasses.replace(dcfg, seed=distributed.rank_seed(seed % (2**31))),
+                       value_head)
     items, valid = cands.items.numpy(), cands.valid
     # 2. rewards: what the learner sees, and (for the log) the truth
     r = torch.as_tensor(rewards(world, rl.reward, q.users, q.targets, items, cands.logp.numpy()), dtype=torch.float32)
@@ -152,10 +174,11 @@ def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Conf
         ref = reference.logprobs(q.histories, sids)
     parts = {}
     for _ in range(rl.inner_epochs):
-        new = policy.logprobs(q.histories, sids)
-        loss, parts = policy_loss(rl.objective, new, old, ref, cands.sids, r, valid, grpo_weight=rl.grpo_weight,
-                                  sibling_weight=rl.sibling_weight, kl_coef=rl.kl_coef, clip_eps=rl.clip_eps,
-                                  eps=rl.adv_eps)
+        new = (policy if model is None else model)(q.histories, sids)  # forward = logprobs
+        dev = new.device  # decoders and rewards live on the CPU; a GPU policy's loss on its GPU
+        loss, parts = policy_loss(rl.objective, new, old, ref, cands.sids.to(dev), r.to(dev), valid.to(dev),
+                                  grpo_weight=rl.grpo_weight, sibling_weight=rl.sibling_weight, kl_coef=rl.kl_coef,
+                                  clip_eps=rl.clip_eps, eps=rl.adv_eps)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -163,7 +186,7 @@ def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Conf
     policy.eval()
     contrast = sibling_contrast(sids, r, rl.adv_eps, valid)
     vmask = valid.numpy()
-    return {
+    return distributed.mean_scalars({
         "step": step + 1,
         "reward": float(r[valid].mean()),
         "true_reward": float(np.nanmean(np.where(vmask, r_true, np.nan))),
@@ -176,7 +199,7 @@ def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Conf
         "value_loss": v_loss,
         "expansion_tokens": float(np.mean(cands.expansion_tokens)),
         **parts,
-    }
+    })
 
 
 def evaluate_policy(world: World, policy, value_head, queries, eval_cfg, seed: int = 0) -> dict:
