@@ -30,10 +30,10 @@ demo: $(STAMP)
 	$(BIN)/vstar-toy demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m ""
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m ""
 
 app: $(STAMP)
 	# the explorer on the cpu_demo preset; `VSTAR_TOY_APP_PRESET=tiny make app` for the small one

@@ -7,6 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# One thread per process: `make test` runs two xdist workers on two cores, and the notebook kernels,
+# the explorer's server and torchrun's children inherit this environment. Oversubscribed torch threads
+# run dozens of times slower on a busy machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -159,3 +159,84 @@ def test_sidebar_switches_pages_and_shows_the_source(open_page):
     sources = [c.value for c in at.code]
     assert any("def grpo_advantages" in s for s in sources)
     assert any("def sibling_node_advantages" in s for s in sources)
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    """The Training page saves and looks for runs here instead of the repository's runs/."""
+    monkeypatch.setenv("VSTAR_TOY_APP_RUNS", str(tmp_path))
+    return tmp_path
+
+
+def test_training_page_trains_and_compares_two_runs(open_page, runs_dir):
+    at = open_page("training")
+    assert "Training" in at.header[0].value
+    assert not at.get("image") and at.button(key="train").label == "Train"  # nothing trained yet
+    # beam search + GRPO, 3 steps, evaluated at steps 2 and 3
+    at.number_input(key="steps").set_value(3)
+    at.number_input(key="eval_every").set_value(2)
+    at.selectbox(key="objective").set_value("grpo")
+    at.radio(key="decoder").set_value("beam")
+    ok(at.run())
+    ok(at.button(key="train").click().run())
+    assert any("Trained: 3 steps" in s.value for s in at.success)
+    assert len(at.get("image")) == 1  # the run's curves (the live ones are cleared at the end)
+    baseline = "explorer/tiny/beam-grpo-3steps-eval2-b16-semantic-lr0.001-s0"
+    log = pd.read_csv(runs_dir / baseline / "metrics.csv")
+    assert log["step"].tolist() == [1, 2, 3] and log["valid_ndcg@10"].notna().tolist() == [False, True, True]
+    summary = frame_with(at, "valid NDCG@10, last eval")
+    assert summary.index.tolist() == [baseline] and summary.loc[baseline, "steps"] == "3 of 3"
+    ok(at.run())
+    assert at.button(key="train").disabled and len(at.get("image")) == 1  # equal knobs find the same, finished run
+    # V-STAR from the same start, compared with the baseline on one chart
+    at.radio(key="decoder").set_value("ved")
+    at.selectbox(key="objective").set_value("joint")
+    ok(at.run())
+    assert at.multiselect(key="compare").options == [baseline]
+    at.multiselect(key="compare").set_value([baseline])
+    ok(at.button(key="train").click().run())
+    vstar = "explorer/tiny/ved-joint-3steps-eval2-b16-semantic-lr0.001-s0"
+    assert len(at.get("image")) == 1
+    summary = frame_with(at, "valid NDCG@10, last eval")
+    assert summary.index.tolist() == [vstar, baseline]
+    assert (summary["contrast Sibling-GRPO, mean"] > 0.99).all()  # sigma_h / (sigma_h + eps), about 1
+    configs = frame_with(at, "decode.decoder")
+    assert configs.loc["decode.decoder"].tolist() == ["ved", "beam"]
+    assert configs.loc["rl.objective"].tolist() == ["joint", "grpo"]
+
+
+def test_training_page_opens_a_saved_run(open_page, runs_dir):
+    import copy
+
+    from vstar_toy.config import presets
+    from vstar_toy.pipeline import build_world, sft_policy, value_model
+    from vstar_toy.rl.train import train
+
+    cfg = presets.tiny().replace(rl={"steps": 2, "eval_every": 1})
+    world = build_world(cfg.world)
+    policy = copy.deepcopy(sft_policy(world, cfg, progress=False, say=lambda msg: None))
+    head = copy.deepcopy(value_model(world, policy, cfg, progress=False, say=lambda msg: None))
+    train(world, policy, cfg, head, run_dir=runs_dir / "cli" / "run-a", progress=False, say=lambda msg: None)
+    at = open_page("training")
+    at.radio(key="train_mode").set_value("open saved runs")
+    ok(at.run())
+    assert at.multiselect(key="runs").value == ["cli/run-a"]  # the newest run is shown first
+    assert len(at.get("image")) == 1
+    assert frame_with(at, "valid NDCG@10, last eval").loc["cli/run-a", "steps"] == "2 of 2"
+    # a directory given by its path, next to a folder that is not a run
+    at.multiselect(key="runs").set_value([])
+    at.text_input(key="run_path").input(str(runs_dir / "cli" / "run-a"))
+    ok(at.run())
+    assert len(frame_with(at, "valid NDCG@10, last eval")) == 1
+    at.text_input(key="run_path").input(str(runs_dir / "cli"))
+    ok(at.run())
+    assert any("holds no metrics.csv" in e.value for e in at.error)
+    assert not at.get("image")
+
+
+def test_training_page_shows_the_source(open_page, runs_dir):
+    at = open_page("training")
+    at.sidebar.toggle[0].set_value(True)
+    ok(at.run())
+    sources = [c.value for c in at.code]
+    assert any("def train_step" in s for s in sources) and any("def training_curves" in s for s in sources)

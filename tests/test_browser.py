@@ -1,5 +1,6 @@
 """The explorer in a real browser: `streamlit run` on 127.0.0.1 and headless Chromium, one screenshot
-per page in runs/screenshots/, and no page may show an exception box.
+per page in runs/screenshots/, and no page may show an exception box. The Training page trains a
+short run (into a temporary runs folder) by a click on its button.
 
 Needs Debian's ``chromium`` (``make install`` puts it there with apt-get when it can) and the
 ``playwright`` package; skips when either is missing. Playwright's own browser download is not used.
@@ -24,7 +25,11 @@ sync_api = pytest.importorskip("playwright.sync_api")
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "explorer.py"
 SHOTS = ROOT / "runs" / "screenshots"
-PAGES = {"world": "World", "decoding": "Decoding", "advantages": "Advantages"}
+PAGES = {"world": "World", "decoding": "Decoding", "advantages": "Advantages", "training": "Training"}
+# pages that need a click before they draw: the Training page trains a run (the tiny preset's default
+# knobs, a few steps) and then shows its curves, one figure
+CLICK = {"training": ("Train", "Trained:")}
+MIN_FIGURES = {"training": 1}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -41,7 +46,8 @@ def server(model_cache, tmp_path_factory):
     """The explorer on the tiny preset, served on a free port; yields its URL."""
     port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = {**os.environ, "VSTAR_TOY_APP_PRESET": "tiny", "VSTAR_TOY_CACHE": str(model_cache)}
+    env = {**os.environ, "VSTAR_TOY_APP_PRESET": "tiny", "VSTAR_TOY_CACHE": str(model_cache),
+           "VSTAR_TOY_APP_RUNS": str(tmp_path_factory.mktemp("runs"))}
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
            "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
@@ -81,10 +87,17 @@ def test_every_page_renders_in_chromium(server):
                 # the page's header, then the script run finished, then every figure loaded
                 page.locator('[data-testid="stHeading"]', has_text=title).first.wait_for(timeout=60_000)
                 page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=60_000)
+                if slug in CLICK:
+                    button, done = CLICK[slug]
+                    page.get_by_role("button", name=button, exact=True).click()
+                    page.get_by_text(done).first.wait_for(timeout=120_000)
+                    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
+                                           timeout=60_000)
                 page.wait_for_function("[...document.images].every(i => i.complete)", timeout=30_000)
                 page.screenshot(path=str(SHOTS / f"{slug}.png"), full_page=True)
                 errors = page.locator('[data-testid="stException"]')
                 assert errors.count() == 0, f"{slug}: {errors.first.inner_text()}"
-                assert page.locator('[data-testid="stImage"] img').count() >= 2, f"{slug}: figures missing"
+                figures = page.locator('[data-testid="stImage"] img').count()
+                assert figures >= MIN_FIGURES.get(slug, 2), f"{slug}: figures missing"
         finally:
             browser.close()

@@ -405,3 +405,74 @@ def budget_split(df: pd.DataFrame, ax=None, title: str = "Forward tokens per que
 def save(fig, path) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# training curves (the explorer's Training page, notebook 05)
+
+# The panels of ``training_curves``: title -> [(column of rl.train's log, label of its line style)].
+# ``{l}`` in a column stands for each SID level 1 .. L.
+TRAINING_PANELS: dict[str, list[tuple[str, str]]] = {
+    "reward R the learner sees (mean over C)": [("reward", "")],
+    "true reward a(u, y) (oracle, mean over C)": [("true_reward", "")],
+    "validation, beam search": [("valid_ndcg@10", "NDCG@10"), ("valid_hr@10", "HR@10")],
+    "contrast among siblings": [("adv_spread_global", "GRPO's scale (global)"),
+                                ("adv_spread_sibling", "Sibling-GRPO (Eq. 18)")],
+    "entropy H at the decoded prefixes (Eq. 12)": [("entropy", "")],
+    "Spearman rho(V, prefix reward)": [("rho_value_l{l}", "level {l}")],
+    "Spearman rho(log pi, prefix reward)": [("rho_logp_l{l}", "level {l}")],
+    "value TD loss (Eq. 9)": [("value_loss", "")],
+}
+
+
+def training_curves(logs: dict[str, pd.DataFrame], panels: dict[str, list[tuple[str, str]]] | None = None,
+                    ncols: int = 4, title: str = ""):
+    """Curves of one or more training runs, one panel per quantity, one colour per run.
+
+    ``logs`` maps a run's name to its log (``TrainResult.log`` or a run directory's metrics.csv: one
+    row per step, column ``step``); ``panels`` defaults to ``TRAINING_PANELS``. Within a panel, line
+    styles tell its series apart (solid, dashed, dotted; a grey key). Evaluation columns are filled
+    only every ``eval_every`` steps: they are drawn through their filled rows, with markers. Columns a
+    log lacks or leaves empty (V's Spearman without a value head) are skipped; an empty panel says so."""
+    panels = TRAINING_PANELS if panels is None else panels
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.6 * nrows + (0.6 if title else 0.4)),
+                             squeeze=False, layout="constrained")
+    styles = ["-", "--", ":", "-."]
+    for ax, (name, series) in zip(axes.flat, panels.items()):
+        keys: dict[str, str] = {}  # label -> line style, for the panel's grey key
+        for i, log in enumerate(logs.values()):
+            cols = []
+            for col, label in series:  # "{l}" stands for every level the log has
+                if "{l}" in col:
+                    lvl = 1
+                    while col.format(l=lvl) in log:
+                        cols.append((col.format(l=lvl), label.format(l=lvl)))
+                        lvl += 1
+                else:
+                    cols.append((col, label))
+            for j, (col, label) in enumerate(cols):
+                if col not in log or log[col].isna().all():
+                    continue
+                d = log[["step", col]].dropna()
+                sparse = len(d) < len(log) or len(d) <= 12  # evaluation rows, or a very short run
+                ax.plot(d["step"], d[col], color=f"C{i}", ls=styles[j % len(styles)], marker="o" if sparse else None,
+                        ms=3, lw=1.3)
+                if label:
+                    keys[label] = styles[j % len(styles)]
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", color="grey", transform=ax.transAxes)
+        elif any(col == "adv_spread_sibling" for col, _ in series):
+            ax.axhline(1.0, color="grey", lw=0.6)  # Sibling-GRPO's contrast sigma_h / (sigma_h + eps) is about 1
+        if keys:
+            ax.legend([plt.Line2D([], [], color="grey", ls=ls) for ls in keys.values()], list(keys), fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    # one key of the runs' colours above the panels, under the title
+    fig.legend([plt.Line2D([], [], color=f"C{i}", lw=2) for i in range(len(logs))], list(logs),
+               loc="outside upper center", ncol=min(len(logs), 4), fontsize=9, frameon=False,
+               title=title or None, title_fontsize=11)
+    return fig

@@ -10,20 +10,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from ..checkpoint import atomic_write_text  # noqa: E402
-from ..config import DecodeConfig  # noqa: E402
-from ..decoding import decode  # noqa: E402
-from ..rl.advantages import sibling_contrast  # noqa: E402
-from ..world.rewards import rewards  # noqa: E402
-from .runner import Runner  # noqa: E402
+from ..checkpoint import atomic_write_text
+from ..config import DecodeConfig
+from ..decoding import decode
+from ..rl.advantages import sibling_contrast
+from ..world.rewards import rewards
+from .runner import Runner
 
 
 def _fmt(x: float) -> str:
