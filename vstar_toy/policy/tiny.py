@@ -11,13 +11,14 @@ step gathers the context rows of its queries, so states of any queries and depth
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import PolicyConfig
 from ..world.catalog import Catalog
-from .base import Context, SIDPolicy
+from .base import SEP, Context, SIDPolicy
 
 MAX_SLOTS = 64  # items per sequence the slot embedding can tell apart; later slots share the last
 
@@ -136,3 +137,50 @@ class TinyPolicy(SIDPolicy):
 def param_count_str(n: int) -> str:
     return f"{n / 1e3:.0f}k" if n < 1e6 else f"{n / 1e6:.1f}M"
 
+
+
+def naive_logprobs(policy: SIDPolicy, histories, sids: torch.Tensor) -> torch.Tensor:
+    """Reference for ``SIDPolicy.logprobs``: every candidate re-encodes its whole prompt.
+
+    Each of the B * C candidates gets its own row [prompt, SEP, y_1 .. y_{L-1}] and one causal pass of
+    the backbone (``_encode``) over it, all rows in one batched call: what a GRPO implementation does
+    when it repeats the prompt in front of every completion. ``logprobs`` instead encodes each prompt
+    once and lets its C candidates attend to that one cache; both give the same log-probs and the
+    same gradients up to rounding (tests/test_losses.py), this one at C times the prompt compute
+    (benchmarks/training.py times both).
+
+    Args:
+        policy: any SIDPolicy (it uses ``_encode``, ``item_tokens`` and ``restricted_logp`` only).
+        histories: (B, H) item ids, -1 left-padded.
+        sids: (B, C, L) candidate SIDs; a padding candidate (any -1) gets 0 on every level.
+
+    Returns:
+        (B, C, L) log pi(y_l | x, y_<l), with gradients.
+    """
+    items = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=policy.device)
+    sids = torch.as_tensor(sids, dtype=torch.long, device=policy.device)
+    b, c, L = sids.shape
+    n = b * c
+    # padding candidates follow the first catalog item (any real path would do), zeroed at the end
+    pad = (sids < 0).any(-1).reshape(n)  # (N,)
+    flat = torch.where(pad[:, None], policy.item_sids[0], sids.reshape(n, L))  # (N, L)
+    # 1. one row per candidate: its own copy of the prompt, then [SEP, y_1 .. y_{L-1}]
+    tokens, levels, slots, mask, next_slot = policy.item_tokens(items.repeat_interleave(c, 0))  # (N, T)
+    lv = torch.arange(L, device=policy.device)
+    gen = torch.cat([torch.full((n, 1), SEP, device=policy.device), policy.code_token(lv[:-1], flat[:, :-1])], 1)
+    tokens = torch.cat([tokens, gen], 1)  # (N, T + L)
+    levels = torch.cat([levels, lv.expand(n, -1)], 1)
+    slots = torch.cat([slots, next_slot[:, None].expand(-1, L)], 1)
+    mask = torch.cat([mask, torch.ones(n, L, dtype=torch.bool, device=policy.device)], 1)
+    # 2. one causal pass over every row; the last L positions predict y_1 .. y_L
+    hidden, _ = policy._encode(tokens, levels, slots, mask)
+    hidden = hidden[:, -L:]  # (N, L, d)
+    # 3. restricted log-probs along each path, as logprobs computes them
+    node = torch.zeros(n, dtype=torch.long, device=policy.device)
+    out = []
+    for lvl in range(L):
+        lp = policy.restricted_logp(hidden[:, lvl], torch.full_like(node, lvl), node)  # (N, K_max)
+        out.append(lp.gather(1, flat[:, lvl : lvl + 1]).squeeze(1))
+        node = policy.child[node, flat[:, lvl]]
+    res = torch.stack(out, 1)  # (N, L)
+    return torch.where(pad[:, None], torch.zeros_like(res), res).reshape(b, c, L)

@@ -10,7 +10,10 @@ candidates and L SID levels:
 - ``ref_logp``: the same under the frozen SFT reference, for the KL penalty.
 
 Losses are *minimised*, so each is the negative of the paper's objective J. Candidates that are
-padding (``valid`` False) contribute nothing.
+padding (``valid`` False) contribute nothing, to the loss or to its gradient, whatever their
+log-probs hold: a padding row may be -inf or NaN (e.g. the log-probs of a clamped ``-1`` SID that is
+no catalog item), so it is masked out with ``torch.where`` before any arithmetic, never multiplied by
+0 (``nan * 0`` is NaN).
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from __future__ import annotations
 import torch
 
 from .advantages import grpo_advantages, sibling_node_advantages
+
+
+def _drop_padding(valid: torch.Tensor, *logps: torch.Tensor) -> list[torch.Tensor]:
+    """Each (B, C, L) log-prob tensor with the tokens of padding candidates set to 0 (gradient 0 there)."""
+    tok = valid[..., None].expand_as(logps[0])
+    return [torch.where(tok, lp, 0.0) for lp in logps]
 
 
 def _surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip_eps: float) -> torch.Tensor:
@@ -35,6 +44,7 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, valid: torch.Tensor) 
     >>> round(float(kl_penalty(torch.tensor([[[0.0]]]), torch.tensor([[[0.0]]]), torch.tensor([[True]]))), 6)
     0.0
     """
+    logp, ref_logp = _drop_padding(valid, logp, ref_logp)
     d = ref_logp.detach() - logp
     k3 = torch.exp(d) - d - 1.0
     w = valid[..., None].expand_as(k3).to(k3.dtype)
@@ -47,6 +57,7 @@ def grpo_loss(
 ) -> torch.Tensor:
     """-J_GRPO: the group advantage A(x, y) of Eq. 2 on every token of y, token-level ratios,
     averaged over the valid tokens of the batch."""
+    logp, old_logp = _drop_padding(valid, logp, old_logp)
     adv = grpo_advantages(rewards, eps, valid).detach()  # (B, C), Eq. 2
     surr = _surrogate(logp, old_logp, adv[..., None].expand_as(logp), clip_eps)
     w = valid[..., None].expand_as(surr).to(surr.dtype)
@@ -64,6 +75,7 @@ def sibling_loss(
     (the ``first`` mask of ``sibling_node_advantages``); the token v's log-prob is the same on all
     of them, so the first candidate's carries it. Parents with a single child node give 0.
     """
+    logp, old_logp = _drop_padding(valid, logp, old_logp)
     adv, first = sibling_node_advantages(sids.clamp_min(0), rewards, eps, valid)  # Eq. 18, (B, C, L)
     surr = _surrogate(logp, old_logp, adv.detach(), clip_eps) * first.to(logp.dtype)
     n_cand = valid.sum(1).clamp_min(1).to(logp.dtype)  # |C(x)|

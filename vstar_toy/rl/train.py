@@ -89,8 +89,10 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
     rows: list[dict] = []
     start = 0
     run = Path(run_dir) if run_dir is not None else None
-    cfg_json = json.dumps({"config": dataclasses.asdict(cfg), "world": fingerprint(world)}, sort_keys=True,
-                          default=str)
+    # The run's identity: everything but rl.steps, so that a finished run can be extended with more steps.
+    identity = dataclasses.asdict(cfg)
+    del identity["rl"]["steps"]
+    cfg_json = json.dumps({"config": identity, "world": fingerprint(world)}, sort_keys=True, default=str)
     if run is not None:
         if main:
             run.mkdir(parents=True, exist_ok=True)
@@ -166,12 +168,12 @@ def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Conf
         for _ in range(rl.value_updates):
             v_loss = td_update(policy, value_head, vopt, world, q, cands, cfg.value)
     # 4. policy update
-    sids = cands.sids.clamp_min(0)
-    torch.manual_seed(seed)
-    policy.train()
-    with torch.no_grad():
+    sids = cands.sids  # padding candidates (-1 codes) get log-prob 0 and no loss
+    with torch.no_grad():  # pi_theta_old in eval mode, as it decoded
         old = policy.logprobs(q.histories, sids)
         ref = reference.logprobs(q.histories, sids)
+    torch.manual_seed(seed)
+    policy.train()
     parts = {}
     for _ in range(rl.inner_epochs):
         new = (policy if model is None else model)(q.histories, sids)  # forward = logprobs
@@ -184,7 +186,7 @@ def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Conf
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
     policy.eval()
-    contrast = sibling_contrast(sids, r, rl.adv_eps, valid)
+    contrast = sibling_contrast(sids.clamp_min(0), r, rl.adv_eps, valid)
     vmask = valid.numpy()
     return distributed.mean_scalars({
         "step": step + 1,
