@@ -230,6 +230,8 @@ def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figure
               seeds: Annotated[int, typer.Option(help="seeds per arm (confidence intervals need >= 2)")] = 3,
               quick: Annotated[bool, typer.Option(help="smaller world, shorter training: <= 15 min on 2 cores")] =
               False,
+              test_queries: Annotated[int | None, typer.Option(
+                  help="test users scored per seed (default 300 quick, 500 full; 0: the whole split)")] = None,
               preset_name: Preset = "cpu_demo", data: Data = None, backbone: Backbone = None,
               as_json: AsJson = False):
     """Reproduce the paper's claims: mean and 95% interval over seeds, a verdict per claim, report.md."""
@@ -243,7 +245,7 @@ def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figure
     loader = (lambda: load_data(data)) if data is not None else None
     if data is not None and 8 in ids:
         raise ValueError("claim 8 sweeps the synthetic world's mismatch knob; leave it out with --data")
-    summary = run_claims(ids, preset(preset_name), Settings.make(seeds, quick), out, progress=not as_json,
+    summary = run_claims(ids, preset(preset_name), Settings.make(seeds, quick, test_queries), out, progress=not as_json,
                          say=say_to(as_json), world_loader=loader, label=data or "", backbone=backbone)
     if as_json:
         print(json.dumps({k: summary[k] for k in ("claims", "seeds", "quick", "seconds", "report")}))

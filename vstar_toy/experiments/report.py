@@ -49,6 +49,12 @@ def _ci_err(df: pd.DataFrame) -> np.ndarray:
     return np.vstack([lo, hi])
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def fig_spearman(df: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     series = [("SFT", "logp", "P (SFT)"), ("beam+GRPO", "logp", "P (beam+GRPO)"), ("V-STAR", "logp", "P (V-STAR)"),
@@ -66,9 +72,7 @@ def fig_spearman(df: pd.DataFrame, path: Path) -> None:
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(fontsize=7)
     ax.set_title("Fig. 3 in the toy: probability (P) and value (V) vs true reward", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def fig_budget(df: pd.DataFrame, path: Path) -> None:
@@ -83,9 +87,7 @@ def fig_budget(df: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("test NDCG@10")
     ax.legend(fontsize=8)
     ax.set_title("Fig. 4 in the toy: budget scaling", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def fig_mismatch(df: pd.DataFrame, path: Path) -> None:
@@ -100,9 +102,7 @@ def fig_mismatch(df: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("VED minus beam search")
     ax.legend(fontsize=8)
     ax.set_title("The VED gain as the mismatch knob turns", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def fig_advantage_spread(runner: Runner, path: Path, seed: int = 0) -> dict:
@@ -129,9 +129,7 @@ def fig_advantage_spread(runner: Runner, path: Path, seed: int = 0) -> dict:
     axes[0].set_ylabel("queries")
     axes[0].legend(fontsize=7)
     fig.suptitle("Advantage compression: what shrinks under global normalisation", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return means
 
 

@@ -27,7 +27,8 @@ class Settings:
     """How big a reproduction is.
 
     seeds: seeds 0 .. seeds-1, >= 1. quick: the small settings of ``--quick`` (a 1,000-item world,
-    shorter training, fewer test users). test_queries: test users scored per seed. rl_steps: policy
+    shorter training, fewer test users). test_queries: test users scored per seed (0: the whole test
+    split). rl_steps: policy
     updates per RL run, at most (a preset with fewer ``rl.steps``, like ``tiny``, keeps its own).
     budgets: the budget multipliers of the Fig. 4 experiment.
     """
@@ -39,21 +40,26 @@ class Settings:
     budgets: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
 
     @staticmethod
-    def make(seeds: int = 3, quick: bool = False) -> Settings:
+    def make(seeds: int = 3, quick: bool = False, test_queries: int | None = None) -> Settings:
         if seeds < 1:
             raise ValueError(f"seeds = {seeds} is invalid: expected an integer >= 1")
-        if quick:
-            return Settings(seeds=seeds, quick=True, test_queries=300, rl_steps=30, budgets=(1.0, 3.0))
-        return Settings(seeds=seeds)
+        if test_queries is not None and test_queries < 0:
+            raise ValueError(f"test_queries = {test_queries} is invalid: expected 0 (the whole split) or more")
+        s = Settings(seeds=seeds, quick=True, test_queries=300, rl_steps=30, budgets=(1.0, 3.0)) if quick else \
+            Settings(seeds=seeds)
+        return s if test_queries is None else dataclasses.replace(s, test_queries=test_queries)
 
 
 def quick_config(cfg: Config) -> Config:
-    """``--quick``: a smaller world and shorter SFT / value pre-training, the same algorithms."""
+    """``--quick``: a smaller world, shorter SFT / value pre-training (fewer sampled candidates per
+    TD step), validation during RL only at the end; the same algorithms."""
     w = cfg.world
     return cfg.replace(
         world={"n_items": min(w.n_items, 1000), "n_users": min(w.n_users, 1500)},
         sft={"epochs": min(cfg.sft.epochs, 12)},
-        value={"pretrain_steps": min(cfg.value.pretrain_steps, 200)},
+        value={"pretrain_steps": min(cfg.value.pretrain_steps, 200),
+               "pretrain_candidates": min(cfg.value.pretrain_candidates, 16)},
+        rl={"eval_every": 10_000, "eval_queries": min(cfg.rl.eval_queries, 128)},
     )
 
 
@@ -95,8 +101,9 @@ class Runner:
 
     def test_queries(self, seed: int, mismatch: float | None = None):
         w = self.world(seed, mismatch)
-        return self._cached(("test", seed, mismatch),
-                            lambda: w.queries("test", n=min(self.settings.test_queries, int((w.split == 2).sum()))))
+        n_split = int((w.split == 2).sum())
+        n = n_split if self.settings.test_queries == 0 else min(self.settings.test_queries, n_split)
+        return self._cached(("test", seed, mismatch), lambda: w.queries("test", n=n))
 
     # -- models ------------------------------------------------------------------------------------
     def sft(self, seed: int, mismatch: float | None = None):
@@ -117,7 +124,8 @@ class Runner:
         def make():
             cfg = self.config(seed, mismatch, decode={"decoder": decoder, "budget_x": budget_x},
                               rl={"objective": objective})
-            name = f"s{seed}-m{cfg.world.mismatch}-{decoder}{budget_x:g}x-{objective}"
+            where = f"m{cfg.world.mismatch}-" if self.world_loader is None else ""  # real data: no knob
+            name = f"s{seed}-{where}{decoder}{budget_x:g}x-{objective}"
             self.say(f"RL run {name}")
             policy = copy.deepcopy(self.sft(seed, mismatch))
             head = copy.deepcopy(self.value(seed, mismatch))

@@ -59,6 +59,14 @@ class TrainResult:
     run_dir: Path | None
 
 
+def _identity(cfg_json: str) -> dict:
+    """What makes two runs the same run: the config and world, but not rl.steps, so that a finished
+    run can be extended with more steps."""
+    run = json.loads(cfg_json)
+    run["config"]["rl"].pop("steps", None)
+    return run
+
+
 def _step_seed(seed: int, step: int) -> int:
     return (seed + 1) * 1_000_003 + step
 
@@ -89,15 +97,13 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
     rows: list[dict] = []
     start = 0
     run = Path(run_dir) if run_dir is not None else None
-    # The run's identity: everything but rl.steps, so that a finished run can be extended with more steps.
-    identity = dataclasses.asdict(cfg)
-    del identity["rl"]["steps"]
-    cfg_json = json.dumps({"config": identity, "world": fingerprint(world)}, sort_keys=True, default=str)
+    cfg_json = json.dumps({"config": dataclasses.asdict(cfg), "world": fingerprint(world)}, sort_keys=True,
+                          default=str)
     if run is not None:
         if main:
             run.mkdir(parents=True, exist_ok=True)
         if resume and (run / "state.pt").exists():
-            if (run / "config.json").read_text() != cfg_json:
+            if _identity((run / "config.json").read_text()) != _identity(cfg_json):
                 raise ValueError(f"{run} holds a run with another config or world: pass a new --out, or resume=False")
             state = torch.load(run / "state.pt", map_location="cpu", weights_only=False)  # every rank reads it
             reference.load_state_dict(torch.load(run / "reference.pt", map_location="cpu", weights_only=True))
@@ -107,6 +113,8 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
                 value_head.load_state_dict(state["value"])
                 vopt.load_state_dict(state["vopt"])
             rows, start = state["rows"], state["step"]
+            if main and start < rl.steps:  # an extended run: config.json records the new length
+                atomic_write_text(cfg_json, run / "config.json")
             say(f"resuming {run} at step {start} of {rl.steps}")
         elif main:
             atomic_write_text(cfg_json, run / "config.json")
