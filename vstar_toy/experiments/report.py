@@ -192,7 +192,7 @@ def write_report(frames: list[pd.DataFrame], runner: Runner, out: Path, header: 
                      "Sibling-GRPO's (seed 0, SFT policy, training reward). Means: "
                      + "; ".join(f"{d}: global {_fmt(m['global'])}, sibling {_fmt(m['sibling'])}"
                                  for d, m in means.items()) + ".\n\n![](advantage_spread.png)\n")
-    if runner.world_loader is not None and "office" in header.lower():
+    if runner.world_loader is not None and "office" in runner.world(0).name.lower():  # the paper reports Office
         lines.append(paper_section(frames))
     path = out / "report.md"
     atomic_write_text("".join(lines), path)
