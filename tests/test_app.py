@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -104,13 +105,16 @@ def test_decoding_page_spends_the_same_budget(open_page):
     assert [len(t) for t in tables] == [8, 8]
 
 
-def test_decoding_page_names_a_budget_below_veds_minimum(open_page):
+def test_decoding_page_switches_ved_to_the_oracle_value(open_page):
+    """The same search guided by the world's oracle: V of a full SID is then its item's true reward."""
     at = open_page("decoding")
-    at.selectbox(key="tree_colour").set_value("true_reward")
-    at.slider(key="warm_beam").set_value(7)  # warm start 1 + 3 * 7 = 22 > 17 tokens at 1x
+    learned = frame_with(at, "V(y)")
+    at.radio(key="value").set_value("oracle")
     ok(at.run())
-    assert any("below VED's minimum" in w.value for w in at.warning)
-    assert len(at.get("image")) == 2  # beam search's tree and the budget split
+    assert len(at.get("image")) == 3  # two trees and the budget split
+    oracle = frame_with(at, "V(y)")  # beam search's candidates, now scored by the oracle
+    np.testing.assert_allclose(oracle["V(y)"], oracle["true reward"], atol=1e-3)
+    assert not np.allclose(learned["V(y)"], learned["true reward"], atol=1e-3)
 
 
 def test_advantages_page_toy_set(open_page):

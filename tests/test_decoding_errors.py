@@ -13,9 +13,10 @@ import torch
 from vstar_toy import checkpoint
 from vstar_toy.config import DecodeConfig, PolicyConfig, ValueConfig, presets
 from vstar_toy.decoding import beam_search, budget_tokens, decode, ved_decode
-from vstar_toy.decoding.ved import likelihood_value, warm_start_cost
+from vstar_toy.decoding.ved import warm_start_cost
 from vstar_toy.policy.tiny import TinyPolicy
 from vstar_toy.policy.value import ValueHead
+from vstar_toy.values import likelihood_value
 from vstar_toy.world import World
 
 TREE_COLUMNS = {"node", "query", "parent", "depth", "token", "sid", "logp", "value", "entropy", "priority",
@@ -35,7 +36,7 @@ def policy(world) -> TinyPolicy:
 
 @pytest.fixture
 def head(world) -> ValueHead:
-    return ValueHead(16, world.catalog.levels, max(world.catalog.codebook_sizes), ValueConfig(hidden=8)).eval()
+    return ValueHead(world.catalog, 16, ValueConfig(hidden=8)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -46,29 +47,29 @@ def histories(world) -> np.ndarray:
 # -- VED's budget ----------------------------------------------------------------------------------
 
 
-def test_ved_budget_below_the_warm_start_through_decode(world, policy, head, histories):
-    """|C| = 8, b0 = 6 at 1x: B = 1 + 2 * 8 = 17 tokens, the warm start alone 1 + 3 * 6 = 19."""
-    cfg = DecodeConfig(decoder="ved", n_candidates=8, warm_beam=6)
-    budget, warm = budget_tokens(3, 8, 1.0), warm_start_cost(3, 6)
-    assert (budget, warm) == (17, 19)
-    with pytest.raises(ValueError, match=r"budget = 17\b.*\b19\b"):
-        decode(policy, histories, cfg, head)
-    assert policy.cost == 0, "nothing may be spent before the budget is checked"
+def test_the_1x_budget_always_pays_for_the_warm_start():
+    """b0 < |C| (DecodeConfig refuses more), so the warm start 1 + (L - 1) b0 is below every budget
+    1 + round(k (L - 1) |C|), k >= 1: VED run through ``decode`` always has tokens to search with."""
+    for levels in (2, 3, 4):
+        for c in range(2, 40):
+            for b0 in range(1, c):
+                assert warm_start_cost(levels, b0) < budget_tokens(levels, c, 1.0)
 
 
-@pytest.mark.parametrize("budget", [0, 1, 24, 25])
+@pytest.mark.parametrize("budget", [0, 1, 16, 17])
 def test_ved_explicit_budget_below_the_minimum(policy, histories, budget):
-    """b0 = 8, L = 3: the warm start costs 25 tokens, so any budget <= 25 leaves nothing to search
-    with (0 included: an explicit budget is never replaced by the default)."""
+    """b0 = 8, L = 3: the warm start costs 1 + 2 * 8 = 17 tokens, so any budget <= 17 leaves nothing to
+    search with (0 included: an explicit budget is never replaced by the default)."""
     cfg = DecodeConfig(n_candidates=16, warm_beam=8)
-    with pytest.raises(ValueError, match=rf"budget = {budget}\b.*\b25\b"):
+    with pytest.raises(ValueError, match=rf"budget = {budget}\b.*\b17\b"):
         ved_decode(policy, histories, likelihood_value, cfg, budget=budget)
+    assert policy.cost == 0, "nothing may be spent before the budget is checked"
 
 
 def test_ved_budget_just_above_the_minimum_runs(world, policy, histories):
     cfg = DecodeConfig(n_candidates=16, warm_beam=8)
-    cands = ved_decode(policy, histories, likelihood_value, cfg, budget=26)
-    assert (cands.cost_tokens <= 26).all()
+    cands = ved_decode(policy, histories, likelihood_value, cfg, budget=18)
+    assert (cands.cost_tokens <= 18).all()
 
 
 # -- the candidate count ---------------------------------------------------------------------------
@@ -90,7 +91,7 @@ def test_as_many_candidates_as_the_catalog_holds_returns_every_item(world, polic
 
 
 def test_ved_without_a_value_head(policy, histories):
-    with pytest.raises(ValueError, match="value head"):
+    with pytest.raises(ValueError, match="needs a value"):
         decode(policy, histories, DecodeConfig(decoder="ved"))
 
 
@@ -156,11 +157,18 @@ def test_step_beyond_depth_l(world, policy, histories):
         policy.step(state, torch.tensor([0]))
 
 
-def test_step_before_start(world):
-    fresh = TinyPolicy(world.catalog, PolicyConfig(d_model=16, n_layers=1, n_heads=2))
-    state = TinyPolicy(world.catalog, PolicyConfig(d_model=16, n_layers=1, n_heads=2)).start(world.histories[:1])
-    with pytest.raises(RuntimeError, match="start"):
-        fresh.step(state, torch.tensor([int(world.catalog.sids[0, 0])]))
+def test_two_decodes_may_interleave(world, policy):
+    """The encoded prompts travel with the states, not on the policy: stepping two batches in turn gives
+    what stepping each alone gives (a shared prompt cache on the policy would mix them up silently)."""
+    a_hist, b_hist = world.histories[:2], world.histories[5:8]
+    code = int(world.catalog.sids[0, 0])
+    with torch.no_grad():
+        alone = policy.step(policy.start(a_hist), torch.full((2,), code)).logp
+        a = policy.start(a_hist)
+        b = policy.start(b_hist)  # a second decode starts before the first one steps
+        a_next = policy.step(a, torch.full((2,), code))
+        policy.step(b, torch.full((3,), code))
+    torch.testing.assert_close(a_next.logp, alone)
 
 
 # -- DecodeConfig ------------------------------------------------------------------------------------
@@ -228,9 +236,12 @@ def test_beam_tree_to_frame(world, policy, histories):
 def test_ved_tree_to_frame(world, policy, head, histories):
     cands = decode(policy, histories, DecodeConfig(decoder="ved", n_candidates=16, warm_beam=8), head)
     df = cands.tree.to_frame()
-    check_forest(df, len(histories), world.catalog.levels)
-    assert df["evaluated"].all() and not df["pruned"].any()
-    assert df["value"].notna().all() and df["priority"].notna().all()
-    # one evaluated node per forward token: the tree accounts for the whole cost
-    np.testing.assert_array_equal(df.groupby("query").size().to_numpy(), cands.cost_tokens)
+    L = world.catalog.levels
+    check_forest(df, len(histories), L)
+    assert not df["pruned"].any()
+    # forwarded ("evaluated") are exactly the nodes above depth L: one forward token each, the whole cost
+    assert (df["evaluated"] == (df["depth"] < L)).all()
+    np.testing.assert_array_equal(df[df["evaluated"]].groupby("query").size().to_numpy(), cands.cost_tokens)
+    # every node but the root has a value (Eq. 5 starts at depth 1) and a priority
+    assert df["value"].isna().equals(df["depth"] == 0) and df.loc[df["depth"] > 0, "priority"].notna().all()
     assert (df["visits"] >= 1).all()

@@ -33,9 +33,9 @@ import pandas as pd
 from vstar_toy import plots
 from vstar_toy.config import DecodeConfig, preset
 from vstar_toy.decoding import beam_search, budget_tokens
-from vstar_toy.evaluate import evaluate
+from vstar_toy.evaluate import evaluate, value_quality
 from vstar_toy.pipeline import build_world, sft_policy
-from vstar_toy.policy.value import value_spearman
+from vstar_toy.values import LikelihoodValue
 
 PRESET = os.environ.get("VSTAR_TOY_TUTORIAL_PRESET", "cpu_demo")  # the test suite runs every tutorial on "tiny"
 cfg = preset(PRESET)
@@ -143,6 +143,6 @@ beam_table[["decoder", "hr@10", "ndcg@10", "reachability", "max_reward", "div", 
 # should do better, and lets it steer the search.
 
 # %%
-rho = value_spearman(policy, None, world, world.queries("valid", n=200))
+rho = value_quality(world, policy, world.queries("valid", n=200), {"logp": LikelihoodValue()})
 pd.DataFrame({"level": range(1, L + 1), "rho(log pi, reward)": np.round(rho["logp"], 3),
               "rho(logs, reward), the world": np.round(world.spearman_exposure_reward(), 3)})

@@ -158,7 +158,8 @@ queries = world.queries("test", n=200)
 rows = []
 for decoder in ("beam", "ved"):
     with torch.no_grad():
-        c = decode(policy, queries.histories, dataclasses.replace(cfg.decode, decoder=decoder, budget_x=1.0), head)
+        c = decode(policy, queries.histories, dataclasses.replace(cfg.decode, decoder=decoder, budget_x=1.0),
+                   head.bind(queries))
     r = torch.as_tensor(reward_of(world, "affinity", queries.users, queries.targets, c.items.numpy()))
     contrast = sibling_contrast(c.sids, r, valid=c.valid)
     b = advantage_bounds(r, valid=c.valid)

@@ -116,29 +116,62 @@ def sft(out: Annotated[Path, typer.Option(help="checkpoint directory to write")]
     print(f"saved {out}: {len(log)} epochs, best validation HR@10 = {best:.4f}")
 
 
+ValueInputs = Annotated[str | None, typer.Option(
+    "--value-inputs", help="what V_phi reads besides the backbone: semantic (the items' embeddings; default) or "
+    "backbone (the backbone's states only)")]
+
+
 @app.command()
-def value(policy: Annotated[Path, typer.Option("--policy", help="a checkpoint from `vstar-toy sft`")],
-          preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None, data: Data = None,
-          steps: Annotated[int | None, typer.Option(help="TD steps")] = None, as_json: AsJson = False):
-    """Pre-train the value head V_phi by TD (Eq. 9) on the policy's candidates; saves it beside the policy
-    and reports Spearman(V, true prefix reward) against Spearman(log pi, ...) per level."""
-    from .policy.value import pretrain_value, value_spearman
+def value(policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
+          data: Data = None, steps: Annotated[int | None, typer.Option(help="TD steps")] = None,
+          value_inputs: ValueInputs = None,
+          queries: Annotated[int, typer.Option(help="validation users of the Spearman measurement")] = 256,
+          as_json: AsJson = False):
+    """Pre-train the value head V_phi by TD (Eq. 9) and measure it (Fig. 3's protocol on validation users):
+    per level, the Spearman rho with the true prefix reward of V_phi, of log pi, of the world's oracle
+    (synthetic worlds) and of a no-learning cosine baseline. With --policy the head is trained on that
+    checkpoint and saved beside it; without, the cached SFT policy and value head are used (trained once)."""
+    from .evaluate import scorers, value_quality
+    from .rl.value_learning import pretrain_value
 
     cfg, w = load(preset_name, mismatch, seed, data)
     if steps is not None:
         cfg = cfg.replace(value={"pretrain_steps": steps})
-    pol = checkpoint.load_policy(policy, w)
-    head, losses = pretrain_value(pol, w, cfg.value, progress=not as_json)
-    meta = checkpoint.read_meta(policy)
-    checkpoint.save(policy, w, pol, head, extra={k: v for k, v in meta.items() if k.endswith("_log")})
-    rho = value_spearman(pol, head, w, w.queries("valid", n=256))
-    out = {"td_loss_first": losses[0] if losses else None, "td_loss_last": losses[-1] if losses else None,
-           "spearman_value": rho["value"], "spearman_logp": rho["logp"]}
-    print(json.dumps(out) if as_json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+    if value_inputs is not None:
+        cfg = cfg.replace(value={"inputs": value_inputs})
+    say = say_to(as_json)
+    if policy is not None:
+        pol = checkpoint.load_policy(policy, w)
+        t0 = time.perf_counter()
+        head, _ = pretrain_value(pol, w, cfg.value, progress=not as_json)
+        seconds, trained = time.perf_counter() - t0, True
+        meta = checkpoint.read_meta(policy)
+        checkpoint.save(policy, w, pol, head, extra={k: v for k, v in meta.items() if k.endswith("_log")})
+    else:
+        pol = sft_policy(w, cfg, None, progress=not as_json, say=say)
+        t0 = time.perf_counter()
+        notes: list[str] = []
+        head = value_model(w, pol, cfg, None, progress=not as_json, say=lambda m: (notes.append(m), say(m)))
+        seconds, trained = time.perf_counter() - t0, not any("reusing" in n for n in notes)
+    rho = value_quality(w, pol, w.queries("valid", n=queries), scorers(w, head))
+    out = {"world": w.name, "inputs": cfg.value.inputs, "pretrain_steps": cfg.value.pretrain_steps,
+           "trained": trained, "seconds": round(seconds, 1), "queries": queries,
+           "spearman": {k: [round(x, 4) for x in v] for k, v in rho.items()}}
+    if as_json:
+        print(json.dumps(out))
+        return
+    print(f"V_phi ({cfg.value.inputs} inputs) on {w.name}: {'trained' if trained else 'loaded'} in {seconds:.1f} s")
+    print(f"Spearman rho with the true prefix reward, per level ({queries} validation users, Fig. 3's protocol):")
+    for name, r in out["spearman"].items():
+        print(f"  {name:<8} {r}")
 
 
 @app.command()
 def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature or ved")] = "ved",
+           value_kind: Annotated[str, typer.Option("--value", help="what VED ranks prefixes by: learned (V_phi), "
+                                                   "oracle (the world's true prefix value; synthetic worlds only), "
+                                                   "logp or cosine")] = "learned",
+           value_inputs: ValueInputs = None,
            candidates: Annotated[int, typer.Option(help="|C|, candidates per query")] = 16,
            budget_x: Annotated[float, typer.Option(help="budget multiplier: kx = 1 + k (L-1) |C| tokens")] = 1.0,
            priority: Annotated[str, typer.Option(help="VED expansion rule: G, V or H (Table 3)")] = "G",
@@ -146,14 +179,22 @@ def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature or
            policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
            data: Data = None, backbone: Backbone = None, as_json: AsJson = False):
     """Decode the test split with one decoder and print accuracy, diversity, reachability and budget."""
+    from .values import make_value
+
     cfg, w = load(preset_name, mismatch, seed, data)
+    if value_inputs is not None:
+        cfg = cfg.replace(value={"inputs": value_inputs})
     dcfg = DecodeConfig(decoder=decoder, n_candidates=candidates, budget_x=budget_x, priority=priority,
                         warm_beam=min(cfg.decode.warm_beam, max(1, candidates - 1)))
     say = say_to(as_json)
+    scorer = make_value(value_kind, w, head=None) if decoder == "ved" and value_kind != "learned" else None
     pol = sft_policy(w, cfg, policy, progress=not as_json, say=say, backbone=backbone)
-    head = value_model(w, pol, cfg, policy, progress=not as_json, say=say) if decoder == "ved" else None
-    metrics, _ = evaluate(w, pol, w.queries("test", n=queries), dcfg, head)
+    if decoder == "ved" and value_kind == "learned":
+        scorer = value_model(w, pol, cfg, policy, progress=not as_json, say=say)
+    metrics, _ = evaluate(w, pol, w.queries("test", n=queries), dcfg, scorer)
     metrics["decoder"] = decoder
+    if decoder == "ved":
+        metrics["value"] = value_kind
     metrics["world"] = w.name
     if as_json:
         print(json.dumps(metrics))
@@ -265,7 +306,7 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
     search against VED at the same budget, and a short GRPO (beam) against V-STAR (VED + joint) training."""
     import copy
 
-    from .policy.value import value_spearman
+    from .evaluate import scorers, value_quality
     from .rl.train import train as run_training
 
     t0 = time.perf_counter()
@@ -292,9 +333,10 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
     pol = sft_policy(w, cfg, None, progress=True)
     print("[3/5] The value model V_phi (Sec. 4.1): TD on dense semantic returns.")
     head = value_model(w, pol, cfg, None, progress=True)
-    rho = value_spearman(pol, head, w, w.queries("valid", n=200))
-    print("      Spearman with the true prefix reward, per level:  V_phi "
-          f"{np.round(rho['value'], 3).tolist()}  vs  log pi {np.round(rho['logp'], 3).tolist()}")
+    rho = value_quality(w, pol, w.queries("valid", n=200), scorers(w, head))
+    print("      Spearman with the true prefix reward, per level (the oracle is the world's truth):")
+    for name, r in rho.items():
+        print(f"        {name:<8} {np.round(r, 3).tolist()}")
 
     print("[4/5] Decoding the test users at the same budget (1x = 1 + 2|C| forward tokens):")
     q = w.queries("test", n=queries)

@@ -190,12 +190,20 @@ class SFTConfig:
         _int_at_least(self, "seed", 0)
 
 
+VALUE_INPUTS = ("semantic", "backbone")
+
+
 @dataclass(frozen=True)
 class ValueConfig:
     """The value head V_phi and its TD training (Sec. 4.1, Eq. 5-9)."""
 
+    inputs: str = "semantic"
+    """What V_phi reads besides the parent's backbone state (policy/value.py): "semantic" (the items'
+    embeddings: the history's mean and the centroid of the items under the prefix; the toy's stand-in
+    for an LLM that knows items by their text) or "backbone" (the backbone's states and the head's own
+    code embeddings only, the paper's literal head on an id-only backbone; kept to measure the gap)."""
     hidden: int = 64
-    """Width of the MLP regressor after the value head's transformer block, >= 4."""
+    """Width of the head's hidden layers, >= 4."""
     gamma: float = 0.99
     """Discount gamma of Eq. 5 and Eq. 9, in (0, 1]. Paper Sec. 5.1: 0.99."""
     step_weights: tuple[float, ...] = (0.3, 0.5, 1.0)
@@ -203,18 +211,19 @@ class ValueConfig:
     Paper Sec. 5.1: [0.3, 0.5, 1.0]."""
     lr: float = 3e-3
     """Adam learning rate of the value head, in (0, 1]."""
-    pretrain_steps: int = 400
-    """TD steps on SFT-policy candidates before RL (`vstar-toy value`), >= 0. 400: the rank correlation of
-    V with the true prefix reward still climbs at 150 on the default world (semantic targets to one
-    sampled y* are noisy)."""
+    pretrain_steps: int = 150
+    """TD steps on SFT-policy candidates before RL (`vstar-toy value`), >= 0. 150: the semantic head's
+    rank correlation with the true prefix reward levels off near 100 on the default worlds (README)."""
     pretrain_queries: int = 64
     """Training users per pre-training step, >= 1."""
-    pretrain_candidates: int = 32
-    """Candidates sampled per query (temperature 1.5) to build the prefix buckets of Eq. 6, >= 2."""
+    pretrain_candidates: int = 16
+    """Candidates sampled per query (temperature 1.5) to build the prefix buckets of Eq. 6, >= 2.
+    16 = |C| of training (Sec. 5.1); 32 learned no better and cost twice the time."""
     seed: int = 0
     """Seed of the head's initial weights and of its training batches, >= 0."""
 
     def __post_init__(self) -> None:
+        _one_of(self, "inputs", VALUE_INPUTS)
         _int_at_least(self, "hidden", 4)
         _number_in(self, "gamma", 0, 1, lo_open=True)
         w = self.step_weights
@@ -233,6 +242,7 @@ class ValueConfig:
 
 
 PRIORITIES = ("G", "V", "H")
+ROOT_GATES = ("open", "closed")
 DECODERS = ("beam", "topk", "temperature", "ved")
 
 
@@ -245,8 +255,8 @@ class DecodeConfig:
     n_candidates: int = 16
     """|C(x)|, the candidates per query, >= 1. Paper Sec. 5.1: 16 during training."""
     budget_x: float = 1.0
-    """Budget multiplier, in [1, 16]: B = budget_x * (1 + (L - 1) * |C|) forward tokens, the paper's
-    1x for a beam of width |C| (Sec. 5.5)."""
+    """Budget multiplier k, in [1, 16]: B = 1 + round(k * (L - 1) * |C|) backbone forward tokens per
+    query (Sec. 5.5: 1x = 1 + 2|C| for L = 3, what a beam of width |C| spends; 2x = 1 + 4|C|)."""
     warm_beam: int = 8
     """b0, the warm-start beam width of VED, in [1, |C|). Paper Sec. 5.1: 8."""
     lam: float = 0.1
@@ -255,6 +265,10 @@ class DecodeConfig:
     """beta, the UCB exploration weight (Eq. 13), >= 0. Not given in the paper; 0.1 here."""
     priority: str = "G"
     """Expansion rule (Table 3): G = V + lambda*H, V only, or H only."""
+    root_gate: str = "open"
+    """VED's gate at the root, which Eq. 14 leaves open (the root is alone at depth 0): "open" lets
+    every walk add a level-1 branch while the root has unexpanded codes (the literal reading);
+    "closed" keeps the warm start's level-1 branches and spends the expansions below them."""
     top_k: int = 4
     """K of top-K sampling (per-step candidates), >= 1."""
     temperature: float = 1.0
@@ -272,6 +286,7 @@ class DecodeConfig:
         _number_in(self, "lam", 0, 1e6)
         _number_in(self, "beta", 0, 1e6)
         _one_of(self, "priority", PRIORITIES)
+        _one_of(self, "root_gate", ROOT_GATES)
         _int_at_least(self, "top_k", 1)
         _number_in(self, "temperature", 0, 100, lo_open=True)
         _int_at_least(self, "seed", 0)

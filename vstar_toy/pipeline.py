@@ -26,11 +26,12 @@ from . import checkpoint
 from .config import Config, WorldConfig
 from .policy.base import SIDPolicy
 from .policy.tiny import TinyPolicy
-from .policy.value import ValueHead, pretrain_value
+from .policy.value import ValueHead
 from .rl.sft import train_sft
+from .rl.value_learning import pretrain_value
 from .world import World
 
-CACHE_VERSION = 3  # part of every cache key: bump it when a model's architecture or training changes
+CACHE_VERSION = 4  # part of every cache key: bump it when a model's architecture or training changes
 
 
 def cache_root() -> Path:
@@ -144,7 +145,19 @@ def value_model(world: World, policy, cfg: Config, policy_dir: str | Path | None
     if (d / "meta.json").exists():
         say(f"value head: reusing the cached one in {d}")
         return checkpoint.load_value(d, world, policy)
-    say(f"value head: pre-training V_phi by TD on SFT candidates (cached in {d})")
-    head, losses = pretrain_value(policy, world, cfg.value, progress=progress)
+    partial = d / "pretrain_state.pt"  # an interrupted pre-training resumes from here
+    state = torch.load(partial, map_location="cpu", weights_only=True) if partial.exists() else None
+    if state is None:
+        say(f"value head: pre-training V_phi by TD on SFT candidates (cached in {d})")
+    else:
+        say(f"value head: resuming the interrupted pre-training in {d} at step {state['step']}")
+
+    def save_partial(st: dict) -> None:
+        d.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_save(st, partial)
+
+    head, losses = pretrain_value(policy, world, cfg.value, progress=progress, state=state,
+                                  on_checkpoint=save_partial)
     checkpoint.save(d, world, policy, head, extra={"value_losses": losses})
+    partial.unlink(missing_ok=True)
     return head

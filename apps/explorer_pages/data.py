@@ -4,8 +4,8 @@ Two kinds of cache (Streamlit's):
 
 - ``st.cache_resource`` for objects shared by all sessions and never copied: the world, the SFT
   policy and the value head (``vstar_toy.pipeline`` also caches the trained models on disk, so only
-  the very first run of a preset trains them). The policy keeps the last encoded prompts between
-  ``start`` and ``step``, so decoding holds ``Models.lock``.
+  the very first run of a preset trains them). Sessions decode with them at the same time: the
+  encoded prompts travel with each decode's states, never on the policy.
 - ``st.cache_data`` for results (DataFrames, dicts of numbers), keyed by the widgets' values.
 
 Training runs are cached on disk instead, in run directories named by their knobs (``TrainSpec``):
@@ -34,9 +34,9 @@ from vstar_toy import metrics, plots
 from vstar_toy.config import Config, DecodeConfig, preset
 from vstar_toy.decoding import beam_search, decode
 from vstar_toy.pipeline import build_world, sft_policy, value_model
-from vstar_toy.policy.value import candidate_values
 from vstar_toy.rl import advantages as adv
 from vstar_toy.rl.train import train
+from vstar_toy.values import make_value
 from vstar_toy.world import World
 from vstar_toy.world.rewards import rewards as reward_fn
 
@@ -73,7 +73,6 @@ class Models:
     policy: object
     head: object
     notes: list[str]
-    lock: threading.Lock
 
 
 @st.cache_resource(show_spinner="Loading the SFT policy and the value head (the first run of a preset trains "
@@ -85,7 +84,7 @@ def load_models(preset_name: str) -> Models:
     notes: list[str] = []
     policy = sft_policy(world, cfg, progress=False, say=notes.append)
     head = value_model(world, policy, cfg, progress=False, say=notes.append)
-    return Models(world, policy, head.eval(), notes, threading.Lock())
+    return Models(world, policy, head.eval(), notes)
 
 
 @st.cache_data(show_spinner=False)
@@ -182,8 +181,9 @@ def _candidate_table(world, cands, values: torch.Tensor, user: int, target: int)
 
 @st.cache_data(show_spinner="Decoding with beam search and VED...")
 def decode_user(preset_name: str, user: int, budget_x: float, warm_beam: int, lam: float, beta: float,
-                priority: str) -> dict:
-    """Beam search and VED for one user at the same budget (the preset's |C|).
+                priority: str, value_kind: str = "learned") -> dict:
+    """Beam search and VED for one user at the same budget (the preset's |C|), VED guided by the value
+    ``value_kind`` (learned V_phi, or the world's oracle: ``vstar_toy.values``).
 
     Returns trees (DataFrames), candidate tables, the budget split, a summary per decoder, the
     target's SID, and ``error`` (the library's message when VED cannot run at this budget)."""
@@ -196,13 +196,14 @@ def decode_user(preset_name: str, user: int, budget_x: float, warm_beam: int, la
                         beta=beta, priority=priority, seed=cfg.decode.seed)
     out: dict = {"target_sid": sid_str(w.catalog.sids[q.targets[0]]), "error": None, "n_candidates": n_cand}
     sets = {}
-    with m.lock, torch.no_grad():
+    value = make_value(value_kind, w, m.head)
+    with torch.no_grad():
         sets["beam search"] = beam_search(m.policy, q.histories, n_cand, budget_x)
         try:
-            sets["VED"] = decode(m.policy, q.histories, dcfg, m.head)
+            sets["VED"] = decode(m.policy, q.histories, dcfg, value.bind(q))
         except ValueError as e:
             out["error"] = str(e)
-        values = {k: candidate_values(m.policy, m.head, q.histories, c.sids.clamp_min(0)) for k, c in sets.items()}
+        values = {k: value.of_candidates(m.policy, q, c.sids) for k, c in sets.items()}
     out["trees"], out["candidates"], rows = {}, {}, []
     for name, c in sets.items():
         # V of every prefix of the candidates, keyed by its SID string (fills beam search's tree)
@@ -243,8 +244,8 @@ def decoded_rewards(preset_name: str, user: int, decoder: str, kind: str) -> pd.
     row = int(np.flatnonzero(w.queries("test").users == user)[0])
     q = w.queries("test").take([row])
     dcfg = dataclasses.replace(cfg.decode, decoder="ved" if decoder == "VED" else "beam", budget_x=1.0)
-    with m.lock, torch.no_grad():
-        c = decode(m.policy, q.histories, dcfg, m.head)
+    with torch.no_grad():
+        c = decode(m.policy, q.histories, dcfg, m.head.bind(q))
     r = reward_fn(w, kind, q.users, q.targets, c.items.numpy(), c.logp.numpy())
     ok = c.valid[0].numpy()
     return pd.DataFrame({"sid": [sid_str(s) for s in c.sids[0].numpy()[ok]], "reward": r[0][ok].round(4)})
@@ -331,8 +332,7 @@ def train_run(preset_name: str, spec: TrainSpec, on_step, say) -> pd.DataFrame:
     resumes from its last checkpoint (train's resume). The head is trained by TD in every run, also
     with beam search, as in vstar_toy.experiments: the arms differ only in what is compared."""
     m = load_models(preset_name)
-    with m.lock:  # decoding on other pages touches the shared policy's prompt cache
-        policy, head = copy.deepcopy(m.policy), copy.deepcopy(m.head)
+    policy, head = copy.deepcopy(m.policy), copy.deepcopy(m.head)
     res = train(m.world, policy, train_config(preset_name, spec), head, run_dir=run_dir(preset_name, spec),
                 progress=False, say=say, on_step=on_step)
     return res.log

@@ -9,12 +9,13 @@ import streamlit as st
 from vstar_toy import metrics, plots
 from vstar_toy.decoding import beam_search, budget_tokens, ved_decode
 from vstar_toy.decoding.ved import priority
-from vstar_toy.policy.value import candidate_values
+from vstar_toy.policy.value import ValueHead
+from vstar_toy.values import OracleValue
 
 from . import data
 from .common import Settings, show, show_source, what_to_look_at
 
-COLOURS = {"value": "V_phi (value head)", "logp": "log pi(prefix | x)", "true_reward": "true reward (oracle)",
+COLOURS = {"value": "V (the value VED uses)", "logp": "log pi(prefix | x)", "true_reward": "true reward (oracle)",
            "entropy": "H (Eq. 12)", "priority": "G (Eq. 11)", "visits": "visits N(s)"}
 
 
@@ -26,6 +27,10 @@ class DecodeView:
     beta: float
     priority: str
     colour: str
+    value: str
+
+
+VALUES = {"learned": "V_phi (learned by TD)", "oracle": "the world's oracle (true mean reward below the prefix)"}
 
 
 def decoding_ui(settings: Settings) -> DecodeView:
@@ -34,13 +39,16 @@ def decoding_ui(settings: Settings) -> DecodeView:
     budget_x = c1.slider("budget (multiples of beam search's 1x = 1 + (L-1)|C| forward tokens)", 1.0, 4.0, 1.0, 0.5,
                          key="budget_x")
     colour = c2.selectbox("colour nodes by", list(COLOURS), format_func=COLOURS.get, key="tree_colour")
+    value = st.radio("VED ranks prefixes by", list(VALUES), format_func=VALUES.get, horizontal=True, key="value",
+                     help="The oracle shows what VED does with a perfect value: the gap to it is the value's, not "
+                          "the search's.")
     with st.expander("VED's knobs"):
         k1, k2, k3, k4 = st.columns(4)
         warm_beam = k1.slider("warm-start beam b0", 1, d.n_candidates - 1, d.warm_beam, key="warm_beam")
         lam = k2.slider("lambda (Eq. 11)", 0.0, 1.0, float(d.lam), 0.05, key="lam")
         beta = k3.slider("beta (Eq. 13)", 0.0, 1.0, float(d.beta), 0.05, key="beta")
         rule = k4.radio("priority rule (Table 3)", ["G", "V", "H"], horizontal=True, key="priority")
-    return DecodeView(budget_x, warm_beam, lam, beta, rule, colour)
+    return DecodeView(budget_x, warm_beam, lam, beta, rule, colour, value)
 
 
 def page(settings: Settings) -> None:
@@ -51,12 +59,13 @@ def page(settings: Settings) -> None:
         "scored and pruned; hollow: no V). The **red path** leads to the ground truth y*. Beam search spends the "
         "whole budget keeping the |C| most likely prefixes per level; VED spends a small warm start (a narrow beam "
         "of width b0) and then expands, one child at a time, the prefixes whose priority G = V + lambda H "
-        "(Eq. 11) is above their depth's mean (Eq. 14). Raise the budget: beam search can only widen, VED "
-        "deepens where V is high. Compare the candidates' true rewards and whether y* was reached."
+        "(Eq. 11) is above their depth's mean (Eq. 14). Both score leaves for free from their parents (hollow "
+        "leaves: no forward was spent on them). Raise the budget: beam search can only widen, VED deepens where "
+        "V is high. Switch VED to the oracle value to see what a perfect value would find with the same search."
     )
     view = decoding_ui(settings)
     res = data.decode_user(settings.preset, settings.user, view.budget_x, view.warm_beam, view.lam, view.beta,
-                           view.priority)
+                           view.priority, view.value)
     world = data.load_world(settings.preset)
     levels = world.catalog.levels
     budget = budget_tokens(levels, res["n_candidates"], view.budget_x)
@@ -81,5 +90,5 @@ def page(settings: Settings) -> None:
     with right:
         st.dataframe(res["summary"].set_index("decoder").round(3).T.astype(str))
     st.caption("Models: " + "; ".join(data.load_models(settings.preset).notes))
-    show_source(settings, [beam_search, ved_decode, priority, candidate_values, metrics.diversity,
+    show_source(settings, [beam_search, ved_decode, priority, ValueHead, OracleValue, metrics.diversity,
                            plots.decoding_tree, plots.budget_split])

@@ -13,10 +13,11 @@ import streamlit as st
 
 from vstar_toy import plots
 from vstar_toy.config import REWARDS
-from vstar_toy.policy.value import td_update, value_spearman
+from vstar_toy.evaluate import value_quality
 from vstar_toy.rl import train as rl_train
 from vstar_toy.rl.advantages import sibling_contrast
 from vstar_toy.rl.losses import policy_loss
+from vstar_toy.rl.value_learning import td_update
 
 from . import data
 from .common import Settings, show, show_source, what_to_look_at
@@ -193,4 +194,4 @@ def page(settings: Settings) -> None:
         runs.setdefault(run, resolve(run))
     runs_view(runs)
     show_source(settings, [rl_train.train, rl_train.train_step, rl_train.evaluate_policy, policy_loss,
-                           sibling_contrast, td_update, value_spearman, plots.training_curves])
+                           sibling_contrast, td_update, value_quality, plots.training_curves])

@@ -26,11 +26,12 @@ from hypothesis import strategies as st
 
 from vstar_toy.config import DecodeConfig, PolicyConfig, ValueConfig, WorldConfig, presets
 from vstar_toy.decoding import beam_search, budget_tokens, decode, sample, ved_decode
-from vstar_toy.decoding.ved import likelihood_value, warm_start_cost
+from vstar_toy.decoding.ved import warm_start_cost
 from vstar_toy.policy.base import State
 from vstar_toy.policy.tiny import TinyPolicy
 from vstar_toy.policy.value import ValueHead
-from vstar_toy.world import World
+from vstar_toy.values import OracleValue, likelihood_value
+from vstar_toy.world import Queries, World
 
 SETTINGS = settings(max_examples=15, deadline=None)
 ATOL = 1e-5
@@ -64,8 +65,14 @@ class Case:
     """One drawn setting: a world, a policy on it and a batch of contexts (B, H), -1 left-padded.
     (A plain class, so that hypothesis prints the short ``__repr__`` of a failing case.)"""
 
-    def __init__(self, world: World, policy: TinyPolicy, histories: np.ndarray, seed: int):
+    def __init__(self, world: World, policy: TinyPolicy, histories: np.ndarray, seed: int, users=None):
         self.world, self.policy, self.histories, self.seed = world, policy, histories, seed
+        self.users = np.zeros(len(histories), dtype=int) if users is None else np.asarray(users)
+
+    @property
+    def queries(self) -> Queries:
+        """The drawn histories as queries of the drawn users (their tastes give the oracle value)."""
+        return Queries(self.users, self.histories, self.world.targets[self.users])
 
     def __repr__(self) -> str:  # what hypothesis prints for a failing example
         cfg = self.world.config
@@ -110,7 +117,7 @@ def cases(draw, max_items: int = 48, max_queries: int = 4, pad: bool = True) -> 
     if pad:
         for row in range(len(hist)):
             hist[row, : draw(st.integers(0, hist.shape[1] - 1))] = -1
-    return Case(world, make_policy(world, seed), hist, seed)
+    return Case(world, make_policy(world, seed), hist, seed, users)
 
 
 def pinned_case(cfg: WorldConfig, policy_seed: int, histories: list[list[int]]) -> Case:
@@ -158,14 +165,15 @@ def run_decoder(name: str, case: Case, n_candidates: int, budget_x: float, data)
                       case.seed)
     if name == "temperature":
         return sample(policy, hist, n_candidates, data.draw(st.floats(0.05, 3.0)), None, case.seed)
-    budget = budget_tokens(case.levels, n_candidates, budget_x)
-    max_b0 = min(n_candidates - 1, (budget - 2) // case.levels)  # warm start strictly below the budget
     cfg = DecodeConfig(
-        decoder="ved", n_candidates=n_candidates, budget_x=budget_x, warm_beam=data.draw(st.integers(1, max_b0)),
-        lam=data.draw(st.floats(0.0, 1.0)), beta=data.draw(st.floats(0.0, 1.0)),
-        priority=data.draw(st.sampled_from(["G", "V", "H"])), seed=case.seed,
+        decoder="ved", n_candidates=n_candidates, budget_x=budget_x,
+        warm_beam=data.draw(st.integers(1, n_candidates - 1)), lam=data.draw(st.floats(0.0, 1.0)),
+        beta=data.draw(st.floats(0.0, 1.0)), priority=data.draw(st.sampled_from(["G", "V", "H"])),
+        root_gate=data.draw(st.sampled_from(["open", "closed"])),
+        seed=case.seed,
     )
-    return decode(policy, hist, cfg, make_value_head(policy, case.seed))
+    value = make_value_head(policy, case.seed) if data.draw(st.booleans()) else OracleValue(case.world)
+    return decode(policy, hist, cfg, value.bind(case.queries))
 
 
 @SETTINGS

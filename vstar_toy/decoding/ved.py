@@ -2,32 +2,49 @@
 
 For every query, under a budget of B backbone forward tokens (Cost of Eq. 10):
 
-1. *Initialisation*: a likelihood beam of width b0 < |C| builds a shallow tree; every node in it is
-   forwarded once, leaves included, so each has pi, V, H and G (Eq. 11-12). Cost 1 + L * b0.
-2. *Selection*: from the root, follow the child with the largest UCB score (Eq. 13) to a node
-   without children in the tree.
-3. *Gated expansion*: every node on that path that is not fully expanded and whose priority G is at
-   least the mean priority of its depth (Eq. 14) adds one child, sampled from its yet-unexpanded
-   valid children in proportion to pi. When the budget left is smaller than the number of such
-   nodes, the deepest go first (they complete candidates; shallower ones open branches). Two rules
-   the paper leaves open: selection skips exhausted subtrees (every valid node below them already
-   evaluated), and when the gate closes every open node of the path the deepest open node expands
-   anyway, so the search never stalls with budget left.
-4. *Backpropagation*: the new children are evaluated (V, H, G: one forward token each), visit
-   counts along the path go up by one, and the depth means follow.
+1. *Initialisation* (``warm_start``): a likelihood beam of width b0 < |C| builds a shallow tree;
+   every node in it gets pi, V, H and G (Eq. 11-12).
+2. *Selection* (``select``): from the root, follow the child with the largest UCB score (Eq. 13) to
+   a node without children in the tree.
+3. *Gated expansion* (``expand``): every node on that path that is not fully expanded and whose
+   priority G is at least the mean priority of its depth (Eq. 14, ``expansion_gate``) adds one child,
+   sampled from its yet-unexpanded valid children in proportion to pi.
+4. *Backpropagation* (``backpropagate``): visit counts along the path go up by one; the new
+   children's V, H and G were evaluated when they were added, and the depth means follow.
 
-Steps 2-4 repeat until the next evaluation would exceed B. All queries advance together: one
-``policy.step`` call per iteration carries every new child of every query. Then *extraction*: the
-depth-L leaves with the highest V; if fewer than |C|, the rest are completed from the cached pi of
-depth-(L-1) nodes (no forward): parents in order of V, each one's children in order of pi, taken
-round-robin so that one parent does not fill the set alone.
+Steps 2-4 repeat until the budget is spent, then ``extract`` returns the depth-L leaves with the
+highest V.
+
+**How the budget is counted.** One forward token for the start state and one for every node whose
+own next-token distribution is needed -- to expand it, or for its entropy H in G. A depth-L leaf
+needs neither (Eq. 11: G = V at depth L), and every value here reads only its parent's state and
+the prefix (``policy/value.py``), so a leaf is scored from its parent's cached distribution for
+free, exactly as beam search scores its leaves. Beam search and VED are charged by that one rule:
+the warm start costs 1 + (L - 1) * b0 tokens, like a beam of width b0, and the rest of the budget
+goes to value-guided expansions (``warmup_tokens`` and ``expansion_tokens`` of the result).
+
+**What the paper leaves open, and the choices here:**
+
+- *The root's gate.* The root is alone at depth 0, so Eq. 14 always lets it expand: each walk that
+  passes the root adds a new level-1 branch while the root has unexpanded codes (``root_gate =
+  "open"``, the literal reading). ``"closed"`` keeps the warm start's level-1 branches and spends the
+  whole expansion budget below them. ``DecodeConfig.root_gate`` chooses; README, "The budget".
+- *Stalls.* When the gate closes every open node of the path, the deepest open node expands anyway,
+  and selection skips exhausted subtrees (every valid node below them already in the tree): the
+  search never stops with budget left while something can still be expanded.
+- *Budget shortfalls.* When the budget left is smaller than the number of triggered nodes that
+  need a forward, the deepest go first (they complete candidates; shallower ones open branches).
+- *Which child.* "Sampling in proportion to pi among the unexpanded children" is done by Gumbel-top-k:
+  every (query, prefix, code) gets a fixed Gumbel key from a hash of the seed, and the n-th
+  expansion of a node takes the n-th best of log pi + key. That is an exact sample without
+  replacement, and it does not depend on the order in which the batch is processed (the reference
+  implementation in ``ved_reference.py`` draws the same children).
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,18 +54,22 @@ from ..policy.base import SIDPolicy, State
 from .beam import NEG_INF, run_beam
 from .tree import CandidateSets, PrefixTree, budget_tokens
 
-ValueFn = Callable[[State, torch.Tensor], torch.Tensor]
+GATE_TOL = 1e-9
+"""Slack of Eq. 14's comparison G(s) >= G_bar: a node whose G equals its depth's mean (e.g. the only
+node of its depth) passes, whatever the rounding of the mean."""
 
 
-def likelihood_value(states: State, prefix_logp: torch.Tensor) -> torch.Tensor:
-    """A value that is the prefix log-probability: with lambda = beta = 0, VED becomes a likelihood
-    search (the sanity oracle of the tests)."""
-    return prefix_logp
+# ----------------------------------------------------------------------------------------------
+# the scores: Eq. 11, 13, 14
 
 
 def priority(value: torch.Tensor, entropy: torch.Tensor, depth: torch.Tensor, levels: int,
              rule: str, lam: float) -> torch.Tensor:
-    """Eq. 11: G = V + lambda * H below depth L, V at depth L. ``rule`` "V" or "H" (Table 3) keeps one term."""
+    """Eq. 11: G = V + lambda * H below depth L, V at depth L. ``rule`` "V" or "H" (Table 3) keeps one term.
+
+    >>> priority(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0]), torch.tensor([1, 2]), 2, "G", 0.5).tolist()
+    [2.0, 1.0]
+    """
     if rule == "G":
         g = value + lam * entropy
     elif rule == "V":
@@ -60,246 +81,431 @@ def priority(value: torch.Tensor, entropy: torch.Tensor, depth: torch.Tensor, le
     return torch.where(depth == levels, value, g)
 
 
-def warm_start_cost(levels: int, b0: int) -> int:
-    """Forward tokens of the warm start at full width: the start token and b0 nodes per level."""
-    return 1 + levels * b0
+def ucb(g: torch.Tensor, visits: torch.Tensor, n_root: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. 13: U(s) = G(s) + beta * sqrt(ln(N_root + 1) / (N(s) + 1)); ``n_root`` broadcasts.
+
+    >>> round(float(ucb(torch.tensor(1.0), torch.tensor(0.0), torch.tensor(np.e - 1), 2.0)), 6)
+    3.0
+    """
+    return g + beta * torch.sqrt(torch.log(n_root + 1) / (visits + 1))
 
 
-def ved_decode(
-    policy: SIDPolicy,
-    histories,
-    value_fn: ValueFn,
-    cfg: DecodeConfig,
-    budget: int | None = None,
-) -> CandidateSets:
-    """VED for a batch of queries; see the module docstring. ``budget`` defaults to cfg.budget_x."""
-    t0 = time.perf_counter()
-    L, K = policy.levels, policy.k_max
-    C, b0 = cfg.n_candidates, cfg.warm_beam
-    budget = budget if budget is not None else budget_tokens(L, C, cfg.budget_x)
-    if warm_start_cost(L, b0) >= budget:
-        raise ValueError(
-            f"budget = {budget} forward tokens is below VED's minimum: the warm start alone costs "
-            f"{warm_start_cost(L, b0)} (1 + L * b0 with b0 = {b0}); raise budget_x or lower warm_beam"
+def expansion_gate(g: torch.Tensor, g_bar: torch.Tensor) -> torch.Tensor:
+    """Eq. 14: expand s iff G(s) >= G_bar at its depth (``GATE_TOL`` absorbs the mean's rounding).
+
+    >>> expansion_gate(torch.tensor([0.2, 0.5]), torch.tensor([0.3, 0.3])).tolist()
+    [False, True]
+    """
+    return g >= g_bar - GATE_TOL
+
+
+# ----------------------------------------------------------------------------------------------
+# the tree
+
+
+@dataclass
+class SearchTree:
+    """The search trees of Q queries as padded node arrays; node 0 of each query is its root.
+
+    Per node (Q, cap): ``parent`` (-1 at the root), ``depth`` l, ``visits`` N(s) (Eq. 13), ``value`` V
+    (NaN at the root, which has no value: Eq. 5 starts at l = 1), ``entropy`` H (Eq. 12; 0 at depth L),
+    ``g`` the priority G (Eq. 11), ``cum`` log pi(y_<=l | x), ``n_valid`` the node's valid children in
+    the catalog, ``row`` its State in ``pool`` (-1: not forwarded, as every leaf), ``trie`` its trie
+    node; (Q, cap, L) ``sid`` and ``token_logp``; (Q, cap, K) ``child``: the local index of each child
+    code in the tree, -1 if absent. Per query (Q,): ``count`` nodes, ``cost`` forward tokens spent,
+    ``warmup`` of which by the warm start. ``pool``: the States of the forwarded nodes;
+    ``child_trie``: the catalog's trie (``Catalog.child``).
+    """
+
+    parent: torch.Tensor
+    depth: torch.Tensor
+    visits: torch.Tensor
+    value: torch.Tensor
+    entropy: torch.Tensor
+    g: torch.Tensor
+    cum: torch.Tensor
+    n_valid: torch.Tensor
+    row: torch.Tensor
+    trie: torch.Tensor
+    sid: torch.Tensor
+    token_logp: torch.Tensor
+    child: torch.Tensor
+    count: torch.Tensor
+    cost: torch.Tensor
+    warmup: torch.Tensor
+    pool: State
+    child_trie: torch.Tensor
+    n_pool: int = 0
+
+    NODE_FIELDS = ("parent", "depth", "visits", "value", "entropy", "g", "cum", "n_valid", "row", "trie", "sid",
+                   "token_logp", "child")
+
+    @classmethod
+    def empty(cls, q: int, levels: int, k: int, root: State, pool_rows: int, child_trie: torch.Tensor,
+              cap: int = 64) -> SearchTree:
+        long = dict(dtype=torch.long)
+        return cls(
+            parent=torch.full((q, cap), -1, **long), depth=torch.zeros(q, cap, **long), visits=torch.zeros(q, cap),
+            value=torch.zeros(q, cap), entropy=torch.zeros(q, cap), g=torch.zeros(q, cap), cum=torch.zeros(q, cap),
+            n_valid=torch.zeros(q, cap, **long), row=torch.full((q, cap), -1, **long),
+            trie=torch.zeros(q, cap, **long), sid=torch.full((q, cap, levels), -1, **long),
+            token_logp=torch.zeros(q, cap, levels), child=torch.full((q, cap, k), -1, **long),
+            count=torch.zeros(q, **long), cost=torch.zeros(q, **long), warmup=torch.zeros(q, **long),
+            pool=State.empty_like(root, pool_rows), child_trie=child_trie,
         )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    child_tab = policy.child
 
-    # 1. initialisation: a likelihood beam of width b0, every node forwarded once (leaves included)
-    trace = run_beam(policy, histories, b0, forward_leaves=True, record_pruned=False)
-    q = len(trace.root)
-    dev = trace.root.logp.device
-    cap = budget + 1
-    count = torch.zeros(q, dtype=torch.long)
-    glob2loc = np.full(trace.tree.n, -1)
-    parent = torch.full((q, cap), -1, dtype=torch.long)
-    depth = torch.zeros(q, cap, dtype=torch.long)
-    sid = torch.full((q, cap, L), -1, dtype=torch.long)
-    tok_lp = torch.zeros(q, cap, L)
-    cum = torch.zeros(q, cap)
-    row = torch.full((q, cap), -1, dtype=torch.long)  # row of the node's State in `pool`
-    child_of = torch.full((q, cap, K), -1, dtype=torch.long)
-    visits = torch.zeros(q, cap)
-    V, H, G = torch.zeros(q, cap), torch.zeros(q, cap), torch.zeros(q, cap)
-    n_valid = torch.zeros(q, cap, dtype=torch.long)  # valid children per node (0 at depth L)
-    pool: State | None = None  # every evaluated node's State, preallocated on the first insert
-    n_pool = 0
+    @property
+    def levels(self) -> int:
+        return self.sid.shape[-1]
 
-    def insert(qs: torch.Tensor, par_loc: torch.Tensor, states: State, s_sid, s_tok, s_cum) -> torch.Tensor:
-        """Append evaluated nodes (one per row of ``states``) to their queries' trees."""
-        nonlocal n_pool, pool
-        if pool is None:
-            pool = State.empty_like(states, q * cap)
-        # local index: next free slot of each query, several per query allowed
-        order = torch.argsort(qs, stable=True)
-        qs_sorted = qs[order]
-        first = torch.ones_like(qs_sorted, dtype=torch.bool)
-        first[1:] = qs_sorted[1:] != qs_sorted[:-1]
-        run_start = torch.cummax(torch.where(first, torch.arange(len(qs)), torch.zeros_like(qs)), 0).values
-        offset = torch.empty_like(qs)
-        offset[order] = torch.arange(len(qs)) - run_start
-        loc = count[qs] + offset
-        count.index_add_(0, qs, torch.ones_like(qs))
-        d = states.depth.cpu()
-        parent[qs, loc] = par_loc
-        depth[qs, loc] = d
-        sid[qs, loc] = s_sid
-        tok_lp[qs, loc] = s_tok
-        cum[qs, loc] = s_cum
-        row[qs, loc] = n_pool + torch.arange(len(qs))
-        has_parent = par_loc >= 0
-        tok = s_sid[torch.arange(len(qs)), (d - 1).clamp_min(0)]
-        child_of[qs[has_parent], par_loc[has_parent], tok[has_parent]] = loc[has_parent]
-        with torch.no_grad():
-            v = value_fn(states, s_cum.to(dev)).float().cpu()
-        h = states.entropy().float().cpu()
-        V[qs, loc], H[qs, loc] = v, h
-        G[qs, loc] = priority(v, h, d, L, cfg.priority, cfg.lam)
-        visits[qs, loc] = 1.0
-        n_valid[qs, loc] = torch.where(d < L, (child_tab[states.node] >= 0).sum(-1).cpu(), 0)
-        pool.put(n_pool, states)
-        n_pool += len(qs)
+    @property
+    def exists(self) -> torch.Tensor:
+        """(Q, cap) bool: the slot holds a node."""
+        return torch.arange(self.parent.shape[1])[None, :] < self.count[:, None]
+
+    def grow(self, need: int) -> None:
+        """Make room for ``need`` more nodes per query (doubling the capacity)."""
+        cap = self.parent.shape[1]
+        if int(self.count.max()) + need <= cap:
+            return
+        new_cap = max(2 * cap, int(self.count.max()) + need)
+        fill = {"parent": -1, "row": -1, "sid": -1, "child": -1}
+        for f in self.NODE_FIELDS:
+            old = getattr(self, f)
+            pad = old.new_full((old.shape[0], new_cap - cap, *old.shape[2:]), fill.get(f, 0))
+            setattr(self, f, torch.cat([old, pad], 1))
+
+    def add(self, qs: torch.Tensor, parent: torch.Tensor, trie: torch.Tensor, sid: torch.Tensor,
+            token_logp: torch.Tensor, cum: torch.Tensor, value: torch.Tensor, states: State | None,
+            lam: float, rule: str) -> torch.Tensor:
+        """Append one node per row (several per query allowed) with its V; ``states`` are the nodes'
+        own forwarded States (their H and next-token pi), or None for unforwarded leaves. Returns
+        the nodes' local indices."""
+        L = self.levels
+        self.grow(int(torch.bincount(qs, minlength=len(self.count)).max()) if len(qs) else 0)
+        loc = self.count[qs] + _rank_within(qs)
+        self.count.index_add_(0, qs, torch.ones_like(qs))
+        depth = (sid >= 0).sum(-1)
+        self.parent[qs, loc], self.depth[qs, loc], self.trie[qs, loc] = parent, depth, trie
+        self.sid[qs, loc], self.token_logp[qs, loc], self.cum[qs, loc] = sid, token_logp, cum
+        self.visits[qs, loc] = 1.0
+        has_parent = parent >= 0
+        code = sid[torch.arange(len(qs)), (depth - 1).clamp_min(0)]
+        self.child[qs[has_parent], parent[has_parent], code[has_parent]] = loc[has_parent]
+        if states is None:
+            entropy, n_valid = torch.zeros(len(qs)), torch.zeros(len(qs), dtype=torch.long)
+        else:
+            entropy = states.entropy().float().cpu()
+            n_valid = torch.isfinite(states.logp).sum(-1).cpu()
+            self.row[qs, loc] = self.n_pool + torch.arange(len(qs))
+            self.pool.put(self.n_pool, states)
+            self.n_pool += len(qs)
+        self.value[qs, loc], self.entropy[qs, loc], self.n_valid[qs, loc] = value, entropy, n_valid
+        self.g[qs, loc] = priority(value, entropy, depth, L, rule, lam)  # Eq. 11
         return loc
 
-    roots = torch.arange(q)
-    glob2loc[trace.root_node] = insert(roots, torch.full((q,), -1), trace.root,
-                                       torch.full((q, L), -1), torch.zeros(q, L), torch.zeros(q)).numpy()
-    for lvl in trace.levels:
+    def exhausted(self) -> torch.Tensor:
+        """(Q, cap) bool: nothing can be added below the node (it is a leaf, or every valid child is
+        in the tree and exhausted). Selection skips these."""
+        q, cap, k = self.child.shape
+        exists = self.exists
+        out = exists & (self.depth == self.levels)
+        full = (self.child >= 0).sum(-1) >= self.n_valid
+        for d in range(self.levels - 1, -1, -1):
+            kids = out.gather(1, self.child.clamp_min(0).reshape(q, -1)).reshape(q, cap, k)
+            all_kids = torch.where(self.child >= 0, kids, True).all(-1)
+            out |= exists & (self.depth == d) & full & all_kids
+        return out
+
+    def depth_means(self) -> torch.Tensor:
+        """(Q, L + 1) Eq. 14's G_bar_l: the mean priority of the tree's nodes at each depth (the root's
+        depth 0 holds only the root, whose gate ``root_gate`` decides)."""
+        on = self.exists & (self.depth > 0)
+        total = torch.zeros(len(self.count), self.levels + 1, dtype=torch.float64)
+        total.scatter_add_(1, self.depth, torch.where(on, self.g, 0.0).double())
+        n = torch.zeros_like(total).scatter_add_(1, self.depth, on.double())
+        return total / n.clamp_min(1.0)
+
+
+def _rank_within(qs: torch.Tensor) -> torch.Tensor:
+    """(N,) 0, 1, 2 ... among the rows of each query, in row order: the offsets of new nodes."""
+    order = torch.argsort(qs, stable=True)
+    sorted_q = qs[order]
+    first = torch.ones_like(sorted_q, dtype=torch.bool)
+    first[1:] = sorted_q[1:] != sorted_q[:-1]
+    start = torch.cummax(torch.where(first, torch.arange(len(qs)), torch.zeros_like(qs)), 0).values
+    out = torch.empty_like(qs)
+    out[order] = torch.arange(len(qs)) - start
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the four stages
+
+
+def warm_start(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget: int) -> SearchTree:
+    """Stage 1: a likelihood beam of width b0 (``cfg.warm_beam``) down to depth L - 1, every node
+    forwarded once (H, and the pi its children are drawn from) and given V from its parent's state;
+    then every child of the depth-(L-1) nodes as a scored leaf (``add_leaves``). Cost 1 + (L-1) b0."""
+    L, K, b0 = policy.levels, policy.k_max, cfg.warm_beam
+    trace = run_beam(policy, histories, b0, record_pruned=False)  # its depth-L selection is not used
+    q = len(trace.root)
+    tree = SearchTree.empty(q, L, K, trace.root, pool_rows=q * budget, child_trie=policy.catalog.child_t)
+    tree.add(torch.arange(q), torch.full((q,), -1), torch.zeros(q, dtype=torch.long), torch.full((q, L), -1),
+             torch.zeros(q, L), torch.zeros(q), torch.full((q,), float("nan")), trace.root, cfg.lam, cfg.priority)
+    parents = trace.root  # the previous level's states
+    loc_of = {int(n): 0 for n in trace.root_node}  # beam tree id -> local index in the search tree
+    row_of = {int(n): i for i, n in enumerate(trace.root_node)}  # beam tree id -> row in `parents`
+    for lvl in trace.levels[: L - 1]:
         qs = lvl.query.cpu()
-        par = torch.as_tensor(glob2loc[lvl.parent])
+        codes = lvl.sid[:, lvl.token_logp.shape[1] - 1].cpu()  # this level's code
+        prow = torch.as_tensor([row_of[int(p)] for p in lvl.parent], device=parents.query.device)
+        with torch.no_grad():
+            v = value_fn(parents.index(prow), codes.to(prow.device), lvl.cum_logp).float().cpu()
         tok = torch.zeros(len(qs), L)
         tok[:, : lvl.token_logp.shape[1]] = lvl.token_logp.cpu()
-        glob2loc[lvl.node] = insert(qs, par, lvl.state, lvl.sid.cpu(), tok, lvl.cum_logp.cpu()).numpy()
-    cost = torch.as_tensor(trace.cost, dtype=torch.long).clone()
-    warmup = cost.clone()
+        loc = tree.add(qs, torch.as_tensor([loc_of[int(p)] for p in lvl.parent]), _trie_nodes(policy, lvl.sid),
+                       lvl.sid.cpu(), tok, lvl.cum_logp.cpu(), v, lvl.state, cfg.lam, cfg.priority)
+        loc_of = {int(n): int(i) for n, i in zip(lvl.node, loc)}
+        row_of = {int(n): i for i, n in enumerate(lvl.node)}
+        parents = lvl.state
+    if L > 1:
+        last = trace.levels[L - 2]
+        add_leaves(tree, last.query.cpu(), torch.as_tensor([loc_of[int(n)] for n in last.node]), value_fn, cfg)
+    tree.cost = torch.as_tensor(trace.cost, dtype=torch.long).clone()
+    tree.warmup = tree.cost.clone()
+    return tree
 
-    # 2-4. select, gated expand, backpropagate, in lock-step over queries
-    active = cost < budget
-    stall = torch.zeros(q, dtype=torch.long)
-    qidx = torch.arange(q)
-    for _ in range(4 * budget + 8):
-        if not active.any():
-            break
-        exists = torch.arange(cap)[None, :] < count[:, None]
-        # depth means of G (Eq. 14)
-        gsum = torch.zeros(q, L + 1).scatter_add_(1, depth, torch.where(exists, G, 0.0))
-        gcnt = torch.zeros(q, L + 1).scatter_add_(1, depth, exists.float())
-        gbar = gsum / gcnt.clamp_min(1.0)
-        # exhausted subtrees (nothing left to expand below them) are skipped by selection
-        n_child_all = (child_of >= 0).sum(-1)
-        exhausted = exists & (depth == L)
-        for dpt in range(L - 1, -1, -1):
-            ch_exh = torch.where(child_of >= 0, exhausted.gather(1, child_of.clamp_min(0).reshape(q, -1))
-                                 .reshape(q, cap, K), True).all(-1)
-            exhausted |= exists & (depth == dpt) & (n_child_all >= n_valid) & ch_exh
+
+def add_leaves(tree: SearchTree, qs: torch.Tensor, loc: torch.Tensor, value_fn, cfg: DecodeConfig) -> None:
+    """Every valid child of the forwarded depth-(L-1) nodes ``loc`` of queries ``qs``, as a leaf: its
+    pi from the parent's cached distribution, its V from the parent's state, no forward (G = V at
+    depth L, Eq. 11). Adding a free leaf one walk at a time, as the paper adds children, would only
+    reorder free work; beam search scores its leaves the same way."""
+    if len(qs) == 0:
+        return
+    dev = tree.pool.logp.device
+    parents = tree.pool.index(tree.row[qs, loc].to(dev))
+    logp = parents.logp.float().cpu()
+    p_idx, codes = torch.isfinite(logp).nonzero(as_tuple=True)  # (parent, code) of every valid child
+    pq, ploc = qs[p_idx], loc[p_idx]
+    step_lp = logp[p_idx, codes]
+    cum = tree.cum[pq, ploc] + step_lp
+    with torch.no_grad():
+        v = value_fn(parents.index(p_idx.to(dev)), codes.to(dev), cum.to(dev)).float().cpu()
+    L, rows = tree.levels, torch.arange(len(p_idx))
+    sid, tok = tree.sid[pq, ploc].clone(), tree.token_logp[pq, ploc].clone()
+    sid[rows, L - 1], tok[rows, L - 1] = codes, step_lp
+    trie = tree.child_trie[tree.trie[pq, ploc], codes]
+    tree.add(pq, ploc, trie, sid, tok, cum, v, None, cfg.lam, cfg.priority)
+
+
+def _trie_nodes(policy: SIDPolicy, sid: torch.Tensor) -> torch.Tensor:
+    depth = (sid >= 0).sum(-1).cpu()
+    nodes = policy.catalog.prefix_nodes(sid.cpu())
+    return nodes[torch.arange(len(sid)), depth - 1]
+
+
+def select(tree: SearchTree, active: torch.Tensor, beta: float, exhausted: torch.Tensor) -> torch.Tensor:
+    """Stage 2: (Q, L + 1) local indices of the path root -> ... -> the node where the walk stopped
+    (-1 beyond it, and everywhere for inactive queries but the root). At each node the walk takes the
+    non-exhausted child of largest U (Eq. 13); it stops where there is none."""
+    q = len(tree.count)
+    rows = torch.arange(q)
+    path = torch.full((q, tree.levels + 1), -1, dtype=torch.long)
+    path[:, 0] = 0
+    n_root = tree.visits[:, 0]
+    cur, going = torch.zeros(q, dtype=torch.long), active.clone()
+    for d in range(tree.levels):
+        kids = tree.child[rows, cur]  # (Q, K)
+        ok = (kids >= 0) & ~exhausted.gather(1, kids.clamp_min(0))
+        u = ucb(tree.g.gather(1, kids.clamp_min(0)), tree.visits.gather(1, kids.clamp_min(0)), n_root[:, None], beta)
+        best = kids.clamp_min(0).gather(1, torch.where(ok, u, NEG_INF).argmax(1, keepdim=True)).squeeze(1)
+        going = going & ok.any(1)
+        cur = torch.where(going, best, cur)
+        path[:, d + 1] = torch.where(going, best, -1)
+    return path
+
+
+def triggered(tree: SearchTree, path: torch.Tensor, active: torch.Tensor, budget: int, root_gate: str) -> torch.Tensor:
+    """Stage 3's decision: (Q, L + 1) bool, which nodes of the path add a child this iteration.
+
+    A node triggers when it is open (not fully expanded) and passes Eq. 14's gate; the root passes
+    when ``root_gate`` is "open". If no open node passes, the deepest open node triggers anyway (the
+    search never stalls). Every new child costs a forward token: when the budget left cannot pay for
+    all of them, the deepest go first.
+    """
+    on = path >= 0
+    node = path.clamp_min(0)
+    depth = tree.depth.gather(1, node)
+    n_kids = (tree.child.gather(1, node[..., None].expand(-1, -1, tree.child.shape[-1])) >= 0).sum(-1)
+    open_ = on & (n_kids < tree.n_valid.gather(1, node)) & active[:, None]
+    gate = expansion_gate(tree.g.gather(1, node).double(), tree.depth_means().gather(1, depth))
+    gate[:, 0] = root_gate == "open"
+    deepest = open_ & (open_.long().flip(1).cumsum(1).flip(1) == 1)
+    fire = open_ & (gate | (deepest & ~(open_ & gate).any(1, keepdim=True)))
+    room = (budget - tree.cost).clamp_min(0)
+    return fire & (fire.flip(1).long().cumsum(1).flip(1) <= room[:, None])  # deepest first
+
+
+def expand(policy: SIDPolicy, tree: SearchTree, path: torch.Tensor, fire: torch.Tensor, value_fn,
+           cfg: DecodeConfig, keys) -> None:
+    """Stage 3's action: every firing node adds its next child in the Gumbel-top-k order of log pi
+    (a sample without replacement in proportion to pi). The child costs one forward token (its own
+    state: H, Eq. 12, and G, Eq. 11) and gets V from its parent's state; a child at depth L - 1
+    brings all its leaves (``add_leaves``)."""
+    qs, pos = fire.nonzero(as_tuple=True)
+    if len(qs) == 0:
+        return
+    par = path[qs, pos]
+    dev = tree.pool.logp.device
+    parents = tree.pool.index(tree.row[qs, par].to(dev))
+    logp = parents.logp.float().cpu()
+    taken = tree.child[qs, par] >= 0
+    score = (logp + keys(qs, tree.trie[qs, par])).masked_fill(taken | ~torch.isfinite(logp), NEG_INF)
+    codes = score.argmax(1)
+    step_lp = logp.gather(1, codes[:, None]).squeeze(1)
+    cum = tree.cum[qs, par] + step_lp
+    with torch.no_grad():
+        v = value_fn(parents, codes.to(dev), cum.to(dev)).float().cpu()
+        states = policy.step(parents, codes.to(dev))
+    tree.cost.index_add_(0, qs, torch.ones_like(qs))
+    depth = tree.depth[qs, par] + 1
+    rows = torch.arange(len(qs))
+    sid, tok = tree.sid[qs, par].clone(), tree.token_logp[qs, par].clone()
+    sid[rows, depth - 1], tok[rows, depth - 1] = codes, step_lp
+    trie = tree.child_trie[tree.trie[qs, par], codes]
+    loc = tree.add(qs, par, trie, sid, tok, cum, v, states, cfg.lam, cfg.priority)
+    last = depth == tree.levels - 1
+    add_leaves(tree, qs[last], loc[last], value_fn, cfg)
+
+
+def backpropagate(tree: SearchTree, path: torch.Tensor, active: torch.Tensor) -> None:
+    """Stage 4: N(s) += 1 along each active query's walk (the new children start at N = 1; their V, H
+    and G were set when they were added, and ``depth_means`` reads the tree as it now is)."""
+    on = (path >= 0) & active[:, None]
+    tree.visits.scatter_add_(1, path.clamp_min(0), on.float())
+
+
+def extract(tree: SearchTree, n_candidates: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Value-aware extraction: the |C| depth-L leaves of highest V. Returns sids (Q, C, L), token
+    log-probs (Q, C, L) and log pi(y|x) (Q, C), padded with -1 / -inf if the tree holds fewer leaves.
+
+    The paper's fallback -- completing high-value prefixes from cached pi when leaves run short -- has
+    nothing to add here: every child of a forwarded depth-(L-1) node is already a scored leaf."""
+    q = len(tree.count)
+    L, C = tree.levels, n_candidates
+    leaf = tree.exists & (tree.depth == L)
+    # the C highest values; among equal values, the leaf added first (a stable sort: reproducible)
+    top_v, top_i = [t[:, :C] for t in torch.sort(torch.where(leaf, tree.value, NEG_INF), dim=1, descending=True,
+                                                  stable=True)]
+    sids = torch.full((q, C, L), -1, dtype=torch.long)
+    tok, logp = torch.zeros(q, C, L), torch.full((q, C), NEG_INF)
+    b, c = (top_v > NEG_INF).nonzero(as_tuple=True)  # fewer leaves than C: the rest stays padding
+    i = top_i[b, c]
+    sids[b, c], tok[b, c], logp[b, c] = tree.sid[b, i], tree.token_logp[b, i], tree.cum[b, i]
+    return sids, tok, logp
+
+
+# ----------------------------------------------------------------------------------------------
+# the recipe
+
+
+def warm_start_cost(levels: int, b0: int) -> int:
+    """Forward tokens of the warm start at full width: the start token and b0 nodes per level below L."""
+    return 1 + (levels - 1) * b0
+
+
+def ved_decode(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget: int | None = None) -> CandidateSets:
+    """VED for a batch of queries (Sec. 4.2; the module docstring). ``value_fn`` scores children
+    (``values.ValueFn``); ``budget`` defaults to ``cfg.budget_x`` times beam search's 1x."""
+    t0 = time.perf_counter()
+    L = policy.levels
+    budget = budget if budget is not None else budget_tokens(L, cfg.n_candidates, cfg.budget_x)
+    check_budget(budget, L, cfg.warm_beam)
+    keys = GumbelKeys(cfg.seed, policy.k_max)
+    tree = warm_start(policy, histories, value_fn, cfg, budget)  # 1. initialisation
+    active = tree.cost < budget
+    for _ in range(max_iterations(budget)):
+        exhausted = tree.exhausted()
         active &= ~exhausted[:, 0]
         if not active.any():
             break
-        # 2. selection: UCB (Eq. 13) from the root to a node without (non-exhausted) children
-        n_root = visits[:, 0]
-        path = torch.full((q, L + 1), -1, dtype=torch.long)
-        path[:, 0] = 0
-        cur = torch.zeros(q, dtype=torch.long)
-        going = active.clone()
-        for dpt in range(L):
-            ch = child_of[qidx, cur]  # (Q, K)
-            chs = ch.clamp_min(0)
-            ok = (ch >= 0) & ~exhausted.gather(1, chs)
-            has = ok.any(1) & going
-            # Eq. 13: U(s) = G(s) + beta * sqrt(ln(N_root + 1) / (N(s) + 1))
-            u = G.gather(1, chs) + cfg.beta * torch.sqrt(torch.log(n_root + 1)[:, None] / (visits.gather(1, chs) + 1))
-            u = torch.where(ok, u, torch.full_like(u, NEG_INF))
-            nxt = chs.gather(1, u.argmax(1, keepdim=True)).squeeze(1)
-            cur = torch.where(has, nxt, cur)
-            path[:, dpt + 1] = torch.where(has, nxt, -1)
-            going = has
-        # 3. gated expansion (Eq. 14): not fully expanded and G >= its depth's mean, deepest first
-        on = path >= 0
-        pn = path.clamp_min(0)
-        n_child = (child_of.gather(1, pn[..., None].expand(-1, -1, K)) >= 0).sum(-1)
-        open_ = on & (n_child < n_valid.gather(1, pn)) & active[:, None]
-        gate = G.gather(1, pn) >= gbar.gather(1, depth.gather(1, pn)) - 1e-9
-        # when the gate closes every open node of the path, the deepest open one expands anyway:
-        # the search would otherwise stall with budget left (and, at beta = 0, forever)
-        deepest = open_ & (open_.long().flip(1).cumsum(1).flip(1) == 1)
-        gate = gate | (deepest & ~(open_ & gate).any(1, keepdim=True))
-        trig = (open_ & gate).flip(1)  # deepest first
-        room = (budget - cost).clamp_min(0)
-        trig = trig & (trig.long().cumsum(1) <= room[:, None])
-        trig = trig.flip(1)
-        eq, ep = trig.nonzero(as_tuple=True)
-        # backpropagation of visits along the traversed path (every active query traversed once)
-        visits.scatter_add_(1, pn, (on & active[:, None]).float())
-        if len(eq) == 0:
-            stall += active.long()
-            active &= stall <= 2 * (L + 1)
-            continue
-        stall[eq] = 0
-        stall += (active & (torch.bincount(eq, minlength=q) == 0)).long()
-        par_loc = path[eq, ep]
-        par_rows = row[eq, par_loc]
-        # sample one unexpanded valid child per triggered node, in proportion to pi
-        lp = pool.logp[par_rows.to(dev)].float().cpu()
-        lp = lp.masked_fill(child_of[eq, par_loc] >= 0, NEG_INF)
-        probs = torch.softmax(lp, -1)
-        codes = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-        with torch.no_grad():
-            new = policy.step(pool.index(par_rows.to(dev)), codes.to(dev))
-        lvl_new = depth[eq, par_loc]
-        new_sid = sid[eq, par_loc].clone()
-        new_sid[torch.arange(len(eq)), lvl_new] = codes
-        new_tok = tok_lp[eq, par_loc].clone()
-        step_lp = lp.gather(1, codes[:, None]).squeeze(1)
-        new_tok[torch.arange(len(eq)), lvl_new] = step_lp
-        insert(eq, par_loc, new, new_sid, new_tok, cum[eq, par_loc] + step_lp)
-        # 4. cost: one forward token per new child
-        cost.index_add_(0, eq, torch.ones_like(eq))
-        active &= (cost < budget) & (stall <= 2 * (L + 1))
-
-    out_sid, out_tok, out_lp = _extract(pool, C, count, depth, sid, tok_lp, cum, row, child_of, V, L, K)
-    items = torch.as_tensor(policy.catalog.item_of(out_sid.reshape(-1, L).numpy()).reshape(q, C))
+        path = select(tree, active, cfg.beta, exhausted)  # 2. selection (Eq. 13)
+        fire = triggered(tree, path, active, budget, cfg.root_gate)  # 3. gated expansion (Eq. 14) ...
+        expand(policy, tree, path, fire, value_fn, cfg, keys)
+        backpropagate(tree, path, active)  # 4. backpropagation
+        active &= tree.cost < budget
+    sids, tok, logp = extract(tree, cfg.n_candidates)  # value-aware extraction
+    items = torch.as_tensor(policy.catalog.item_of(sids.reshape(-1, L).numpy()).reshape(sids.shape[:2]))
     return CandidateSets(
-        sids=out_sid, items=items, valid=items >= 0, logp=out_lp, token_logp=out_tok,
-        tree=_tree(q, cap, count, parent, depth, sid, cum, V, H, G, visits, child_of, n_valid, L),
-        cost_tokens=cost.numpy(), budget_tokens=budget, decoder="ved", warmup_tokens=warmup.numpy(),
-        expansion_tokens=(cost - warmup).numpy(), seconds=time.perf_counter() - t0,
+        sids=sids, items=items, valid=items >= 0, logp=logp, token_logp=tok, tree=to_prefix_tree(tree),
+        cost_tokens=tree.cost.numpy(), budget_tokens=budget, decoder="ved", warmup_tokens=tree.warmup.numpy(),
+        expansion_tokens=(tree.cost - tree.warmup).numpy(), seconds=time.perf_counter() - t0,
     )
 
 
-def _extract(pool, C, count, depth, sid, tok_lp, cum, row, child_of, V, L, K):
-    """Value-aware extraction: the top-V depth-L leaves, then round-robin completions from cached pi.
-    Returns sids (Q, C, L), token log-probs (Q, C, L) and log pi(y|x) (Q, C), -1 / -inf padded."""
-    q, cap = depth.shape
-    exists = torch.arange(cap)[None, :] < count[:, None]
-    leaf = exists & (depth == L)
-    key = torch.where(leaf, V, torch.full_like(V, NEG_INF))
-    n_leaf = leaf.sum(1)
-    top_v, top_i = key.topk(min(C, cap), dim=1)
-    out_sid = torch.full((q, C, L), -1, dtype=torch.long)
-    out_tok = torch.zeros(q, C, L)
-    out_lp = torch.full((q, C), NEG_INF)
-    m = top_v > NEG_INF
-    qq, cc = m.nonzero(as_tuple=True)
-    out_sid[qq, cc] = sid[qq, top_i[qq, cc]]
-    out_tok[qq, cc] = tok_lp[qq, top_i[qq, cc]]
-    out_lp[qq, cc] = cum[qq, top_i[qq, cc]]
-    need = (C - n_leaf).clamp_min(0)
-    if need.any():
-        # completions: unexpanded valid children of evaluated depth-(L-1) nodes, from cached pi
-        par_ok = exists & (depth == L - 1)
-        prow = row.clamp_min(0)
-        lp = pool.logp[prow.reshape(-1).to(pool.logp.device)].float().cpu().reshape(q, cap, K)
-        lp = lp.masked_fill(~par_ok[..., None] | (child_of >= 0), NEG_INF)
-        par_v = torch.where(par_ok, V, torch.full_like(V, NEG_INF))
-        par_rank = torch.argsort(torch.argsort(par_v, 1, descending=True), 1)
-        child_rank = torch.argsort(torch.argsort(lp, -1, descending=True), -1)
-        rr = (child_rank * cap + par_rank[..., None]).float().masked_fill(lp == NEG_INF, math.inf)
-        pick = rr.reshape(q, -1).argsort(1)[:, :C]  # (Q, C) round-robin order of completions
-        take = (torch.arange(C)[None, :] < need[:, None]) & (rr.reshape(q, -1).gather(1, pick) < math.inf)
-        b, j = take.nonzero(as_tuple=True)
-        p_loc, code = pick[b, j] // K, pick[b, j] % K
-        slot = n_leaf[b].clamp_max(C) + j
-        s = sid[b, p_loc].clone()
-        s[:, L - 1] = code
-        t = tok_lp[b, p_loc].clone()
-        t[:, L - 1] = lp[b, p_loc, code]
-        out_sid[b, slot], out_tok[b, slot], out_lp[b, slot] = s, t, cum[b, p_loc] + lp[b, p_loc, code]
-    return out_sid, out_tok, out_lp
+def check_budget(budget: int, levels: int, warm_beam: int) -> None:
+    """VED needs a budget above its warm start, or it cannot expand at all."""
+    if warm_start_cost(levels, warm_beam) >= budget:
+        raise ValueError(
+            f"budget = {budget} forward tokens is below VED's minimum: the warm start alone costs "
+            f"{warm_start_cost(levels, warm_beam)} (1 + (L - 1) * b0 with b0 = {warm_beam}); raise budget_x or "
+            "lower warm_beam"
+        )
 
 
-def _tree(q, cap, count, parent, depth, sid, cum, V, H, G, visits, child_of, n_valid, L) -> PrefixTree:
-    """VED's search tree as a PrefixTree (evaluated nodes only; parents renumbered globally)."""
-    exists = torch.arange(cap)[None, :] < count[:, None]
-    qs, loc = exists.nonzero(as_tuple=True)
-    offset = torch.cumsum(count, 0) - count
-    glob_parent = torch.where(parent[qs, loc] >= 0, offset[qs] + parent[qs, loc], -1)
-    n_child = (child_of[qs, loc] >= 0).sum(-1)
-    d = depth[qs, loc]
+def max_iterations(budget: int) -> int:
+    """An upper bound on VED's iterations: each one forwards at least one node (the deepest open node
+    of the path always fires, and the budget is not yet spent), and there are at most ``budget``
+    forwarded nodes. The loop ends before it; it only guards against a bug."""
+    return budget + 1
+
+
+class GumbelKeys:
+    """Fixed Gumbel noise per (seed, query row, trie node, code) from an integer hash (SplitMix64):
+    the n-th child a node adds is its n-th best code by log pi + key, a sample without replacement in
+    proportion to pi that any processing order reproduces."""
+
+    def __init__(self, seed: int, k_max: int):
+        self.seed, self.k_max = seed, k_max
+
+    def __call__(self, query: torch.Tensor, trie_node: torch.Tensor) -> torch.Tensor:
+        """(N, K) keys for rows (query, trie node)."""
+        code = np.arange(self.k_max, dtype=np.uint64)[None, :]
+        with np.errstate(over="ignore"):
+            h = _mix(np.uint64(self.seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1))
+            h = _mix(h ^ query.numpy().astype(np.uint64)[:, None])
+            h = _mix(h ^ (trie_node.numpy().astype(np.uint64)[:, None] * np.uint64(0x632BE59BD9B4E019)))
+            h = _mix(h ^ code)
+        u = ((h >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)  # in (0, 1)
+        return torch.as_tensor(-np.log(-np.log(u)), dtype=torch.float32)
+
+
+def _mix(z):
+    """SplitMix64's finaliser (uint64 arithmetic wraps around)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def to_prefix_tree(tree: SearchTree) -> PrefixTree:
+    """VED's search tree as a PrefixTree (parents renumbered globally; ``evaluated``: forwarded)."""
+    qs, loc = tree.exists.nonzero(as_tuple=True)
+    offset = torch.cumsum(tree.count, 0) - tree.count
+    parent = tree.parent[qs, loc]
+    d = tree.depth[qs, loc]
+    n_kids = (tree.child[qs, loc] >= 0).sum(-1)
     return PrefixTree(
-        query=qs.numpy(), parent=glob_parent.numpy(), depth=d.numpy(),
-        token=torch.where(d > 0, sid[qs, loc].gather(1, (d - 1).clamp_min(0)[:, None]).squeeze(1), -1).numpy(),
-        sid=sid[qs, loc].numpy(), logp=cum[qs, loc].numpy(), value=V[qs, loc].double().numpy(),
-        entropy=torch.where(d < L, H[qs, loc], torch.nan).double().numpy(), priority=G[qs, loc].double().numpy(),
-        visits=visits[qs, loc].long().numpy(), evaluated=np.ones(len(qs), dtype=bool),
-        pruned=np.zeros(len(qs), dtype=bool), fully_expanded=(n_child >= n_valid[qs, loc]).numpy() & (d < L).numpy(),
+        query=qs.numpy(), parent=torch.where(parent >= 0, offset[qs] + parent, -1).numpy(), depth=d.numpy(),
+        token=torch.where(d > 0, tree.sid[qs, loc].gather(1, (d - 1).clamp_min(0)[:, None]).squeeze(1), -1).numpy(),
+        sid=tree.sid[qs, loc].numpy(), logp=tree.cum[qs, loc].numpy(), value=tree.value[qs, loc].double().numpy(),
+        entropy=torch.where(tree.row[qs, loc] >= 0, tree.entropy[qs, loc], torch.nan).double().numpy(),
+        priority=tree.g[qs, loc].double().numpy(), visits=tree.visits[qs, loc].long().numpy(),
+        evaluated=(tree.row[qs, loc] >= 0).numpy(), pruned=np.zeros(len(qs), dtype=bool),
+        fully_expanded=((n_kids >= tree.n_valid[qs, loc]) & (d < tree.levels)).numpy(),
     )
+
+
+__all__ = ["GATE_TOL", "SearchTree", "priority", "ucb", "expansion_gate", "warm_start", "select", "triggered",
+           "expand", "backpropagate", "extract", "warm_start_cost", "ved_decode", "GumbelKeys"]

@@ -92,11 +92,14 @@ def fig_budget(df: pd.DataFrame, path: Path) -> None:
 
 def fig_mismatch(df: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for metric in ("max_reward", "ndcg@10", "reachability"):
+    for metric in ("max_reward", "ndcg@10", "reachability", "oracle max_reward"):
         g = df[df.metric == metric].copy()
+        if g.empty:
+            continue
         g["m"] = g.arm.str.removeprefix("m=").astype(float)
         g = g.sort_values("m")
-        ax.errorbar(g.m, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, label=metric)
+        ax.errorbar(g.m, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, ls="--" if "oracle" in metric else "-",
+                    label=metric.replace("oracle ", "") + (" (VED with the oracle value)" if "oracle" in metric else ""))
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("mismatch m")
     ax.set_ylabel("VED minus beam search")

@@ -20,6 +20,7 @@ from .. import pipeline
 from ..config import Config, DecodeConfig
 from ..evaluate import evaluate
 from ..rl.train import train
+from ..values import make_value
 
 
 @dataclass(frozen=True)
@@ -119,32 +120,41 @@ class Runner:
         return self._cached(("value", seed, mismatch), make)
 
     def trained(self, seed: int, decoder: str, objective: str, budget_x: float = 1.0,
-                mismatch: float | None = None):
-        """(policy, value head) after RL from this seed's SFT policy and pre-trained head."""
+                mismatch: float | None = None, value: str = "learned"):
+        """(policy, value head) after RL from this seed's SFT policy and pre-trained head. ``value``
+        "oracle": VED decodes the training candidates with the world's oracle value instead of the head
+        (an upper bound for what a better value would give; the head still learns by TD)."""
         def make():
             cfg = self.config(seed, mismatch, decode={"decoder": decoder, "budget_x": budget_x},
                               rl={"objective": objective})
             where = f"m{cfg.world.mismatch}-" if self.world_loader is None else ""  # real data: no knob
-            name = f"s{seed}-{where}{decoder}{budget_x:g}x-{objective}"
+            guide = "" if value == "learned" else f"-{value}"
+            name = f"s{seed}-{where}{decoder}{budget_x:g}x{guide}-{objective}"
             self.say(f"RL run {name}")
             policy = copy.deepcopy(self.sft(seed, mismatch))
             head = copy.deepcopy(self.value(seed, mismatch))
+            guide_value = None if value == "learned" else make_value(value, self.world(seed, mismatch))
             res = train(self.world(seed, mismatch), policy, cfg, head, run_dir=self.out / "runs" / name,
-                        progress=self.progress, say=self.say)
+                        progress=self.progress, say=self.say, decode_value=guide_value)
             return res.policy, res.value_head
-        return self._cached(("rl", seed, decoder, objective, budget_x, mismatch), make)
+        return self._cached(("rl", seed, decoder, objective, budget_x, mismatch, value), make)
 
     # -- scores ------------------------------------------------------------------------------------
-    def score(self, policy_key: tuple, seed: int, dcfg: DecodeConfig, mismatch: float | None = None) -> dict:
+    def score(self, policy_key: tuple, seed: int, dcfg: DecodeConfig, mismatch: float | None = None,
+              value: str = "learned") -> dict:
         """Test metrics of the policy named by ``policy_key`` ("sft",) or ("rl", decoder, objective,
-        budget_x) decoded with ``dcfg``."""
+        budget_x[, value]) decoded with ``dcfg``; VED ranks prefixes by ``value`` ("learned": the
+        policy's head; "oracle": the world's truth, ``vstar_toy.values``)."""
         def make():
             if policy_key[0] == "sft":
                 policy, head = self.sft(seed, mismatch), self.value(seed, mismatch)
             else:
-                policy, head = self.trained(seed, *policy_key[1:], mismatch=mismatch)
+                decoder, objective, budget_x, *guide = policy_key[1:]
+                policy, head = self.trained(seed, decoder, objective, budget_x, mismatch=mismatch,
+                                            value=guide[0] if guide else "learned")
             cfg = dataclasses.replace(dcfg, seed=seed,
                                       warm_beam=min(dcfg.warm_beam, max(1, dcfg.n_candidates - 1)))
-            m, _ = evaluate(self.world(seed, mismatch), policy, self.test_queries(seed, mismatch), cfg, head)
+            scorer = head if value == "learned" else make_value(value, self.world(seed, mismatch))
+            m, _ = evaluate(self.world(seed, mismatch), policy, self.test_queries(seed, mismatch), cfg, scorer)
             return m
-        return self._cached(("score", policy_key, seed, dcfg, mismatch), make)
+        return self._cached(("score", policy_key, seed, dcfg, mismatch, value), make)

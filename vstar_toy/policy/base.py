@@ -4,7 +4,8 @@ Every decoder and every loss talks to a policy through four calls (DESIGN sectio
 
 - ``start(histories) -> State``: encode a batch of contexts once (the prompt prefill, counted in
   ``prefill_tokens``), then forward the generation-start token: the state at the empty prefix,
-  with log-probs over the level-1 codes. Costs 1 forward token per context.
+  with log-probs over the level-1 codes. Costs 1 forward token per context. The encoded contexts
+  travel with the states (``State.context``), never on the policy: two decodes may interleave.
 - ``step(states, tokens) -> State``: extend any batch of prefixes by one SID token each, reusing the
   context cache and each parent's prefix cache. Rows may mix queries and depths, which is what lets
   VED advance all queries in one call. Costs 1 forward token per row.
@@ -29,7 +30,7 @@ cache) and ``_code_logits`` (the output rows of one level's codes). Token layout
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,14 +42,32 @@ PAD, SEP = 0, 1  # special token ids; code (level l, c) has id 2 + offset[l] + c
 
 
 @dataclass
+class Context:
+    """The encoded prompts of a batch: per-layer keys/values (policy-owned layout), (B, T) key mask,
+    the slot (item index) at which each context's next item is generated, the prompt's last-layer
+    hidden states (B, T, d), and the history item ids (B, H), -1 left-padded. The value head reads
+    the last two (the backbone's view of the prompt, and the items' semantics)."""
+
+    kv: object
+    mask: torch.Tensor
+    next_slot: torch.Tensor
+    hidden: torch.Tensor
+    items: torch.Tensor
+
+
+ROW_FIELDS = ("query", "node", "depth", "tokens", "logp", "hidden", "kv")
+
+
+@dataclass
 class State:
     """A batch of decoding states s = (x, y_<=l), one row each.
 
-    query: (N,) row of the context in the cache; node: (N,) trie node of y_<=l; depth: (N,) l;
+    query: (N,) row of the context in ``context``; node: (N,) trie node of y_<=l; depth: (N,) l;
     tokens: (N, L) the prefix codes, -1 beyond depth; logp: (N, K_max) log pi(next | x, y_<=l),
     -inf at invalid codes (all -inf at depth L); hidden: (N, L+1, d) backbone hidden states of
     [start, y_1 .. y_l] (zeros beyond depth), what the value head reads; kv: (N, ...) the prefix
-    cache, layout owned by the policy.
+    cache, layout owned by the policy; context: the encoded prompts of the batch, shared by all rows
+    (not a row field: ``index`` and ``cat`` keep it whole).
     """
 
     query: torch.Tensor
@@ -58,45 +77,38 @@ class State:
     logp: torch.Tensor
     hidden: torch.Tensor
     kv: torch.Tensor
+    context: Context
 
     def __len__(self) -> int:
         return len(self.query)
 
     def index(self, idx) -> State:
         """Rows ``idx`` (a LongTensor, a bool mask or a slice)."""
-        return State(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+        return State(**{f: getattr(self, f)[idx] for f in ROW_FIELDS}, context=self.context)
 
     @staticmethod
     def cat(states: list[State]) -> State:
-        return State(**{f.name: torch.cat([getattr(s, f.name) for s in states]) for f in fields(State)})
+        """Rows of several batches of states of one context, stacked."""
+        if any(s.context is not states[0].context for s in states):
+            raise ValueError("cannot stack states of different contexts: their query rows index different prompts")
+        return State(**{f: torch.cat([getattr(s, f) for s in states]) for f in ROW_FIELDS},
+                     context=states[0].context)
 
     @staticmethod
     def empty_like(like: State, n: int) -> State:
         """An uninitialised buffer of ``n`` rows shaped like ``like`` (for preallocated pools)."""
-        return State(**{f.name: getattr(like, f.name).new_empty((n, *getattr(like, f.name).shape[1:]))
-                        for f in fields(State)})
+        return State(**{f: getattr(like, f).new_empty((n, *getattr(like, f).shape[1:])) for f in ROW_FIELDS},
+                     context=like.context)
 
     def put(self, start: int, rows: State) -> None:
         """Write ``rows`` into this buffer at rows start .. start + len(rows) - 1, in place."""
-        for f in fields(State):
-            getattr(self, f.name)[start : start + len(rows)] = getattr(rows, f.name)
+        for f in ROW_FIELDS:
+            getattr(self, f)[start : start + len(rows)] = getattr(rows, f)
 
     def entropy(self) -> torch.Tensor:
         """(N,) H_theta(s) of Eq. 12 over the valid next codes; 0 at depth L."""
         p = self.logp.exp()
         return -(p * torch.where(p > 0, self.logp, torch.zeros_like(self.logp))).sum(-1)
-
-
-@dataclass
-class Context:
-    """The encoded prompts: per-layer keys/values (policy-owned layout), (B, T) key mask, the slot
-    (item index) at which each context's next item is generated, and the prompt's last-layer hidden
-    states (B, T, d), which the value head reads together with the prefix's."""
-
-    kv: object
-    mask: torch.Tensor
-    next_slot: torch.Tensor
-    hidden: torch.Tensor
 
 
 class SIDPolicy(nn.Module):
@@ -126,7 +138,6 @@ class SIDPolicy(nn.Module):
         self.register_buffer("item_sids", torch.as_tensor(catalog.sids), persistent=False)
         self.cost = 0
         self.prefill_tokens = 0
-        self.context: Context | None = None
 
     # -- pieces a backbone supplies ----------------------------------------------------------------
     hidden_size: int
@@ -212,19 +223,23 @@ class SIDPolicy(nn.Module):
         return out
 
     # -- the protocol ------------------------------------------------------------------------------
-    def start(self, histories: np.ndarray | torch.Tensor) -> State:
-        """Prefill the contexts (B, H item ids, -1 padded) and forward the start token of each."""
+    def encode(self, histories: np.ndarray | torch.Tensor) -> Context:
+        """The prompt prefill: a causal pass over the contexts (B, H item ids, -1 left-padded)."""
         items = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=self.device)
         tokens, levels, slots, mask, next_slot = self.item_tokens(items)
         ctx_hidden, kv = self._encode(tokens, levels, slots, mask)
-        self.context = Context(kv=kv, mask=mask, next_slot=next_slot, hidden=ctx_hidden)
-        self.prefill_tokens += int(mask.sum())
-        b = len(items)
+        return Context(kv=kv, mask=mask, next_slot=next_slot, hidden=ctx_hidden, items=items)
+
+    def start(self, histories: np.ndarray | torch.Tensor) -> State:
+        """Prefill the contexts (B, H item ids, -1 padded) and forward the start token of each."""
+        context = self.encode(histories)
+        self.prefill_tokens += int(context.mask.sum())
+        b = len(context.items)
         query = torch.arange(b, device=self.device)
         start = torch.full((b, 1), SEP, device=self.device)
         zero = torch.zeros(b, dtype=torch.long, device=self.device)
         hidden, new_kv = self._extend(
-            self.context, query, None, zero, start, zero[:, None], next_slot[:, None]
+            context, query, None, zero, start, zero[:, None], context.next_slot[:, None]
         )
         self.cost += b
         h0 = hidden[:, 0]
@@ -234,13 +249,11 @@ class SIDPolicy(nn.Module):
             query=query, node=zero.clone(), depth=zero.clone(),
             tokens=torch.full((b, self.levels), -1, dtype=torch.long, device=self.device),
             logp=self.restricted_logp(h0, zero, zero), hidden=state_hidden,
-            kv=self._write_kv(self._empty_kv(b), zero, new_kv),
+            kv=self._write_kv(self._empty_kv(b), zero, new_kv), context=context,
         )
 
     def step(self, states: State, codes: torch.Tensor) -> State:
         """Extend each row of ``states`` by its code (N,); all rows in one backbone call."""
-        if self.context is None:
-            raise RuntimeError("call start(histories) before step()")
         codes = torch.as_tensor(codes, dtype=torch.long, device=self.device)
         depth = states.depth
         if (depth >= self.levels).any():
@@ -256,9 +269,9 @@ class SIDPolicy(nn.Module):
             )
         lvl = depth + 1  # the level of the token being fed (1-based), its position in the prefix
         tok = self.code_token(depth, codes)
-        slot = self.context.next_slot[states.query]
+        slot = states.context.next_slot[states.query]
         hidden, new_kv = self._extend(
-            self.context, states.query, states.kv, lvl, tok[:, None], lvl[:, None], slot[:, None]
+            states.context, states.query, states.kv, lvl, tok[:, None], lvl[:, None], slot[:, None]
         )
         self.cost += len(codes)
         h = hidden[:, 0]
@@ -270,19 +283,17 @@ class SIDPolicy(nn.Module):
         return State(
             query=states.query, node=node, depth=lvl, tokens=tokens,
             logp=self.restricted_logp(h, lvl, node), hidden=state_hidden,
-            kv=self._write_kv(states.kv, lvl, new_kv),
+            kv=self._write_kv(states.kv, lvl, new_kv), context=states.context,
         )
 
     def candidate_hidden(self, histories, sids: torch.Tensor, with_last: bool = False):
         """Hidden states of [start, y_1 .. y_{L-1}] (and y_L if ``with_last``) for candidates
         (B, C, L) of contexts (B, H): (B, C, L or L+1, d), with gradients, and the encoded Context.
         Each context is encoded once and all its candidates attend to that one cache."""
-        items = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=self.device)
         sids = torch.as_tensor(sids, dtype=torch.long, device=self.device)
         b, c, L = sids.shape
-        tokens, levels, slots, mask, next_slot = self.item_tokens(items)
-        ctx_hidden, kv = self._encode(tokens, levels, slots, mask)
-        ctx = Context(kv=kv, mask=mask, next_slot=next_slot, hidden=ctx_hidden)
+        ctx = self.encode(histories)
+        next_slot = ctx.next_slot
         flat = sids.reshape(b * c, L).clamp_min(0)  # padding candidates: any code, masked by callers
         n_in = L + 1 if with_last else L
         lv = torch.arange(n_in, device=self.device)

@@ -1,200 +1,175 @@
-"""The prefix value V_phi(s_l) and its TD training (Sec. 4.1, Eq. 5-9).
+"""The prefix value head V_phi(s_l) (Sec. 4.1, Eq. 5), a light head on the policy backbone.
 
-V_phi is a light head on the policy backbone: a projection, one transformer block over the hidden
-states of the decoding state s_l = (x, y_<=l) -- the prompt x's and the prefix's [start, y_1 .. y_l]
--- and an MLP regressor read at position l. It reads the backbone's hidden states *detached*: the
-value loss trains the head only, never the policy. (Reading the prompt too matters in the toy: a
-backbone trained on popularity-heavy logs keeps little of the user's taste at the start token.)
+What V_phi(s_l), s_l = (x, y_<=l), l >= 1, reads is fixed by one rule: everything known *before* y_l
+is fed to the backbone -- the backbone's hidden state that predicted y_l (the parent's state) and
+y_<=l itself -- never the backbone's state after y_l. A child's value therefore costs no backbone
+forward, exactly like its log-probability: beam search and VED score a depth-L leaf from its parent's
+state, and neither forwards it (``decoding/ved.py`` counts the budget by that rule).
 
-Targets are one-step TD (Eq. 9) on the dense semantic step returns of Eq. 8
-(``world.rewards.step_returns``), with prefix buckets taken from the sampled candidate set (Eq. 6).
+Two variants (``ValueConfig.inputs``), so that what the items' meaning adds stays measurable:
+
+- ``"semantic"`` (the default): the items' semantics beside the backbone. The user's side is the mean
+  embedding of the history items; the prefix's side is the centroid of the catalog items below
+  y_<=l (the catalog-wide version of Eq. 7's prefix embedding; a full SID's centroid is its item's
+  embedding). An MLP reads both, their product and cosine, the depth, and the parent's backbone state
+  (a projection initialised to zero: the head starts from the semantics and learns what the backbone
+  adds). In the paper V_phi sits on an LLM that knows the items through their text; here the
+  embeddings are that knowledge (real data: the loader's title embeddings).
+- ``"backbone"``: the paper's literal shape on a backbone that knows only item ids: a projection of the
+  backbone states, the head's own code embeddings, one transformer block over the prompt's and the
+  prefix's positions, and an MLP regressor (plus a two-tower user-item term). On the toy's
+  popularity-trained backbone it ranks prefixes barely better than chance (README, "The value").
+
+The head reads the backbone *detached*: the value loss trains the head only. TD training lives in
+``rl/value_learning.py``; the value functions VED can use (this head, the world's oracle, log pi, a
+no-learning cosine) in ``vstar_toy/values.py``.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import ValueConfig
-from ..decoding.sampling import sample
-from ..metrics import prefix_spearman
-from ..world.rewards import rewards, step_returns
-from .base import SIDPolicy, State
+from ..world.catalog import Catalog
+from .base import Context, SIDPolicy, State
 from .tiny import Block
 
 
 class ValueHead(nn.Module):
-    """V_phi(x, y_<=l): prefix hidden states (N, L+1, d), depths l (N,), and the prompt's hidden
-    states (N, T, d) with their mask (N, T) -> (N,) values."""
+    """V_phi of prefixes y_<=l, l = 1 .. L. Two entry points, one computation (``_values``):
 
-    def __init__(self, d_backbone: int, levels: int, k_max: int, cfg: ValueConfig | None = None):
+    - ``head(parents, codes)``: the children parents + code of decoding states (what VED evaluates);
+    - ``head.of_candidates(policy, queries, sids)``: every prefix of finished candidates (TD, Fig. 3).
+    """
+
+    name = "learned"
+
+    def __init__(self, catalog: Catalog, d_backbone: int, cfg: ValueConfig | None = None):
         super().__init__()
         cfg = cfg or ValueConfig()
         self.cfg = cfg
-        self.levels, self.k_max = levels, k_max
+        self.catalog = catalog
+        self.levels = catalog.levels
+        self.k_max = max(catalog.codebook_sizes)
         torch.manual_seed(cfg.seed)
         d = cfg.hidden
-        self.proj = nn.Linear(d_backbone, d)
-        self.code = nn.Embedding(levels * k_max, d)  # the head's own embedding of (level, code)
-        self.pos = nn.Embedding(levels + 2, d)  # 0: a prompt position; 1 + l: prefix position l
-        self.block = Block(d, 4 if d % 4 == 0 else 1, 0.0)
-        self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
-        # a two-tower term: <item(z), user(mean prompt)>, the user-item interaction an MLP finds slowly
-        self.user = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
-        self.item = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
-        self._ctx = None  # (context, its projected keys): of_states reuses them within one decode
-
-    def context_kv(self, ctx_hidden: torch.Tensor, ctx_mask: torch.Tensor):
-        """The prompt's keys and values (B, h, T, dh) and mask (B, T), computed once per prompt: prompt
-        positions attend only to the prompt, and only prefix positions are read out."""
-        x = self.proj(ctx_hidden.detach().float()) + self.pos.weight[0]
-        _, k, v = self.block.heads(x)
-        m = ctx_mask[..., None].float()
-        user = self.user((x * m).sum(1) / m.sum(1).clamp_min(1.0))  # (B, d)
-        return k, v, ctx_mask, user
+        self.proj = nn.Linear(d_backbone, d)  # the parent's backbone state
+        if cfg.inputs == "semantic":
+            self.register_buffer("centroid", torch.as_tensor(catalog.node_centroids), persistent=False)
+            n_in = 3 * catalog.embeddings.shape[1] + 2 + self.levels  # u, c, u * c, cos, |c|, one-hot depth
+            self.inp = nn.Linear(n_in, d)
+            nn.init.zeros_(self.proj.weight)  # start from the semantics; learn what the backbone adds
+            self.mlp = nn.Sequential(nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+            self.cos_scale = nn.Parameter(torch.zeros(self.levels))  # a per-depth affine term in cos(u, c)
+            self.cos_bias = nn.Parameter(torch.zeros(self.levels))
+        else:
+            self.code = nn.Embedding(self.levels * self.k_max, d)  # the head's own embedding of (level, code)
+            self.pos = nn.Embedding(self.levels + 1, d)  # 0: a prompt position; l: prefix position l
+            self.block = Block(d, 4 if d % 4 == 0 else 1, 0.0)
+            self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+            # a two-tower term: <item(z), user(mean prompt)>, the user-item interaction an MLP finds slowly
+            self.user = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
+            self.item = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
 
     @classmethod
     def for_policy(cls, policy: SIDPolicy, cfg: ValueConfig | None = None) -> ValueHead:
-        return cls(policy.hidden_size, policy.levels, policy.k_max, cfg).to(policy.device)
+        return cls(policy.catalog, policy.hidden_size, cfg).to(policy.device)
 
-    def values(self, hidden: torch.Tensor, tokens: torch.Tensor, ctx_kv, query: torch.Tensor,
-               depth: torch.Tensor | None = None):
-        """V at prefix positions: hidden (N, P, d) of [start, y_1 ..], the prefix codes (N, L) (-1
-        beyond the prefix), prompt ``query`` (N,) of each row into ``ctx_kv``. Position j sees the
-        prompt and prefix positions <= j. Returns (N, P), or (N,) read at ``depth`` only (then only
-        that position's output is computed)."""
-        k_c, v_c, m_c, user = ctx_kv
-        n, p, _ = hidden.shape
-        lv = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.proj(hidden.detach().float()) + self.pos.weight[1 : p + 1]
-        x = x + F.pad(torch.where(tokens[..., None] >= 0, self.code(lv * self.k_max + tokens.clamp_min(0)), 0.0),
-                      (0, 0, 1, p - 1 - tokens.shape[1]))
+    # -- entry points ------------------------------------------------------------------------------
+    def forward(self, parents: State, codes: torch.Tensor, prefix_logp: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) V of the children y_<=l = parents' prefix + ``codes`` (N,); parents below depth L. The
+        signature of ``values.ValueFn`` (``prefix_logp`` is not read): a head is a value function."""
+        rows = torch.arange(len(parents), device=parents.depth.device)
+        tokens = parents.tokens.clone()
+        tokens[rows, parents.depth] = codes.to(tokens.device)
+        before = parents.hidden[:, : self.levels]  # states that predicted y_1 .. y_L; row l-1 is the parent's
+        return self._values(before, tokens, parents.query, parents.context, parents.depth + 1)
+
+    def of_candidates(self, policy: SIDPolicy, queries, sids: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) V of every prefix y_<=1 .. y_<=L of candidates ``sids`` (B, C, L) of ``queries``
+        (anything with ``histories``); padding candidates get values that callers mask. The backbone
+        runs without gradients; the head's parameters get them."""
+        b, c, L = sids.shape
+        with torch.no_grad():
+            # (B, C, L, d): the states of [start, y_1 .. y_{L-1}], which predicted y_1 .. y_L
+            before, ctx = policy.candidate_hidden(queries.histories, sids.clamp_min(0))
+        query = torch.arange(b, device=before.device).repeat_interleave(c)
+        tokens = sids.to(before.device).clamp_min(0).reshape(b * c, L)
+        return self._values(before.reshape(b * c, L, -1), tokens, query, ctx, None).reshape(b, c, L)
+
+    def bind(self, queries) -> ValueHead:
+        """The value function VED calls for ``queries``: the head itself, which reads each query's
+        history from the states' context."""
+        return self
+
+    # -- the computation -----------------------------------------------------------------------------
+    def _values(self, before, tokens, query, ctx: Context, depth):
+        """before (N, L, d): the backbone states that predicted y_1 .. y_L; tokens (N, L): the prefix
+        codes (-1 beyond it); query (N,): each row's context in ``ctx``; depth (N,) l to read one
+        prefix per row -> (N,), or None for all L prefixes -> (N, L)."""
+        if self.cfg.inputs == "semantic":
+            return self._semantic(before, tokens, query, ctx, depth)
+        return self._backbone(before, tokens, query, ctx, depth)
+
+    def _semantic(self, before, tokens, query, ctx, depth):
+        levels = torch.arange(1, self.levels + 1, device=tokens.device)
+        if depth is not None:  # one prefix per row: read only its level
+            rows = torch.arange(len(tokens), device=tokens.device)
+            return self._semantic_at(before[rows, depth - 1], self.catalog_nodes(tokens)[rows, depth - 1],
+                                     query, ctx, depth)
+        n, L = tokens.shape
+        nodes = self.catalog_nodes(tokens)
+        out = self._semantic_at(before.reshape(n * L, -1), nodes.reshape(-1), query.repeat_interleave(L), ctx,
+                                levels.repeat(n))
+        return out.reshape(n, L)
+
+    def catalog_nodes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, L) trie node of each prefix of ``tokens`` (N, L); positions past a prefix hold some node."""
+        return self.catalog.prefix_nodes(tokens)
+
+    def _semantic_at(self, h_parent, node, query, ctx, depth):
+        """(N,) values from the parent's backbone state (N, d), the prefix's trie node (N,), the
+        row's context and the depth l (N,)."""
+        user = F.normalize(self.catalog.history_centroid(ctx.items), dim=-1)[query]  # (N, D)
+        c = self.centroid[node]  # (N, D)
+        cn = F.normalize(c, dim=-1)
+        cos = (user * cn).sum(-1, keepdim=True)
+        x = torch.cat([user, cn, user * cn, cos, c.norm(dim=-1, keepdim=True),
+                       F.one_hot(depth - 1, self.levels).float()], -1)
+        z = self.inp(x) + self.proj(h_parent.detach().float())
+        li = depth - 1
+        return self.mlp(z).squeeze(-1) + self.cos_scale[li] * cos.squeeze(-1) + self.cos_bias[li]
+
+    def _backbone(self, before, tokens, query, ctx, depth):
+        n, L = tokens.shape
+        # the prompt: projected states, keys and values; a pooled user vector for the two-tower term
+        xc = self.proj(ctx.hidden.detach().float()) + self.pos.weight[0]
+        _, k_c, v_c = self.block.heads(xc)
+        m = ctx.mask[..., None].float()
+        user = self.user((xc * m).sum(1) / m.sum(1).clamp_min(1.0))  # (B, d)
+        # the prefix: position l carries the state that predicted y_l and the head's embedding of y_l
+        lv = torch.arange(L, device=tokens.device)
+        code = torch.where(tokens[..., None] >= 0, self.code(lv * self.k_max + tokens.clamp_min(0)), 0.0)
+        x = self.proj(before.detach().float()) + self.pos.weight[1 : L + 1] + code
         q, k, v = self.block.heads(x)
         keys, vals = torch.cat([k_c[query], k], 2), torch.cat([v_c[query], v], 2)
-        causal = torch.ones(p, p, dtype=torch.bool, device=x.device).tril()
+        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
         if depth is None:
-            mask = torch.cat([m_c[query][:, None, :].expand(n, p, -1), causal[None].expand(n, -1, -1)], -1)
+            mask = torch.cat([ctx.mask[query][:, None, :].expand(n, L, -1), causal[None].expand(n, -1, -1)], -1)
             att = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask[:, None])
             return self._readout(self.block.finish(x, att), user[query][:, None])
         rows = torch.arange(n, device=x.device)
-        mask = torch.cat([m_c[query], causal[depth]], -1)[:, None, None, :]  # (N, 1, 1, T + P)
-        q1 = q[rows, :, depth][:, :, None]  # (N, h, 1, dh)
+        mask = torch.cat([ctx.mask[query], causal[depth - 1]], -1)[:, None, None, :]  # (N, 1, 1, T + L)
+        q1 = q[rows, :, depth - 1][:, :, None]  # (N, h, 1, dh)
         att = F.scaled_dot_product_attention(q1, keys, vals, attn_mask=mask)
-        return self._readout(self.block.finish(x[rows, depth][:, None], att), user[query][:, None]).squeeze(-1)
+        return self._readout(self.block.finish(x[rows, depth - 1][:, None], att), user[query][:, None]).squeeze(-1)
 
     def _readout(self, z: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
         """(N, P, d) block outputs and (N, 1, d) user vectors -> (N, P) values."""
         two_tower = (self.item(z) * user).sum(-1) / z.shape[-1] ** 0.5
         return self.mlp(z).squeeze(-1) + two_tower
 
-    def forward(self, hidden, tokens, depth, ctx_hidden, ctx_mask) -> torch.Tensor:
-        """V of rows with their own prompts: hidden (N, L+1, d), prefix codes (N, L), depth (N,),
-        prompts (N, T, d) with mask (N, T)."""
-        rows = torch.arange(len(hidden), device=hidden.device)
-        return self.values(hidden, tokens, self.context_kv(ctx_hidden, ctx_mask), rows, depth)
 
-    def of_states(self, states: State, context) -> torch.Tensor:
-        """V of decoding states (what VED evaluates when it adds a node); ``context`` is the
-        policy's encoded prompts (``policy.context``), whose keys are projected once and reused."""
-        if self._ctx is None or self._ctx[0] is not context:
-            self._ctx = (context, self.context_kv(context.hidden, context.mask))
-        return self.values(states.hidden, states.tokens, self._ctx[1], states.query, states.depth)
-
-
-def td_targets(step_rewards: torch.Tensor, next_values: torch.Tensor, gamma: float) -> torch.Tensor:
-    """One-step TD targets of Eq. 9 along each candidate's path.
-
-    Args:
-        step_rewards: (..., L) r_l for l = 1 .. L.
-        next_values: (..., L) V_phi(s_{l+1}) for l = 1 .. L (the last column is ignored).
-        gamma: discount in (0, 1].
-
-    Returns:
-        (..., L): r_l + gamma * V(s_{l+1}) for l < L, and r_L at l = L. No gradient flows through
-        the bootstrap.
-
-    >>> td_targets(torch.tensor([0.3, 0.5, 1.0]), torch.tensor([2.0, 4.0, 9.0]), 0.5).tolist()
-    [1.3, 2.5, 1.0]
-    """
-    boot = torch.zeros_like(step_rewards)
-    boot[..., :-1] = gamma * next_values[..., 1:].detach()
-    return step_rewards + boot  # Eq. 9
-
-
-def value_loss(values: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """L_V = E[(V(s_l) - y~_l)^2] over valid candidates and levels (Eq. 9)."""
-    err = (values - targets.detach()) ** 2
-    if valid is None:
-        return err.mean()
-    w = valid[..., None].expand_as(err).float()
-    return (err * w).sum() / w.sum().clamp_min(1.0)
-
-
-def candidate_values(policy: SIDPolicy, head: ValueHead, histories, sids: torch.Tensor) -> torch.Tensor:
-    """V_phi of every candidate's prefixes y_<=1 .. y_<=L: (B, C, L). The backbone runs without
-    gradients (the head reads detached states)."""
-    b, c, L = sids.shape
-    with torch.no_grad():
-        hidden, ctx = policy.candidate_hidden(histories, sids, with_last=True)  # (B, C, L+1, d)
-    sids = sids.to(hidden.device)
-    query = torch.arange(b, device=hidden.device).repeat_interleave(c)
-    vals = head.values(hidden.reshape(b * c, L + 1, -1), sids.reshape(b * c, L), head.context_kv(ctx.hidden, ctx.mask),
-                       query)
-    return vals[:, 1:].reshape(b, c, L)
-
-
-def td_update(policy, head, opt, world, queries, cands, cfg: ValueConfig) -> float:
-    """One TD step (Eq. 9) on decoded candidate sets; returns the loss."""
-    emb = torch.as_tensor(world.catalog.embeddings)
-    items = cands.items.clamp_min(0)
-    r_step = step_returns(cands.sids.clamp_min(0), emb[items], torch.as_tensor(world.catalog.sids[queries.targets]),
-                          emb[torch.as_tensor(queries.targets)], cfg.step_weights, cands.valid)
-    values = candidate_values(policy, head, queries.histories, cands.sids.clamp_min(0))
-    r_step, valid = r_step.to(values.device), cands.valid.to(values.device)
-    loss = value_loss(values, td_targets(r_step, values, cfg.gamma), valid)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
-
-
-def value_spearman(policy, head, world, queries, n_candidates: int = 32, reward_kind: str | None = None,
-                   seed: int = 0) -> dict[str, list[float]]:
-    """Fig. 3's protocol: temperature-1.5 candidates; per level, Spearman rho against the prefix
-    reward (bucket mean of R) of V_phi(prefix) and of log pi(prefix). Averaged over queries.
-    ``head`` None gives NaN for V."""
-    kind = reward_kind or ("affinity" if world.tastes is not None else "semantic")
-    with torch.no_grad():
-        cands = sample(policy, queries.histories, n_candidates, temperature=1.5, seed=seed)
-        r = rewards(world, kind, queries.users, queries.targets, cands.items.numpy())
-    logp_prefix = cands.token_logp.cumsum(-1)
-    valid = cands.valid.numpy()
-    rho_p = prefix_spearman(cands.sids.numpy(), logp_prefix.numpy(), r, valid)
-    if head is None:
-        return {"value": [float("nan")] * policy.levels, "logp": np.nanmean(rho_p, 0).tolist()}
-    with torch.no_grad():
-        v = candidate_values(policy, head, queries.histories, cands.sids.clamp_min(0))
-    rho_v = prefix_spearman(cands.sids.numpy(), v.float().cpu().numpy(), r, valid)
-    return {"value": np.nanmean(rho_v, 0).tolist(), "logp": np.nanmean(rho_p, 0).tolist()}
-
-
-def pretrain_value(policy, world, cfg: ValueConfig, head: ValueHead | None = None, progress: bool = True):
-    """Train V_phi on SFT-policy candidates before RL (``vstar-toy value``). Returns (head, losses)."""
-    head = head or ValueHead.for_policy(policy, cfg)
-    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
-    losses = []
-    bar = tqdm(range(cfg.pretrain_steps), desc="value TD", disable=not progress)
-    for step in bar:
-        queries = world.queries("train", n=cfg.pretrain_queries, seed=cfg.seed * 100_003 + step)
-        with torch.no_grad():
-            cands = sample(policy, queries.histories, cfg.pretrain_candidates, temperature=1.5, seed=step)
-        losses.append(td_update(policy, head, opt, world, queries, cands, cfg))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    return head, losses
-
-
-__all__ = ["ValueHead", "td_targets", "value_loss", "candidate_values", "td_update", "value_spearman",
-           "pretrain_value", "rewards"]
+__all__ = ["ValueHead"]

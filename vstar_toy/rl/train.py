@@ -42,13 +42,14 @@ from tqdm.auto import tqdm
 from ..checkpoint import atomic_save, atomic_write_text, fingerprint
 from ..config import Config
 from ..decoding import decode
-from ..evaluate import evaluate, true_reward_kind
-from ..policy.value import td_update, value_spearman
+from ..evaluate import evaluate, true_reward_kind, value_quality
+from ..values import LikelihoodValue
 from ..world import World
 from ..world.rewards import rewards
 from . import distributed
 from .advantages import reward_range, sibling_contrast
 from .losses import policy_loss
+from .value_learning import td_update
 
 
 @dataclass
@@ -73,8 +74,11 @@ def _step_seed(seed: int, step: int) -> int:
 
 def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Path | None = None,
           progress: bool = True, say: Callable[[str], None] = print, resume: bool = True,
-          on_step: Callable[[dict], None] | None = None) -> TrainResult:
+          on_step: Callable[[dict], None] | None = None, decode_value=None) -> TrainResult:
     """Run ``cfg.rl.steps`` steps of the loop on ``policy`` (in place) and return it with its log.
+
+    VED decodes with ``value_head`` unless ``decode_value`` (a scorer of ``vstar_toy.values``, e.g.
+    the world's oracle) is given; the head learns by TD either way.
 
     With ``run_dir``, metrics and checkpoints are written there, and an existing run with the same
     config resumes from its last checkpoint (``resume=False`` starts over). ``on_step(row)`` is
@@ -82,7 +86,7 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
     with the same arguments; ``cfg.rl.batch_queries`` must be divisible by the number of processes.
     """
     rl, dcfg = cfg.rl, cfg.decode
-    if dcfg.decoder == "ved" and value_head is None:
+    if dcfg.decoder == "ved" and value_head is None and decode_value is None:
         raise ValueError("training with the ved decoder needs a value head (see pipeline.value_model)")
     rank, world_size = distributed.rank_and_size()
     distributed.check_batch(rl.batch_queries, world_size)
@@ -138,7 +142,8 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
                initial=start, total=rl.steps)
     for step in bar:
         t0 = time.perf_counter()
-        row = train_step(world, policy, reference, value_head, opt, vopt, cfg, step, model=ddp)
+        row = train_step(world, policy, reference, value_head, opt, vopt, cfg, step, model=ddp,
+                         decode_value=decode_value)
         if main and ((step + 1) % rl.eval_every == 0 or step + 1 == rl.steps):
             row.update(evaluate_policy(world, policy, value_head, val, eval_cfg, seed=rl.seed))
         row["seconds"] = time.perf_counter() - t0
@@ -155,7 +160,7 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
 
 
 def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Config, step: int,
-               model: torch.nn.Module | None = None) -> dict:
+               model: torch.nn.Module | None = None, decode_value=None) -> dict:
     """One step of the loop; returns its log row. ``model`` computes the update's log-probs: the DDP
     wrapper of ``policy`` under torchrun (its backward averages gradients over ranks), else ``policy``."""
     rl, dcfg = cfg.rl, cfg.decode
@@ -164,8 +169,9 @@ def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Conf
     # 1. decode with the behaviour policy
     policy.eval()
     with torch.no_grad():
+        guide = decode_value if decode_value is not None else value_head
         cands = decode(policy, q.histories, dataclasses.replace(dcfg, seed=distributed.rank_seed(seed % (2**31))),
-                       value_head)
+                       guide.bind(q) if guide is not None else None)
     items, valid = cands.items.numpy(), cands.valid
     # 2. rewards: what the learner sees, and (for the log) the truth
     r = torch.as_tensor(rewards(world, rl.reward, q.users, q.targets, items, cands.logp.numpy()), dtype=torch.float32)
@@ -213,10 +219,11 @@ def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Conf
 
 
 def evaluate_policy(world: World, policy, value_head, queries, eval_cfg, seed: int = 0) -> dict:
-    """Validation HR@10 / NDCG@10 by beam search, and the Spearman of V and log pi per level."""
+    """Validation HR@10 / NDCG@10 by beam search, and the Spearman of V and log pi per level (Fig. 3)."""
     m, _ = evaluate(world, policy, queries, eval_cfg)
     out = {"valid_hr@10": m["hr@10"], "valid_ndcg@10": m["ndcg@10"]}
-    rho = value_spearman(policy, value_head, world, queries.take(slice(0, 128)), seed=seed)
+    scorers = {"logp": LikelihoodValue()} | ({"value": value_head} if value_head is not None else {})
+    rho = value_quality(world, policy, queries.take(slice(0, 128)), scorers, seed=seed)
     for lvl in range(world.catalog.levels):
         out[f"rho_logp_l{lvl + 1}"] = rho["logp"][lvl]
         out[f"rho_value_l{lvl + 1}"] = rho["value"][lvl] if value_head is not None else math.nan

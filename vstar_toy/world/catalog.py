@@ -290,16 +290,62 @@ class Catalog:
                 )
             node = nxt
 
+    def node_mean(self, values: np.ndarray) -> np.ndarray:
+        """Mean of per-item ``values`` (..., N) over the items below every trie node: (..., n_nodes).
+        Node 0 (the root) holds the mean over the whole catalog; a leaf, its item's value.
+
+        >>> cat = Catalog.from_sids(np.array([[0, 0], [0, 1], [1, 0]]), np.eye(3), (2, 2))
+        >>> cat.node_mean(np.array([1.0, 3.0, 8.0])).tolist()  # root, prefixes 0 and 1, the 3 leaves
+        [4.0, 2.0, 8.0, 1.0, 3.0, 8.0]
+        """
+        v = np.asarray(values, dtype=np.float64)[..., self.order]
+        csum = np.concatenate([np.zeros(v.shape[:-1] + (1,)), np.cumsum(v, -1)], -1)
+        return (csum[..., self.hi] - csum[..., self.lo]) / (self.hi - self.lo)
+
+    def node_max(self, values: np.ndarray) -> np.ndarray:
+        """Max of per-item ``values`` (..., N) over the items below every trie node: (..., n_nodes)."""
+        v = np.asarray(values, dtype=np.float64)[..., self.order]
+        out = np.empty(v.shape[:-1] + (self.n_nodes,))
+        for level in range(self.levels + 1):
+            nodes = self.nodes_at(level)  # their item slices partition the sorted catalog, in order
+            out[..., nodes] = np.maximum.reduceat(v, self.lo[nodes], axis=-1)
+        return out
+
     def prefix_mean(self, values: np.ndarray, level: int) -> np.ndarray:
         """Mean of per-item ``values`` (..., N) over the items below each depth-``level`` node.
 
         Returns (..., n_nodes_at_level), in the order of :meth:`nodes_at`.
         """
-        nodes = self.nodes_at(level)
-        v = np.asarray(values, dtype=np.float64)[..., self.order]
-        csum = np.concatenate([np.zeros(v.shape[:-1] + (1,)), np.cumsum(v, -1)], -1)
-        lo, hi = self.lo[nodes], self.hi[nodes]
-        return (csum[..., hi] - csum[..., lo]) / (hi - lo)
+        return self.node_mean(values)[..., self.nodes_at(level)]
+
+    @property
+    def node_centroids(self) -> np.ndarray:
+        """(n_nodes, D) float32: the mean embedding of the items below each node (cached). The
+        catalog-wide version of Eq. 7's prefix embedding, which averages a sampled bucket instead."""
+        cached = self.__dict__.get("_node_centroids")
+        if cached is None:
+            cached = self.node_mean(self.embeddings.T).T.astype(np.float32)
+            object.__setattr__(self, "_node_centroids", cached)
+        return cached
+
+    def history_centroid(self, histories: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, D) the mean embedding of each history's items (B, H), -1 left-padding ignored; zeros
+        for an empty history. What the semantic value reads as the user's side."""
+        h = torch.as_tensor(np.asarray(histories) if not isinstance(histories, torch.Tensor) else histories)
+        emb = torch.as_tensor(self.embeddings).to(h.device)
+        real = (h >= 0).to(emb.dtype)[..., None]
+        return (emb[h.clamp_min(0)] * real).sum(-2) / real.sum(-2).clamp_min(1.0)
+
+    def prefix_nodes(self, sids: torch.Tensor) -> torch.Tensor:
+        """(..., L) trie node of every prefix y_<=1 .. y_<=L of SIDs (..., L), as torch. SIDs must be
+        in the catalog; a padding SID (-1 codes) gets some valid node, which callers mask."""
+        child = self.child_t.to(sids.device)
+        node = torch.zeros(sids.shape[:-1], dtype=torch.long, device=sids.device)
+        out = []
+        for lvl in range(sids.shape[-1]):
+            node = child[node, sids[..., lvl].clamp_min(0)].clamp_min(0)
+            out.append(node)
+        return torch.stack(out, -1)
 
     def prefix_logsumexp(self, logp: np.ndarray, level: int) -> np.ndarray:
         """log sum exp of per-item log-probabilities (..., N) below each depth-``level`` node."""

@@ -121,6 +121,17 @@ class World:
         items = np.asarray(items)
         return np.einsum("bd,b...d->b...", u, emb[items])
 
+    def prefix_values(self, users: np.ndarray, reduce: str = "mean") -> np.ndarray:
+        """The oracle value of every prefix for each user: (B, n_nodes), the mean (or ``reduce="max"``)
+        true reward a(u, i) of the catalog items below each trie node. A learned V_phi estimates the
+        mean version from sampled returns (Eq. 5-9); the max is what a perfect search could still reach."""
+        aff = self.affinity(users)
+        if reduce == "mean":
+            return self.catalog.node_mean(aff)
+        if reduce == "max":
+            return self.catalog.node_max(aff)
+        raise ValueError(f"reduce = {reduce!r} is invalid: expected mean or max")
+
     def logged_logprobs(self, users: np.ndarray) -> np.ndarray:
         """(B, N) log P_log(i | u), the behaviour the logs (and so SFT) follow."""
         self._need_truth()
