@@ -115,6 +115,8 @@ def test_decoding_page_switches_ved_to_the_oracle_value(open_page):
     oracle = frame_with(at, "V(y)")  # beam search's candidates, now scored by the oracle
     np.testing.assert_allclose(oracle["V(y)"], oracle["true reward"], atol=1e-3)
     assert not np.allclose(learned["V(y)"], learned["true reward"], atol=1e-3)
+    quality = frame_with(at, "level 1")  # the values' Spearman with the true prefix reward
+    assert set(quality["value"]) == {"learned", "logp", "oracle", "cosine"}
 
 
 def test_advantages_page_toy_set(open_page):

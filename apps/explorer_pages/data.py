@@ -33,6 +33,7 @@ import torch
 from vstar_toy import metrics, plots
 from vstar_toy.config import Config, DecodeConfig, preset
 from vstar_toy.decoding import beam_search, decode
+from vstar_toy.evaluate import scorers, value_quality
 from vstar_toy.pipeline import build_world, sft_policy, value_model
 from vstar_toy.rl import advantages as adv
 from vstar_toy.rl.train import train
@@ -228,6 +229,16 @@ def decode_user(preset_name: str, user: int, budget_x: float, warm_beam: int, la
         })
     out["summary"] = pd.DataFrame(rows)
     return out
+
+
+@st.cache_data(show_spinner="Measuring how each value ranks prefixes...")
+def value_quality_table(preset_name: str) -> pd.DataFrame:
+    """Per level, Spearman's rho with the true prefix reward of V_phi, log pi, the world's oracle and
+    the no-learning cosine (Fig. 3's protocol on 100 validation users; ``evaluate.value_quality``)."""
+    m = load_models(preset_name)
+    rho = value_quality(m.world, m.policy, m.world.queries("valid", n=100), scorers(m.world, m.head))
+    return pd.DataFrame([{"value": name, **{f"level {lvl + 1}": r for lvl, r in enumerate(v)}}
+                         for name, v in rho.items()])
 
 
 # ----------------------------------------------------------------------------------------------

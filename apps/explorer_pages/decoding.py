@@ -89,6 +89,11 @@ def page(settings: Settings) -> None:
         show(plots.budget_split(res["summary"]))
     with right:
         st.dataframe(res["summary"].set_index("decoder").round(3).T.astype(str))
+    st.subheader("Is it the value or the search?")
+    st.caption("How well each value ranks prefixes by their true reward: Spearman's rho per level (Fig. 3's "
+               "protocol, 100 validation users). VED can only beat beam search where its value is above log pi; "
+               "the oracle is the world's truth, and the gap to it is the learned value's.")
+    st.dataframe(data.value_quality_table(settings.preset).round(3), hide_index=True)
     st.caption("Models: " + "; ".join(data.load_models(settings.preset).notes))
     show_source(settings, [beam_search, ved_decode, priority, ValueHead, OracleValue, metrics.diversity,
                            plots.decoding_tree, plots.budget_split])

@@ -133,7 +133,8 @@ def claim_5(runner: Runner) -> pd.DataFrame:
 def claim_6(runner: Runner) -> pd.DataFrame:
     """Fig. 3: 64 temperature-1.5 samples per query; per level, Spearman of V and of log pi with the
     prefix reward. V > log pi at every level (V-STAR's model), and on log pi V-STAR > beam+GRPO > SFT
-    (mean over levels)."""
+    (mean over levels). The world's oracle and the no-learning cosine are reported beside V, outside
+    the verdict."""
     levels = runner.base.world.levels
 
     def rho(key):
@@ -144,22 +145,23 @@ def claim_6(runner: Runner) -> pd.DataFrame:
             else:
                 policy, head = runner.trained(seed, *key[1:])
             q = runner.test_queries(seed).take(slice(0, 200))
-            r = value_quality(w, policy, q, {"logp": scorers(w)["logp"], "value": head}, n_candidates=64, seed=seed)
-            out = {f"logp_l{i + 1}": r["logp"][i] for i in range(levels)}
-            out.update({f"value_l{i + 1}": r["value"][i] for i in range(levels)})
+            r = value_quality(w, policy, q, {**scorers(w), "value": head}, n_candidates=64, seed=seed)
+            out = {f"{k}_l{i + 1}": r[k][i] for k in r for i in range(levels)}
             out["logp_mean"] = float(np.mean(r["logp"]))
             return out
         return fn
 
-    metrics = [f"{k}_l{i + 1}" for k in ("logp", "value") for i in range(levels)] + ["logp_mean"]
+    kinds = ("logp", "value", "cosine") + (("oracle",) if runner.world_loader is None else ())
+    metrics = [f"{k}_l{i + 1}" for k in kinds for i in range(levels)] + ["logp_mean"]
     per_seed = _collect(runner, {"SFT": rho(SFT), "beam+GRPO": rho(BEAM_GRPO), "V-STAR": rho(VSTAR)}, metrics)
     comps = [{"a": f"V-STAR value_l{i + 1}", "b": f"V-STAR logp_l{i + 1}", "metric": "spearman",
               **compare(per_seed["V-STAR"][f"value_l{i + 1}"], per_seed["V-STAR"][f"logp_l{i + 1}"])}
              for i in range(levels)]
     comps += _chain(per_seed, ["V-STAR", "beam+GRPO", "SFT"], "logp_mean")
-    for arm in ("SFT", "beam+GRPO"):  # the value head is V-STAR's; the others have none in Fig. 3
-        for i in range(levels):
-            per_seed[arm].pop(f"value_l{i + 1}")
+    for arm in ("SFT", "beam+GRPO"):  # the value head is V-STAR's; the oracle and cosine are reported once
+        for k in kinds[1:]:
+            for i in range(levels):
+                per_seed[arm].pop(f"{k}_l{i + 1}")
     return _frame(6, "Fig. 3: Spearman(V, R) > Spearman(log pi, R); V-STAR > beam+GRPO > SFT on log pi",
                   per_seed, "logp_mean", comps, combine([c["verdict"] for c in comps]))
 

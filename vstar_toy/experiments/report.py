@@ -58,15 +58,16 @@ def _save(fig, path: Path) -> None:
 def fig_spearman(df: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     series = [("SFT", "logp", "P (SFT)"), ("beam+GRPO", "logp", "P (beam+GRPO)"), ("V-STAR", "logp", "P (V-STAR)"),
-              ("V-STAR", "value", "V (V-STAR)")]
+              ("V-STAR", "value", "V (V-STAR)"), ("V-STAR", "cosine", "cosine (no learning)"),
+              ("V-STAR", "oracle", "oracle (the truth)")]
     levels = sorted({int(m.split("_l")[1]) for m in df.metric if "_l" in m})
     width = 0.8 / len(series)
     for i, (arm, kind, label) in enumerate(series):
         sub = df[(df.arm == arm) & df.metric.isin([f"{kind}_l{lv}" for lv in levels])]
         if sub.empty:
             continue
-        ax.bar(np.arange(len(sub)) + (i - 1.5) * width, sub["mean"], width, yerr=_ci_err(sub), label=label,
-               capsize=2)
+        ax.bar(np.arange(len(sub)) + (i - (len(series) - 1) / 2) * width, sub["mean"], width, yerr=_ci_err(sub),
+               label=label, capsize=2)
     ax.set_xticks(range(len(levels)), [f"level {lv}" for lv in levels])
     ax.set_ylabel("Spearman rho with prefix reward")
     ax.axhline(0, color="k", lw=0.5)
@@ -98,8 +99,9 @@ def fig_mismatch(df: pd.DataFrame, path: Path) -> None:
             continue
         g["m"] = g.arm.str.removeprefix("m=").astype(float)
         g = g.sort_values("m")
-        ax.errorbar(g.m, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, ls="--" if "oracle" in metric else "-",
-                    label=metric.replace("oracle ", "") + (" (VED with the oracle value)" if "oracle" in metric else ""))
+        oracle = metric.startswith("oracle ")
+        ax.errorbar(g.m, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, ls="--" if oracle else "-",
+                    label=metric.removeprefix("oracle ") + (" (VED with the oracle value)" if oracle else ""))
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("mismatch m")
     ax.set_ylabel("VED minus beam search")

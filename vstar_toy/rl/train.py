@@ -42,8 +42,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import atomic_save, atomic_write_text, fingerprint
 from ..config import Config
 from ..decoding import decode
-from ..evaluate import evaluate, true_reward_kind, value_quality
-from ..values import LikelihoodValue
+from ..evaluate import evaluate, scorers, true_reward_kind, value_quality
 from ..world import World
 from ..world.rewards import rewards
 from . import distributed
@@ -219,12 +218,15 @@ def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Conf
 
 
 def evaluate_policy(world: World, policy, value_head, queries, eval_cfg, seed: int = 0) -> dict:
-    """Validation HR@10 / NDCG@10 by beam search, and the Spearman of V and log pi per level (Fig. 3)."""
+    """Validation HR@10 / NDCG@10 by beam search, and per level the Spearman with the prefix reward
+    (Fig. 3) of V_phi (``rho_value_l*``, NaN without a head), log pi, and (``evaluate.scorers``) the
+    world's oracle and the no-learning cosine where the world has them."""
     m, _ = evaluate(world, policy, queries, eval_cfg)
     out = {"valid_hr@10": m["hr@10"], "valid_ndcg@10": m["ndcg@10"]}
-    scorers = {"logp": LikelihoodValue()} | ({"value": value_head} if value_head is not None else {})
-    rho = value_quality(world, policy, queries.take(slice(0, 128)), scorers, seed=seed)
+    rho = value_quality(world, policy, queries.take(slice(0, 128)), scorers(world, value_head), seed=seed)
     for lvl in range(world.catalog.levels):
-        out[f"rho_logp_l{lvl + 1}"] = rho["logp"][lvl]
-        out[f"rho_value_l{lvl + 1}"] = rho["value"][lvl] if value_head is not None else math.nan
+        out[f"rho_value_l{lvl + 1}"] = rho["learned"][lvl] if value_head is not None else math.nan
+        for name in ("logp", "oracle", "cosine"):
+            if name in rho:
+                out[f"rho_{name}_l{lvl + 1}"] = rho[name][lvl]
     return out
