@@ -19,6 +19,7 @@ All ratios are measured in the same run, on the same machine; the table says whi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -32,6 +33,7 @@ from vstar_toy.config import Config, DecodeConfig
 from vstar_toy.decoding import budget_tokens, decode
 from vstar_toy.policy.base import SEP
 from vstar_toy.policy.value import ValueHead
+from vstar_toy.values import OracleValue
 
 DECODERS = ("beam", "topk", "temperature", "ved")
 
@@ -82,15 +84,18 @@ def naive_beam_search(policy, history: np.ndarray, width: int) -> tuple[list[tup
 # timing
 
 
-def time_decoder(policy, head, histories: np.ndarray, cfg: DecodeConfig, batch: int, repeats: int) -> dict:
-    """Decode all ``histories`` in batches; one warm-up pass, then ``repeats`` timed passes."""
+def time_decoder(policy, value, histories: np.ndarray, cfg: DecodeConfig, batch: int, repeats: int,
+                 queries=None) -> dict:
+    """Decode all ``histories`` in batches; one warm-up pass, then ``repeats`` timed passes. ``value``
+    is a value head, or (with the ``queries`` of the histories) any scorer of ``vstar_toy.values``."""
 
     def one_pass():
         sets = []
         t0 = time.perf_counter()
         with torch.no_grad():
             for s in range(0, len(histories), batch):
-                sets.append(decode(policy, histories[s : s + batch], cfg, head))
+                fn = value.bind(queries.take(slice(s, s + batch))) if queries is not None else value
+                sets.append(decode(policy, histories[s : s + batch], cfg, fn))
         return time.perf_counter() - t0, sets
 
     _, sets = one_pass()  # warm-up (and the spend we report)
@@ -178,6 +183,12 @@ def main(argv=None) -> dict:
     for name in DECODERS:
         dcfg = DecodeConfig(decoder=name, n_candidates=C, warm_beam=b0, budget_x=1.0)
         rows[name] = time_decoder(policy, head, histories, dcfg, args.batch, args.repeats)
+    # what the value costs: the same search with the backbone-only head and with a table lookup (the oracle)
+    ved_cfg = DecodeConfig(decoder="ved", n_candidates=C, warm_beam=b0, budget_x=1.0)
+    backbone_head = ValueHead.for_policy(policy, dataclasses.replace(cfg.value, inputs="backbone")).eval()
+    rows["ved/backbone V"] = time_decoder(policy, backbone_head, histories, ved_cfg, args.batch, args.repeats)
+    rows["ved/oracle V"] = time_decoder(policy, OracleValue(world), histories, ved_cfg, args.batch, args.repeats,
+                                        queries=world.queries("test", n=args.queries, seed=0))
     # 2. the naive reference against the batched beam search
     naive = check_naive(policy, histories[: args.naive_queries], C, 1)
     beam_per_query = rows["beam"]["best_s"] / len(histories)
@@ -194,21 +205,24 @@ def main(argv=None) -> dict:
     print(f"sizes:   {sizes}")
     print(f"policy:  TinyPolicy d_model = {cfg.policy.d_model}, layers = {cfg.policy.n_layers}; world {world.name}")
     print()
-    print(f"| {'decoder':<12} | {'queries/s':>10} | {'ms/batch':>9} | {'median s':>9} | {'cost tok':>8} | "
+    print(f"| {'decoder':<14} | {'queries/s':>10} | {'ms/batch':>9} | {'median s':>9} | {'cost tok':>8} | "
           f"{'budget':>6} | {'expansion':>9} | {'valid':>5} |")
-    print(f"|{'-' * 14}|{'-' * 12}|{'-' * 11}|{'-' * 11}|{'-' * 10}|{'-' * 8}|{'-' * 11}|{'-' * 7}|")
+    print(f"|{'-' * 16}|{'-' * 12}|{'-' * 11}|{'-' * 11}|{'-' * 10}|{'-' * 8}|{'-' * 11}|{'-' * 7}|")
     n_batches = -(-len(histories) // args.batch)
     for name, r in rows.items():
-        print(f"| {name:<12} | {r['qps']:>10.0f} | {1e3 * r['best_s'] / n_batches:>9.1f} | {r['median_s']:>9.3f} | "
+        print(f"| {name:<14} | {r['qps']:>10.0f} | {1e3 * r['best_s'] / n_batches:>9.1f} | {r['median_s']:>9.3f} | "
               f"{r['mean_cost_tokens']:>8.1f} | {r['budget_tokens']:>6} | {r['expansion_tokens']:>9.1f} | "
               f"{r['valid_frac']:>5.2f} |")
-    print(f"| {'naive beam':<12} | {1 / naive['per_query_s']:>10.1f} | {'-':>9} | {'-':>9} | "
+    print(f"| {'naive beam':<14} | {1 / naive['per_query_s']:>10.1f} | {'-':>9} | {'-':>9} | "
           f"{naive['calls_per_query']:>8} | {'-':>6} | {'-':>9} | {'-':>5} |")
     print()
     verdict = "within" if ratio <= 1.5 else "ABOVE"
     print(f"VED / beam wall time at the same 1x budget: {ratio:.2f} "
           f"(best of {args.repeats}; median {ratio_median:.2f}) "
           f"-- {verdict} the 1.5 target")
+    print(f"VED's value, wall time over VED with the oracle's table lookup: semantic V_phi "
+          f"{rows['ved']['best_s'] / rows['ved/oracle V']['best_s']:.2f}, backbone-only V_phi "
+          f"{rows['ved/backbone V']['best_s'] / rows['ved/oracle V']['best_s']:.2f}")
     print(f"naive reference (1 query at a time, no KV cache, prompt re-encoded per node, "
           f"{naive['calls_per_query']} full passes/query) on {naive['queries']} queries: "
           f"{1e3 * naive['per_query_s']:.1f} ms/query vs batched+cached beam {1e3 * beam_per_query:.2f} ms/query "

@@ -110,7 +110,7 @@ class SearchTree:
     Per node (Q, cap): ``parent`` (-1 at the root), ``depth`` l, ``visits`` N(s) (Eq. 13), ``value`` V
     (NaN at the root, which has no value: Eq. 5 starts at l = 1), ``entropy`` H (Eq. 12; 0 at depth L),
     ``g`` the priority G (Eq. 11), ``cum`` log pi(y_<=l | x), ``n_valid`` the node's valid children in
-    the catalog, ``row`` its State in ``pool`` (-1: not forwarded, as every leaf), ``trie`` its trie
+    the catalog, ``n_children`` those in the tree, ``row`` its State in ``pool`` (-1: not forwarded, as every leaf), ``trie`` its trie
     node; (Q, cap, L) ``sid`` and ``token_logp``; (Q, cap, K) ``child``: the local index of each child
     code in the tree, -1 if absent. Per query (Q,): ``count`` nodes, ``cost`` forward tokens spent,
     ``warmup`` of which by the warm start. ``pool``: the States of the forwarded nodes;
@@ -125,6 +125,7 @@ class SearchTree:
     g: torch.Tensor
     cum: torch.Tensor
     n_valid: torch.Tensor
+    n_children: torch.Tensor
     row: torch.Tensor
     trie: torch.Tensor
     sid: torch.Tensor
@@ -137,8 +138,8 @@ class SearchTree:
     child_trie: torch.Tensor
     n_pool: int = 0
 
-    NODE_FIELDS = ("parent", "depth", "visits", "value", "entropy", "g", "cum", "n_valid", "row", "trie", "sid",
-                   "token_logp", "child")
+    NODE_FIELDS = ("parent", "depth", "visits", "value", "entropy", "g", "cum", "n_valid", "n_children", "row",
+                   "trie", "sid", "token_logp", "child")
 
     @classmethod
     def empty(cls, q: int, levels: int, k: int, root: State, pool_rows: int, child_trie: torch.Tensor,
@@ -147,7 +148,8 @@ class SearchTree:
         return cls(
             parent=torch.full((q, cap), -1, **long), depth=torch.zeros(q, cap, **long), visits=torch.zeros(q, cap),
             value=torch.zeros(q, cap), entropy=torch.zeros(q, cap), g=torch.zeros(q, cap), cum=torch.zeros(q, cap),
-            n_valid=torch.zeros(q, cap, **long), row=torch.full((q, cap), -1, **long),
+            n_valid=torch.zeros(q, cap, **long), n_children=torch.zeros(q, cap, **long),
+            row=torch.full((q, cap), -1, **long),
             trie=torch.zeros(q, cap, **long), sid=torch.full((q, cap, levels), -1, **long),
             token_logp=torch.zeros(q, cap, levels), child=torch.full((q, cap, k), -1, **long),
             count=torch.zeros(q, **long), cost=torch.zeros(q, **long), warmup=torch.zeros(q, **long),
@@ -192,6 +194,8 @@ class SearchTree:
         has_parent = parent >= 0
         code = sid[torch.arange(len(qs)), (depth - 1).clamp_min(0)]
         self.child[qs[has_parent], parent[has_parent], code[has_parent]] = loc[has_parent]
+        self.n_children.index_put_((qs[has_parent], parent[has_parent]), torch.ones_like(loc[has_parent]),
+                                   accumulate=True)
         if states is None:
             entropy, n_valid = torch.zeros(len(qs)), torch.zeros(len(qs), dtype=torch.long)
         else:
@@ -206,15 +210,15 @@ class SearchTree:
 
     def exhausted(self) -> torch.Tensor:
         """(Q, cap) bool: nothing can be added below the node (it is a leaf, or every valid child is
-        in the tree and exhausted). Selection skips these."""
-        q, cap, k = self.child.shape
+        in the tree and exhausted). Selection skips these. Bottom-up, one depth at a time: a node's
+        count of exhausted children is a scatter over its children's parent indices."""
         exists = self.exists
         out = exists & (self.depth == self.levels)
-        full = (self.child >= 0).sum(-1) >= self.n_valid
+        has_parent = exists & (self.parent >= 0)
         for d in range(self.levels - 1, -1, -1):
-            kids = out.gather(1, self.child.clamp_min(0).reshape(q, -1)).reshape(q, cap, k)
-            all_kids = torch.where(self.child >= 0, kids, True).all(-1)
-            out |= exists & (self.depth == d) & full & all_kids
+            done_kids = torch.zeros_like(self.n_children).scatter_add_(
+                1, self.parent.clamp_min(0), (out & has_parent & (self.depth == d + 1)).long())
+            out |= exists & (self.depth == d) & (self.n_children >= self.n_valid) & (done_kids == self.n_children)
         return out
 
     def depth_means(self) -> torch.Tensor:
@@ -338,8 +342,7 @@ def triggered(tree: SearchTree, path: torch.Tensor, active: torch.Tensor, budget
     on = path >= 0
     node = path.clamp_min(0)
     depth = tree.depth.gather(1, node)
-    n_kids = (tree.child.gather(1, node[..., None].expand(-1, -1, tree.child.shape[-1])) >= 0).sum(-1)
-    open_ = on & (n_kids < tree.n_valid.gather(1, node)) & active[:, None]
+    open_ = on & (tree.n_children.gather(1, node) < tree.n_valid.gather(1, node)) & active[:, None]
     gate = expansion_gate(tree.g.gather(1, node).double(), tree.depth_means().gather(1, depth))
     gate[:, 0] = root_gate == "open"
     deepest = open_ & (open_.long().flip(1).cumsum(1).flip(1) == 1)
@@ -495,7 +498,7 @@ def to_prefix_tree(tree: SearchTree) -> PrefixTree:
     offset = torch.cumsum(tree.count, 0) - tree.count
     parent = tree.parent[qs, loc]
     d = tree.depth[qs, loc]
-    n_kids = (tree.child[qs, loc] >= 0).sum(-1)
+    n_kids = tree.n_children[qs, loc]
     return PrefixTree(
         query=qs.numpy(), parent=torch.where(parent >= 0, offset[qs] + parent, -1).numpy(), depth=d.numpy(),
         token=torch.where(d > 0, tree.sid[qs, loc].gather(1, (d - 1).clamp_min(0)[:, None]).squeeze(1), -1).numpy(),
