@@ -39,8 +39,8 @@ from vstar_toy.config import PRESETS, preset
 from vstar_toy.decoding import decode
 from vstar_toy.policy.tiny import naive_logprobs
 from vstar_toy.policy.value import ValueHead
-from vstar_toy.rl.losses import policy_loss
-from vstar_toy.rl.train import train_step
+from vstar_toy.rl.losses import loss_kwargs, policy_loss
+from vstar_toy.rl.train import train_step, training_state
 from vstar_toy.world.rewards import rewards
 
 DECODERS = ("beam", "ved")
@@ -65,23 +65,19 @@ def load_models(world, cfg, say):
 
 
 class Runner:
-    """One decoder x objective: the state ``train()`` sets up before its loop (a copy of the policy, the
-    frozen reference, the optimisers), stepped by ``train_step``, the body of that loop."""
+    """One decoder x objective: the state ``train()`` sets up before its loop (``training_state``: a copy
+    of the policy, the frozen reference, the optimisers), stepped by ``train_step``, the loop's body."""
 
     def __init__(self, world, policy, head, cfg, decoder: str, objective: str):
         self.world = world
         self.cfg = cfg.replace(rl={"objective": objective}, decode={"decoder": decoder})
-        self.policy = copy.deepcopy(policy)
-        self.head = copy.deepcopy(head) if decoder == "ved" else None
-        self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.rl.lr)
-        self.vopt = torch.optim.Adam(self.head.parameters(), lr=cfg.value.lr) if self.head is not None else None
+        self.state = training_state(copy.deepcopy(policy), self.cfg, copy.deepcopy(head) if decoder == "ved" else None)
         self.seconds: list[float] = []
         self.rewards: list[float] = []
 
     def step(self, step: int) -> None:
         t0 = time.perf_counter()
-        row = train_step(self.world, self.policy, self.reference, self.head, self.opt, self.vopt, self.cfg, step)
+        row = train_step(self.world, self.state, self.cfg, step)
         self.seconds.append(time.perf_counter() - t0)
         self.rewards.append(row["reward"])
 
@@ -121,12 +117,6 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def loss_kwargs(cfg) -> dict:
-    rl = cfg.rl
-    return dict(grpo_weight=rl.grpo_weight, sibling_weight=rl.sibling_weight, kl_coef=rl.kl_coef,
-                clip_eps=rl.clip_eps, eps=rl.adv_eps)
-
-
 def time_losses(batch: dict, cfg, repeats: int) -> dict:
     """Forward + backward of each objective on fixed (B, C, L) log-probs."""
     g = torch.Generator().manual_seed(0)
@@ -137,7 +127,7 @@ def time_losses(batch: dict, cfg, repeats: int) -> dict:
         def one(objective=objective):
             logp = base.clone().requires_grad_(True)
             loss, _ = policy_loss(objective, logp, old, ref, batch["sids"], batch["rewards"], batch["valid"],
-                                  **loss_kwargs(cfg))
+                                  **loss_kwargs(cfg.rl))
             loss.backward()
         out[objective] = best_of(one, repeats * 4)
     return out
@@ -153,7 +143,7 @@ def time_logprobs(policy, batch: dict, cfg, repeats: int) -> dict:
     def step(fn):
         policy.zero_grad()
         new = fn(policy, hist, sids)
-        loss, _ = policy_loss("joint", new, old, old, sids, r, valid, **loss_kwargs(cfg))
+        loss, _ = policy_loss("joint", new, old, old, sids, r, valid, **loss_kwargs(cfg.rl))
         loss.backward()
         return new.detach(), [p.grad.clone() for p in policy.parameters()]
 

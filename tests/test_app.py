@@ -122,9 +122,17 @@ def test_decoding_page_switches_ved_to_the_oracle_value(open_page):
 def test_advantages_page_toy_set(open_page):
     at = open_page("advantages")  # the toy set first
     assert len(at.get("image")) == 3  # the bounds and two trees
-    m = metrics(at)
+    m = metrics(at)  # the defaults: sample sigma, eps = 1e-4
     assert m["candidates n"] == "8"
-    assert math.isclose(float(m["sqrt(n - 1)"]), math.sqrt(7), rel_tol=1e-2)
+    assert math.isclose(float(m["Samuelson's bound"]), 7 / math.sqrt(8), rel_tol=1e-2)
+    assert float(m["max |A|"]) <= 7 / math.sqrt(8)
+    table = frame_with(at, "A GRPO (Eq. 2)")
+    assert table["A_node depth 3 (Eq. 18)"].round(2).tolist()[:2] == [-0.70, 0.70]  # two siblings: -+1/sqrt(2)
+    at.radio(key="adv_ddof").set_value(0)  # the population sigma
+    at.select_slider(key="adv_eps").set_value(1e-6)
+    ok(at.run())
+    m = metrics(at)
+    assert math.isclose(float(m["Samuelson's bound"]), math.sqrt(7), rel_tol=1e-2)
     assert float(m["max |A|"]) <= math.sqrt(7)
     assert float(m["contrast, Sibling-GRPO"]) == pytest.approx(1.0, abs=1e-3)
     assert float(m["contrast, GRPO"]) < 1.0

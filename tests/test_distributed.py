@@ -32,8 +32,8 @@ from vstar_toy.rl import distributed
 from vstar_toy.rl.train import train
 
 WORLD_SIZE = 2
-LOGGED = ["reward", "true_reward", "max_true_reward", "hit", "reward_range", "adv_spread_global",
-          "adv_spread_sibling", "value_loss", "loss_grpo", "loss_sibling", "loss_kl"]
+LOGGED = ["reward", "reward_std", "zero_var_share", "sibling_signal_share", "true_reward", "max_true_reward", "hit",
+          "adv_spread_global", "adv_spread_sibling", "value_loss", "loss_grpo", "loss_sibling", "loss_kl"]
 
 
 def config():

@@ -42,17 +42,19 @@ def surrogate(logp: float, old: float, a: float, clip_eps: float) -> tuple[float
     return clipped * a, 0.0
 
 
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (ddof = 0, the convention of rl/advantages.py)."""
+def mean_std(xs: list[float], ddof: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation dividing by n - ddof (0 for n <= ddof): ddof = 0 the population
+    std, 1 the sample std (both conventions of rl/advantages.py)."""
     mu = sum(xs) / len(xs)
-    return mu, math.sqrt(sum((x - mu) ** 2 for x in xs) / len(xs))
+    return mu, (math.sqrt(sum((x - mu) ** 2 for x in xs) / (len(xs) - ddof)) if len(xs) > ddof else 0.0)
 
 
-def sibling_oracle(sids, rewards, valid, logp, old, clip_eps=CLIP, eps=EPS):
+def sibling_oracle(sids, rewards, valid, logp, old, clip_eps=CLIP, eps=EPS, ddof=0, norm="candidates"):
     """-J_sib of Eq. 19 averaged over queries, and its gradient with respect to ``logp`` (B, C, L).
 
     The token v under parent h is one node of the tree however many candidates pass through it; its
-    log-prob is read from the first of them (lowest index), so the gradient lands there.
+    log-prob is read from the first of them (lowest index), so the gradient lands there. Each query's
+    sum is divided by |C(x)| (``norm = "candidates"``, Eq. 19 as written) or |C(x)| * L (``"tokens"``).
     """
     sids, rewards, valid, logp, old = (t.tolist() for t in (sids, rewards, valid, logp, old))
     B, C, L = len(sids), len(sids[0]), len(sids[0][0])
@@ -60,6 +62,7 @@ def sibling_oracle(sids, rewards, valid, logp, old, clip_eps=CLIP, eps=EPS):
     loss = 0.0
     for b in range(B):
         cands = [i for i in range(C) if valid[b][i]]
+        per_query = len(cands) * (L if norm == "tokens" else 1)
         j_sib = 0.0
         for depth in range(1, L + 1):
             # Eq. 15: the sibling group G(h) of every parent prefix h at depth - 1
@@ -72,18 +75,18 @@ def sibling_oracle(sids, rewards, valid, logp, old, clip_eps=CLIP, eps=EPS):
                 for i in members:
                     nodes.setdefault(sids[b][i][depth - 1], []).append(i)
                 r_bar = {v: sum(rewards[b][i] for i in g) / len(g) for v, g in nodes.items()}
-                mu_h, sigma_h = mean_std(list(r_bar.values()))
+                mu_h, sigma_h = mean_std(list(r_bar.values()), ddof)
                 for v, g in nodes.items():
                     a_node = (r_bar[v] - mu_h) / (sigma_h + eps)  # Eq. 18
                     i = min(g)
                     s, ds = surrogate(logp[b][i][depth - 1], old[b][i][depth - 1], a_node, clip_eps)
-                    j_sib += s / len(cands)  # Eq. 19: (1 / |C(x)|) sum_l sum_h sum_v A_node rho
-                    grad[b][i][depth - 1] = -ds / len(cands) / B
+                    j_sib += s / per_query  # Eq. 19: (1 / |C(x)|) sum_l sum_h sum_v A_node rho
+                    grad[b][i][depth - 1] = -ds / per_query / B
         loss -= j_sib / B
     return loss, torch.tensor(grad, dtype=torch.float64)
 
 
-def grpo_oracle(rewards, valid, logp, old, clip_eps=CLIP, eps=EPS):
+def grpo_oracle(rewards, valid, logp, old, clip_eps=CLIP, eps=EPS, ddof=0):
     """-J_GRPO: the advantage of Eq. 2 on every token, averaged over the valid tokens of the batch."""
     rewards, valid, logp, old = (t.tolist() for t in (rewards, valid, logp, old))
     B, C, L = len(logp), len(logp[0]), len(logp[0][0])
@@ -92,7 +95,7 @@ def grpo_oracle(rewards, valid, logp, old, clip_eps=CLIP, eps=EPS):
     loss = 0.0
     for b in range(B):
         cands = [i for i in range(C) if valid[b][i]]
-        mu, sigma = mean_std([rewards[b][i] for i in cands])
+        mu, sigma = mean_std([rewards[b][i] for i in cands], ddof)
         for i in cands:
             a = (rewards[b][i] - mu) / (sigma + eps)  # Eq. 2
             for t in range(L):
@@ -170,7 +173,7 @@ def test_sibling_gradient_worked_by_hand():
     old = logp.detach().clone()
     old[0, :3, 0] -= math.log(1.1)  # the node y_1 = 0, shared by y0, y1, y2
     old[0, 3, 0] -= math.log(0.7)
-    loss, grad = autograd(sibling_loss, logp, old, HAND_SIDS, HAND_R, HAND_VALID, CLIP, EPS)
+    loss, grad = autograd(sibling_loss, logp, old, HAND_SIDS, HAND_R, HAND_VALID, CLIP, EPS, 0, "candidates")
     expected = torch.zeros(1, 4, 3, dtype=torch.float64)
     expected[0, 0, 0] = -1.1 * a / 4
     expected[0, 0, 2] = a / 4
@@ -181,6 +184,10 @@ def test_sibling_gradient_worked_by_hand():
     ref_loss, ref_grad = sibling_oracle(HAND_SIDS, HAND_R, HAND_VALID, logp.detach(), old)
     assert loss.item() == pytest.approx(ref_loss, rel=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15)
+    # the default reading divides by |C| * L = 12 instead of |C| = 4: the same direction, a third of it
+    loss_t, grad_t = autograd(sibling_loss, logp, old, HAND_SIDS, HAND_R, HAND_VALID, CLIP, EPS, 0)
+    torch.testing.assert_close(loss_t, loss / 3, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grad_t, grad / 3, rtol=1e-12, atol=1e-15)
 
 
 def test_grpo_gradient_worked_by_hand():
@@ -189,8 +196,8 @@ def test_grpo_gradient_worked_by_hand():
     rho = 1 the loss is -sum(A) * 3 / 12 = 0 and d/d logp[i, t] = -A_i / 12 (12 valid tokens)."""
     adv = torch.tensor([-0.5, 1.5, 0.5, -1.5], dtype=torch.float64) / (math.sqrt(1.25) + EPS)
     logp = torch.full((1, 4, 3), -1.0, dtype=torch.float64, requires_grad=True)
-    loss, grad = autograd(grpo_loss, logp, logp.detach(), HAND_R, HAND_VALID, CLIP, EPS)
-    torch.testing.assert_close(grpo_advantages(HAND_R, EPS), adv[None])
+    loss, grad = autograd(grpo_loss, logp, logp.detach(), HAND_R, HAND_VALID, CLIP, EPS, 0)
+    torch.testing.assert_close(grpo_advantages(HAND_R, EPS, ddof=0), adv[None])
     assert abs(loss.item()) < 1e-15
     torch.testing.assert_close(grad, (-adv / 12)[None, :, None].expand(1, 4, 3), rtol=1e-12, atol=1e-15)
 
@@ -199,24 +206,45 @@ def test_grpo_gradient_worked_by_hand():
 # the vectorised losses against the loop oracle on random trees
 
 
+@pytest.mark.parametrize("ddof, norm", [(0, "candidates"), (1, "candidates"), (0, "tokens"), (1, "tokens")])
 @pytest.mark.parametrize("clip_eps", [CLIP, 0.0])
 @pytest.mark.parametrize("seed", range(6))
-def test_sibling_loss_matches_the_loop_oracle(seed, clip_eps):
+def test_sibling_loss_matches_the_loop_oracle(seed, clip_eps, ddof, norm):
     sids, rewards, valid, logp, old = random_batch(seed)
-    loss, grad = autograd(sibling_loss, logp, old, sids, rewards, valid, clip_eps, EPS)
-    ref_loss, ref_grad = sibling_oracle(sids, rewards, valid, logp.detach(), old, clip_eps)
+    loss, grad = autograd(sibling_loss, logp, old, sids, rewards, valid, clip_eps, EPS, ddof, norm)
+    ref_loss, ref_grad = sibling_oracle(sids, rewards, valid, logp.detach(), old, clip_eps, EPS, ddof, norm)
     assert loss.item() == pytest.approx(ref_loss, rel=1e-10, abs=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("ddof", [0, 1])
 @pytest.mark.parametrize("clip_eps", [CLIP, 0.0])
 @pytest.mark.parametrize("seed", range(6))
-def test_grpo_loss_matches_the_loop_oracle(seed, clip_eps):
+def test_grpo_loss_matches_the_loop_oracle(seed, clip_eps, ddof):
     _, rewards, valid, logp, old = random_batch(seed)
-    loss, grad = autograd(grpo_loss, logp, old, rewards, valid, clip_eps, EPS)
-    ref_loss, ref_grad = grpo_oracle(rewards, valid, logp.detach(), old, clip_eps)
+    loss, grad = autograd(grpo_loss, logp, old, rewards, valid, clip_eps, EPS, ddof)
+    ref_loss, ref_grad = grpo_oracle(rewards, valid, logp.detach(), old, clip_eps, EPS, ddof)
     assert loss.item() == pytest.approx(ref_loss, rel=1e-10, abs=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_tokens_normalisation_weighs_the_two_terms_alike():
+    """The reading of Eq. 19 (losses.py): with every candidate its own node at every level and node
+    advantages equal to the GRPO advantages, the sibling term equals the GRPO term per token under the
+    default ``tokens`` normalisation, and L times it under Eq. 19's literal 1 / |C(x)|."""
+    sids = torch.tensor([[[0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]]])  # distinct at level 1, alone below
+    rewards = torch.tensor([[0.1, 0.7, -0.4, 0.9]], dtype=torch.float64)
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    logp = torch.full((1, 4, 3), -0.5, dtype=torch.float64, requires_grad=True)
+    old = logp.detach() - torch.tensor([0.1, -0.05, 0.02, 0.0], dtype=torch.float64)[None, :, None]
+    # only level 1 has siblings, so only its token carries a sibling advantage: make GRPO see only it too
+    only_first = old.clone()
+    only_first[..., 1:] = logp.detach()[..., 1:]
+    g = grpo_loss(logp[..., :1], only_first[..., :1], rewards, valid, 0.0)  # per token over |C| * 1 tokens
+    s_tok = sibling_loss(logp, only_first, sids, rewards, valid, 0.0, norm="tokens")
+    s_cand = sibling_loss(logp, only_first, sids, rewards, valid, 0.0, norm="candidates")
+    torch.testing.assert_close(s_tok * 3, g, rtol=1e-12, atol=1e-15)  # 1 of L = 3 levels carries the signal
+    torch.testing.assert_close(s_cand, 3 * s_tok, rtol=1e-12, atol=1e-15)
 
 
 def test_the_random_trees_exercise_every_case():
@@ -302,7 +330,7 @@ def test_padding_contributes_nothing(objective):
 def test_a_parent_with_one_child_gives_no_sibling_term():
     """Four candidates under the same prefix (2, 0): the root and (2,) have a single child each, so
     levels 1 and 2 carry no term whatever their ratios, and -J_sib is the leaf term alone:
-    -(1/4) sum_v A_node(v) rho(v), with A_node the standardised leaf rewards."""
+    -(1/(4 * 3)) sum_v A_node(v) rho(v) (|C| * L = 12 tokens), with A_node the standardised leaf rewards."""
     sids = torch.tensor([[[2, 0, 0], [2, 0, 1], [2, 0, 2], [2, 0, 3]]])
     rewards = torch.tensor([[0.5, -1.0, 2.0, 0.25]], dtype=torch.float64)
     valid = torch.ones(1, 4, dtype=torch.bool)
@@ -314,9 +342,9 @@ def test_a_parent_with_one_child_gives_no_sibling_term():
     loss, grad = autograd(sibling_loss, logp, old, sids, rewards, valid, 0.0, EPS)
     leaf_adv = grpo_advantages(rewards, EPS)[0]  # the leaves are the only siblings: Eq. 18 is Eq. 2 here
     rho_leaf = math.exp(0.1)
-    assert loss.item() == pytest.approx(-(leaf_adv * rho_leaf).sum().item() / 4, rel=1e-12, abs=1e-15)
+    assert loss.item() == pytest.approx(-(leaf_adv * rho_leaf).sum().item() / 12, rel=1e-12, abs=1e-15)
     assert torch.equal(grad[..., :2], torch.zeros(1, 4, 2, dtype=torch.float64))
-    torch.testing.assert_close(grad[0, :, 2], -leaf_adv * rho_leaf / 4, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grad[0, :, 2], -leaf_adv * rho_leaf / 12, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -146,9 +146,12 @@ def test_summarize_keys_and_values():
         "ndcg@10",
         "div",
         "max_reward",
+        "mean_reward",
+        "top1_reward",
         "reachability",
     ]
     assert all(isinstance(v, float) for v in out.values())
+    assert out["mean_reward"] == pytest.approx((0.25 + 0.25 + 0.5) / 3)
     assert out["hr@3"] == pytest.approx(2 / 3)
     assert out["ndcg@3"] == pytest.approx(1.5 / 3)
     assert out["div"] == 1.0

@@ -56,15 +56,17 @@ PRESET = os.environ.get("VSTAR_TOY_TUTORIAL_PRESET", "cpu_demo")  # the test sui
 # ## 1. GRPO and the bounds of Eq. 4
 #
 # GRPO scores each of a query's candidates against the group: `A = (R - mu_R) / (sigma_R + eps)`
-# (Eq. 2, population sigma throughout the toolkit). The paper bounds it by the reward range
+# (Eq. 2). sigma is the sample standard deviation (Bessel's correction) and eps = 1e-4 by default, as
+# in TRL and the paper's public code; `ddof=0` gives the population sigma (`rl/advantages.py` says
+# why the default). The paper bounds it by the reward range
 # `Delta_R` (Eq. 3): `|A| <= Delta_R / (sigma_R + eps) <= Delta_R / eps` (Eq. 4).
 #
 # Take a hand-made set of 8 candidates: two level-1 branches of near-identical siblings (rewards
 # within 0.05), and one branch holding an outlier pair far apart. The table shows what Eq. 4 allows
 # and what happens. `Delta_R / eps` is astronomically loose. The realised `max |A|` never exceeds
-# `sqrt(n - 1)`, Samuelson's inequality (`|R - mu| <= sigma * sqrt(n - 1)` for the population sigma),
-# and `sigma_A = sigma_R / (sigma_R + eps)` is 1 up to `eps`, *whatever the rewards*: group
-# standardisation never shrinks the advantages' overall scale.
+# Samuelson's bound (`|R - mu| <= s (n - 1) / sqrt(n)` for the sample sigma s; `sigma sqrt(n - 1)` for
+# the population one), and `sigma_A = sigma_R / (sigma_R + eps)` is 1 up to `eps`, *whatever the
+# rewards*: group standardisation never shrinks the advantages' overall scale.
 
 # %%
 sids = torch.tensor([[[0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 3], [1, 2, 0], [1, 2, 1], [3, 0, 0], [3, 0, 1]]])
@@ -103,10 +105,11 @@ for parent in sibling_node_sets(sids, 3)[0]:
 # %% [markdown]
 # Drawn on the tree: left, GRPO's advantage sits on each candidate as a whole (the same `A` for
 # every token of the SID, so no node has a signal of its own); right, Sibling-GRPO's `A_node` on
-# every node. The siblings `0-0-1` and `0-0-2` now get -1 and +1, as clearly apart as the outliers
-# `3-0-0` and `3-0-1`. Numbers under the leaves are the rewards.
+# every node. The siblings `0-0-1` and `0-0-2` now get -0.7 and +0.7 (-+1 / sqrt(2) with the sample
+# sigma; -1 and +1 with the population sigma), as clearly apart as the outliers `3-0-0` and `3-0-1`.
+# Numbers under the leaves are the rewards.
 #
-# The price is visible too: with two children, Eq. 18 gives -1 and +1 *however small* the difference
+# The price is visible too: with two children, Eq. 18 gives -0.7 and +0.7 *however small* the difference
 # (the depth-2 nodes `0-0` and `0-1` differ by 0.01 in mean reward). Sibling normalisation cannot
 # tell a real preference from noise; only `eps` sets a floor (differences well below `eps` give
 # advantages near 0). The explorer's Advantages page (`make app`) lets you move `eps` and edit the
@@ -166,12 +169,12 @@ for decoder in ("beam", "ved"):
     rows.append({
         "decoder": decoder,
         "Div(C)": np.nanmean(diversity(c.sids.numpy(), c.valid.numpy())),
-        "sigma_R": float(r.std(1, unbiased=False).mean()),
+        "sigma_R": float(r.std(1).mean()),
         "contrast, GRPO (global)": float(np.nanmean(contrast["global"].numpy())),
         "contrast, Sibling-GRPO": float(np.nanmean(contrast["sibling"].numpy())),
         "parents with >= 2 children": float(contrast["n_parents"].float().mean()),
         "max |A|": float(np.nanmean(b["max_abs_A"].numpy())),
-        "sqrt(n - 1)": float(np.nanmean(b["samuelson"].numpy())),
+        "Samuelson's bound": float(np.nanmean(b["samuelson"].numpy())),
     })
 pd.DataFrame(rows).round(4)
 

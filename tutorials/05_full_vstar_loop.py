@@ -124,9 +124,10 @@ fig = plots.training_curves(logs, title=f"{world.name}: {STEPS} steps from the s
 first = {n: log["adv_spread_global"].iloc[0] for n, log in logs.items()}
 print(f"step 1 (same policy, same users): the lower global contrast, the more compressed sets, came from "
       f"{min(first, key=first.get)} ({min(first.values()):.3f} against {max(first.values()):.3f})")
-COLUMNS = {"reward": "reward R", "true_reward": "true reward", "adv_spread_global": "contrast, GRPO scale",
-           "adv_spread_sibling": "contrast, Sibling-GRPO", "entropy": "entropy H", "expansion_tokens":
-           "VED expansion tokens"}
+COLUMNS = {"reward": "reward R", "true_reward": "true reward", "zero_var_share": "GRPO groups, no variance",
+           "sibling_signal_share": "sibling groups with a signal", "adv_spread_global": "contrast, GRPO scale",
+           "adv_spread_sibling": "contrast, Sibling-GRPO", "entropy_l1": "entropy H, level 1",
+           "expansion_tokens": "VED expansion tokens"}
 pd.concat({
     "step 1": pd.DataFrame({n: log[list(COLUMNS)].iloc[0] for n, log in logs.items()}).T,
     "all steps": pd.DataFrame({n: log[list(COLUMNS)].mean() for n, log in logs.items()}).T,

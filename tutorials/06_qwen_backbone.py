@@ -47,7 +47,8 @@ from vstar_toy.evaluate import evaluate
 from vstar_toy.pipeline import build_world, sft_policy, value_model
 from vstar_toy.policy.qwen import BACKBONES, QwenPolicy, sid_token_names
 from vstar_toy.rl.advantages import grpo_advantages
-from vstar_toy.rl.losses import policy_loss
+from vstar_toy.rl.losses import loss_kwargs, policy_loss
+from vstar_toy.rl.train import training_state
 from vstar_toy.world.rewards import rewards
 
 torch.set_num_threads(1)  # a model this small gains nothing from threads on a shared CPU
@@ -204,24 +205,24 @@ fig.suptitle(f"log-probs for the loss: the prompt ({prompt_tokens:.0f} tokens) e
 fig.tight_layout()
 
 # %% [markdown]
-# The step itself (AdamW at the RL learning rate). On the first pass over a batch the importance ratio
+# The step itself, with the optimiser, warm-up and gradient clipping that `train()` sets up
+# (`training_state`, from `cfg.rl`). On the first pass over a batch the importance ratio
 # is 1 and the advantages have mean 0, so the loss *value* is about 0 and says nothing; its gradient is
 # what moves the policy. Below, how each candidate's `log pi(y|x)` moved against its GRPO advantage:
 # up for candidates better than their group, down for worse ones; the sibling term adds per-node
 # pushes that the plot's x-axis does not show.
 
 # %%
-opt = torch.optim.AdamW(student.parameters(), lr=cfg.rl.lr)
-loss, parts = policy_loss("joint", logp, logp.detach(), ref, cands.sids, r, cands.valid, kl_coef=cfg.rl.kl_coef,
-                          eps=cfg.rl.adv_eps)
-opt.zero_grad()
+state = training_state(student, cfg)
+loss, parts = policy_loss("joint", logp, logp.detach(), ref, cands.sids, r, cands.valid, **loss_kwargs(cfg.rl))
+state.opt.zero_grad()
 loss.backward()
-grad_norm = float(torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None]).norm())
-opt.step()
+grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.rl.max_grad_norm))  # before clipping
+state.opt.step()
 student.eval()
 with torch.no_grad():
     moved = (student.logprobs(qt.histories, sids) - logp.detach()).sum(-1)  # (B, C): change of log pi(y|x)
-adv = grpo_advantages(r, cfg.rl.adv_eps, cands.valid)
+adv = grpo_advantages(r, cfg.rl.adv_eps, cands.valid, cfg.rl.adv_ddof)
 fig, ax = plt.subplots(figsize=(5.5, 3.4))
 ax.scatter(adv[cands.valid].numpy(), moved[cands.valid].numpy(), s=14)
 ax.axhline(0, color="lightgrey", lw=0.8)

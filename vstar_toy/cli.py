@@ -250,12 +250,14 @@ def _train_summary(w, res, cfg, out: Path, start_metrics: dict, test, preset_nam
     end_metrics, _ = evaluate(w, res.policy, test, DecodeConfig(decoder="beam"))
     log = res.log
     first, last = log.head(max(1, len(log) // 5)), log.tail(max(1, len(log) // 5))
+    diag = ("zero_var_share", "sibling_signal_share", "loss_kl", "grad_norm", "entropy_l1", "adv_spread_global",
+            "adv_spread_sibling", "value_loss")
+    measures = ("mean_reward", "top1_reward", "max_reward", "reachability", "hr@10", "ndcg@10")
     summary = {"run": str(out), "world": w.name, "decoder": decoder, "objective": objective, "steps": len(log),
                "reward_first": float(first["reward"].mean()), "reward_last": float(last["reward"].mean()),
-               "adv_spread_global": float(log["adv_spread_global"].mean()),
-               "adv_spread_sibling": float(log["adv_spread_sibling"].mean()),
-               **{f"test_{k}_sft": start_metrics[k] for k in ("hr@10", "ndcg@10")},
-               **{f"test_{k}": end_metrics[k] for k in ("hr@3", "hr@5", "hr@10", "ndcg@3", "ndcg@5", "ndcg@10")}}
+               **{k: float(log[k].mean()) for k in diag if k in log},
+               **{f"test_{k}_sft": start_metrics[k] for k in measures},
+               **{f"test_{k}": end_metrics[k] for k in measures + ("hr@3", "hr@5", "ndcg@3", "ndcg@5")}}
     if as_json:
         print(json.dumps(summary))
     else:

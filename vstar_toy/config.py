@@ -293,6 +293,8 @@ class DecodeConfig:
 
 
 OBJECTIVES = ("grpo", "sibling", "joint")
+SIBLING_NORMS = ("tokens", "candidates")
+OPTIMIZERS = ("adam", "adamw")
 REWARDS = ("hit", "semantic", "affinity", "minionerec")
 
 
@@ -318,10 +320,25 @@ class RLConfig:
     """KL coefficient to the frozen SFT reference (k3 estimator), >= 0. Paper Sec. 5.1: 1e-3."""
     clip_eps: float = 0.2
     """PPO ratio clip epsilon, in [0, 1]; 0 turns clipping off."""
-    adv_eps: float = 1e-6
-    """epsilon of Eq. 2 and Eq. 18, in (0, 1]."""
+    adv_eps: float = 1e-4
+    """epsilon of Eq. 2 and Eq. 18, in (0, 1]. 1e-4 as in TRL and the paper's public code: under a
+    continuous reward a smaller eps turns chance near-ties into full-strength advantages (rl/advantages.py)."""
+    adv_ddof: int = 1
+    """The standard deviation of Eq. 2 and Eq. 18: 1 = sample std (Bessel's correction; TRL and the
+    paper's public code use it), 0 = population std."""
+    sibling_norm: str = "tokens"
+    """How the Sibling-GRPO node sum of Eq. 19 is averaged per query: "tokens" (/ |C(x)| L, the count
+    GRPO averages over, so the joint loss weighs both terms alike) or "candidates" (/ |C(x)|, Eq. 19 as
+    written: up to L times GRPO's weight). rl/losses.py explains."""
     inner_epochs: int = 1
-    """Policy gradient passes over each decoded batch, >= 1 (the importance ratio matters from the 2nd)."""
+    """Policy gradient passes over each decoded batch, >= 1. The importance ratio is 1 on the first
+    pass, so the PPO clip only acts from the second."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over this many steps (from lr / (warmup_steps + 1)), >= 0."""
+    optimizer: str = "adam"
+    """The policy's optimiser: adam or adamw (weight decay 0.01)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping of the policy update (global L2 norm), > 0."""
     value_updates: int = 1
     """Value TD updates per step, >= 0."""
     eval_every: int = 10
@@ -342,7 +359,13 @@ class RLConfig:
         _number_in(self, "kl_coef", 0, 1e6)
         _number_in(self, "clip_eps", 0, 1)
         _number_in(self, "adv_eps", 0, 1, lo_open=True)
+        if self.adv_ddof not in (0, 1) or isinstance(self.adv_ddof, bool):
+            _fail(self, "adv_ddof", "0 (population std) or 1 (sample std)")
+        _one_of(self, "sibling_norm", SIBLING_NORMS)
         _int_at_least(self, "inner_epochs", 1)
+        _int_at_least(self, "warmup_steps", 0)
+        _one_of(self, "optimizer", OPTIMIZERS)
+        _number_in(self, "max_grad_norm", 0, 1e6, lo_open=True)
         _int_at_least(self, "value_updates", 0)
         _int_at_least(self, "eval_every", 1)
         _int_at_least(self, "eval_queries", 1)

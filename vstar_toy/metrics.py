@@ -11,6 +11,8 @@ NDCG@K             1 / log2(rank + 2) if y* sits at 0-based rank < K, else 0 (on
                    so IDCG = 1)
 Div(C)             mean over unordered candidate pairs of 1 - LCP(v_i, v_j) / L (Sec. 5.5)
 MaxReward          max over the candidates of R(x, y) (Sec. 5.5, Table 6)
+mean reward        mean over the candidates of R(x, y): what RL with group advantages raises
+top-1 reward       R(x, y) of the first-ranked candidate: what a user shown one item gets
 reachability       1 if y* is anywhere in the candidate set (what a reranker could still find)
 Spearman per level rho between a prefix score (log pi(y<=l | x) or V(x, y<=l)) and the prefix reward
                    R(x, y<=l) = mean reward of the candidates sharing y<=l, over the distinct
@@ -181,6 +183,29 @@ def diversity(sids, valid=None) -> np.ndarray:
         return np.where(n_pairs > 0, (dissim * pair).sum((1, 2)) / n_pairs, np.nan)
 
 
+def mean_reward(rewards, valid=None) -> np.ndarray:
+    """Mean reward per query over the valid candidates; NaN for a query with none.
+
+    >>> mean_reward([[0.1, 0.7, 0.3], [0.5, 0.9, 0.2]], valid=[[1, 1, 1], [1, 0, 0]]).round(4).tolist()
+    [0.3667, 0.5]
+    """
+    r = _np(rewards).astype(np.float64)
+    ok = np.ones(r.shape, dtype=bool) if valid is None else _np(valid).astype(bool)
+    n = ok.sum(1)
+    return np.where(n > 0, np.where(ok, r, 0.0).sum(1) / np.maximum(n, 1), np.nan)
+
+
+def top1_reward(rewards, valid=None) -> np.ndarray:
+    """The reward of each query's first-ranked candidate (column 0); NaN where it is padding.
+
+    >>> top1_reward([[0.1, 0.7], [0.5, 0.9]], valid=[[1, 1], [0, 1]]).tolist()
+    [0.1, nan]
+    """
+    r = _np(rewards).astype(np.float64)
+    ok = np.ones(r.shape, dtype=bool) if valid is None else _np(valid).astype(bool)
+    return np.where(ok[:, 0], r[:, 0], np.nan)
+
+
 def max_reward(rewards, valid=None) -> np.ndarray:
     """MaxReward per query: the best-in-set reward max_{v in C} R(v) (Sec. 5.5).
 
@@ -259,9 +284,9 @@ def prefix_spearman(sids, scores, rewards, valid=None) -> np.ndarray:
 def summarize(ranked_items, targets, sids, rewards, valid=None, ks=(3, 5, 10)) -> dict[str, float]:
     """Means over queries of the accuracy and candidate-set metrics, one float per key.
 
-    Keys: ``hr@k`` and ``ndcg@k`` for each k in ``ks``, then ``div``, ``max_reward`` and
-    ``reachability``. ``div`` and ``max_reward`` use ``nanmean`` (queries where they are undefined
-    are skipped; NaN if none is defined).
+    Keys: ``hr@k`` and ``ndcg@k`` for each k in ``ks``, then ``div``, ``max_reward``, ``mean_reward``,
+    ``top1_reward`` and ``reachability``. The set metrics use ``nanmean`` (queries where they are
+    undefined are skipped; NaN if none is defined).
 
     Args:
         ranked_items: (B, C) int item ids of the candidates, best first; -1 = padding.
@@ -276,7 +301,7 @@ def summarize(ranked_items, targets, sids, rewards, valid=None, ks=(3, 5, 10)) -
     ...                 [[0.2, 1.0], [0.4, 0.3]], ks=(1, 2))
     >>> {k: round(v, 4) for k, v in out.items()}  # doctest: +NORMALIZE_WHITESPACE
     {'hr@1': 0.0, 'hr@2': 0.5, 'ndcg@1': 0.0, 'ndcg@2': 0.3155, 'div': 0.75, 'max_reward': 0.7,
-     'reachability': 0.5}
+     'mean_reward': 0.475, 'top1_reward': 0.3, 'reachability': 0.5}
     """
     s = _np(sids)
     ok = _sid_valid(s, valid)
@@ -287,6 +312,8 @@ def summarize(ranked_items, targets, sids, rewards, valid=None, ks=(3, 5, 10)) -
         out[f"ndcg@{k}"] = float(ndcg(ranked_items, targets, k).mean())
     out["div"] = _nanmean(diversity(s, ok))
     out["max_reward"] = _nanmean(max_reward(rewards, ok))
+    out["mean_reward"] = _nanmean(mean_reward(rewards, ok))
+    out["top1_reward"] = _nanmean(top1_reward(rewards, ok))
     out["reachability"] = float(reachability(ranked_items, targets).mean())
     return out
 

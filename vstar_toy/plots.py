@@ -413,12 +413,17 @@ def save(fig, path) -> None:
 # The panels of ``training_curves``: title -> [(column of rl.train's log, label of its line style)].
 # ``{l}`` in a column stands for each SID level 1 .. L.
 TRAINING_PANELS: dict[str, list[tuple[str, str]]] = {
-    "reward R the learner sees (mean over C)": [("reward", "")],
+    "reward R the learner sees": [("reward", "mean over C"), ("reward_std", "std within a group")],
     "true reward a(u, y) (oracle, mean over C)": [("true_reward", "")],
     "validation, beam search": [("valid_ndcg@10", "NDCG@10"), ("valid_hr@10", "HR@10")],
+    "validation mean true reward, beam search": [("valid_mean_reward", "")],
+    "groups with a learning signal": [("zero_var_share", "GRPO groups with no reward variance"),
+                                      ("sibling_signal_share", "sibling groups with a contrast")],
     "contrast among siblings": [("adv_spread_global", "GRPO's scale (global)"),
                                 ("adv_spread_sibling", "Sibling-GRPO (Eq. 18)")],
-    "entropy H at the decoded prefixes (Eq. 12)": [("entropy", "")],
+    "KL to the SFT reference (k3)": [("loss_kl", "")],
+    "gradient norm before clipping": [("grad_norm", "")],
+    "entropy H at the decoded prefixes (Eq. 12)": [("entropy_l{l}", "level {l}")],
     "Spearman rho(V, prefix reward)": [("rho_value_l{l}", "level {l}")],
     "Spearman rho(log pi, prefix reward)": [("rho_logp_l{l}", "level {l}")],
     "value TD loss (Eq. 9)": [("value_loss", "")],

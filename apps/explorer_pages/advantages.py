@@ -13,6 +13,7 @@ from vstar_toy.rl import advantages as adv
 from . import data
 from .common import Settings, show, show_source, what_to_look_at
 
+SIGMAS = {1: "sample (Bessel; TRL, the paper's code)", 0: "population"}
 SOURCES = ("toy: sibling-heavy set with an outlier", "VED candidates", "beam search candidates")
 REWARDS = {"affinity": "true reward a(u, y) (oracle)", "semantic": "semantic: cos(e(y), e(y*))",
            "hit": "hit: 1 if y = y*", "minionerec": "MiniOneRec: hit, else a rank penalty"}
@@ -43,12 +44,14 @@ def parse_set(df: pd.DataFrame) -> tuple[list[tuple[int, ...]], list[float], lis
     return sids, rewards, skipped
 
 
-def advantages_ui(settings: Settings) -> tuple[pd.DataFrame, float]:
+def advantages_ui(settings: Settings) -> tuple[pd.DataFrame, float, int]:
     source = st.selectbox("candidate set", SOURCES, key="adv_source",
                           help="decoded sets are the sidebar user's |C| candidates at the 1x budget")
     toy = source.startswith("toy")
     kind = st.selectbox("reward R(x, y)", list(REWARDS), format_func=REWARDS.get, key="adv_reward", disabled=toy)
-    eps = st.select_slider("epsilon (Eq. 2 and 18)", EPS, value=1e-6, key="adv_eps")
+    eps = st.select_slider("epsilon (Eq. 2 and 18)", EPS, value=adv.EPS, key="adv_eps")
+    ddof = st.radio("sigma", [1, 0], format_func=SIGMAS.get, horizontal=True, key="adv_ddof",
+                    help="the standard deviation of Eq. 2 and Eq. 18 (rl/advantages.py, Conventions)")
     if toy:
         base = TOY
     else:
@@ -58,7 +61,7 @@ def advantages_ui(settings: Settings) -> tuple[pd.DataFrame, float]:
     edited = st.data_editor(base, num_rows="dynamic", key=f"rewards:{settings.preset}:{settings.user}:{source}:{kind}",
                             column_config={"sid": st.column_config.TextColumn("SID"),
                                            "reward": st.column_config.NumberColumn("reward R(x, y)", format="%.4f")})
-    return edited, float(eps)
+    return edited, float(eps), int(ddof)
 
 
 def page(settings: Settings) -> None:
@@ -68,15 +71,15 @@ def page(settings: Settings) -> None:
         "Sibling-GRPO (Eq. 18) gives every *node* an advantage normalised among its siblings (the children of "
         "the same parent, Eq. 15-16). In the toy set, 0-0-1 and 0-0-2 differ by 0.02 in reward: GRPO turns "
         "that into a tiny difference of advantages, because the outlier pair 3-0-0 / 3-0-1 sets sigma; "
-        "Sibling-GRPO gives them -1 and +1. Below, Eq. 4's bound Delta/eps is astronomically loose, the realised "
-        "|A| never exceeds Samuelson's sqrt(n - 1), and sigma_A is about 1 whatever the rewards: what collapses "
+        "Sibling-GRPO gives them a full-size -a and +a. Below, Eq. 4's bound Delta/eps is astronomically loose, the "
+        "realised |A| never exceeds Samuelson's bound, and sigma_A is about 1 whatever the rewards: what collapses "
         "is the *within-parent contrast* (the 'global' number), not the advantages' scale. The other side: two "
-        "siblings always get -1 and +1, however small their difference (0-0 vs 0-1); only epsilon sets a floor. "
-        "Edit the rewards."
+        "siblings always get -a and +a (1 with the population sigma, 0.71 with the sample sigma), however small "
+        "their difference (0-0 vs 0-1); only epsilon sets a floor. Edit the rewards."
     )
     left, right = st.columns([2, 3])
     with left:
-        table, eps = advantages_ui(settings)
+        table, eps, ddof = advantages_ui(settings)
     sids, rewards, skipped = parse_set(table)
     if skipped:
         st.warning("Skipped " + "; ".join(skipped) + ": a SID is integers joined by '-', all of one length, "
@@ -84,7 +87,7 @@ def page(settings: Settings) -> None:
     if not sids:
         st.error("No candidate left: add a row with a SID such as 0-1-2 and a reward.")
         return
-    rep = data.advantage_report(tuple(sids), tuple(rewards), eps)
+    rep = data.advantage_report(tuple(sids), tuple(rewards), eps, ddof)
     b, c = rep["bounds"], rep["contrast"]
     with right:
         m = st.columns(3)
@@ -92,7 +95,8 @@ def page(settings: Settings) -> None:
         m[1].metric("Delta_R (Eq. 3)", f"{rep['range']:.3g}", help="the reward range max R - min R")
         m[2].metric("max |A|", f"{b['max_abs_A']:.3g}", help="the largest GRPO advantage (Eq. 2) in absolute value")
         m = st.columns(3)
-        m[0].metric("sqrt(n - 1)", f"{b['samuelson']:.3g}", help="Samuelson's bound on |A|, population sigma")
+        m[0].metric("Samuelson's bound", f"{b['samuelson']:.3g}",
+                    help="on |A|: sqrt(n - 1) with the population sigma, (n - 1) / sqrt(n) with the sample sigma")
         m[1].metric("contrast, GRPO", f"{c['global']:.3g}",
                     help="mean over parents with >= 2 children of the std, over their children, of R-bar / "
                          "sigma_R: how far apart GRPO's scale puts siblings")

@@ -263,16 +263,17 @@ def decoded_rewards(preset_name: str, user: int, decoder: str, kind: str) -> pd.
 
 
 @st.cache_data(show_spinner=False)
-def advantage_report(sids: tuple[tuple[int, ...], ...], rewards: tuple[float, ...], eps: float) -> dict:
+def advantage_report(sids: tuple[tuple[int, ...], ...], rewards: tuple[float, ...], eps: float,
+                     ddof: int = adv.DDOF) -> dict:
     """GRPO advantages (Eq. 2), node advantages (Eq. 18), the bounds (Eq. 4, Samuelson) and the
-    sibling contrast of one candidate set (one query)."""
+    sibling contrast of one candidate set (one query), with the standard deviation of ``ddof``."""
     s = torch.tensor([sids], dtype=torch.long)  # (1, C, L)
     r = torch.tensor([rewards], dtype=torch.float64)  # (1, C)
-    a_grpo = adv.grpo_advantages(r, eps)
-    a_node, first = adv.sibling_node_advantages(s, r, eps)
+    a_grpo = adv.grpo_advantages(r, eps, ddof=ddof)
+    a_node, first = adv.sibling_node_advantages(s, r, eps, ddof=ddof)
     scores = adv.sibling_node_scores(s, r)
-    bounds = {k: float(v[0]) for k, v in adv.advantage_bounds(r, eps).items()}
-    contrast = {k: float(v[0]) for k, v in adv.sibling_contrast(s, r, eps).items()}
+    bounds = {k: float(v[0]) for k, v in adv.advantage_bounds(r, eps, ddof=ddof).items()}
+    contrast = {k: float(v[0]) for k, v in adv.sibling_contrast(s, r, eps, ddof=ddof).items()}
     table = pd.DataFrame({"SID": ["-".join(map(str, x)) for x in sids], "reward": rewards,
                           "A GRPO (Eq. 2)": a_grpo[0].numpy()})
     for lvl in range(s.shape[-1]):
@@ -397,7 +398,7 @@ def run_summary(logs: dict[str, pd.DataFrame], steps: dict[str, int | None]) -> 
             "valid HR@10, last eval": last.get("valid_hr@10", np.nan),
             "contrast GRPO scale, mean": log["adv_spread_global"].mean() if "adv_spread_global" in log else np.nan,
             "contrast Sibling-GRPO, mean": log["adv_spread_sibling"].mean() if "adv_spread_sibling" in log else np.nan,
-            "entropy, last 5 steps": tail["entropy"].mean() if "entropy" in log else np.nan,
+            "entropy (level 1), last 5 steps": tail["entropy_l1"].mean() if "entropy_l1" in log else np.nan,
             "minutes": log["seconds"].sum() / 60 if "seconds" in log else np.nan,
         })
     return pd.DataFrame(rows).set_index("run")

@@ -110,11 +110,11 @@ class SearchTree:
     Per node (Q, cap): ``parent`` (-1 at the root), ``depth`` l, ``visits`` N(s) (Eq. 13), ``value`` V
     (NaN at the root, which has no value: Eq. 5 starts at l = 1), ``entropy`` H (Eq. 12; 0 at depth L),
     ``g`` the priority G (Eq. 11), ``cum`` log pi(y_<=l | x), ``n_valid`` the node's valid children in
-    the catalog, ``n_children`` those in the tree, ``row`` its State in ``pool`` (-1: not forwarded, as every leaf), ``trie`` its trie
-    node; (Q, cap, L) ``sid`` and ``token_logp``; (Q, cap, K) ``child``: the local index of each child
-    code in the tree, -1 if absent. Per query (Q,): ``count`` nodes, ``cost`` forward tokens spent,
-    ``warmup`` of which by the warm start. ``pool``: the States of the forwarded nodes;
-    ``child_trie``: the catalog's trie (``Catalog.child``).
+    the catalog, ``n_children`` those in the tree, ``row`` its State in ``pool`` (-1: not forwarded, as
+    every leaf), ``trie`` its trie node; (Q, cap, L) ``sid`` and ``token_logp``; (Q, cap, K) ``child``:
+    the local index of each child code in the tree, -1 if absent. Per query (Q,): ``count`` nodes,
+    ``cost`` forward tokens spent, ``warmup`` of which by the warm start. ``pool``: the States of the
+    forwarded nodes; ``child_trie``: the catalog's trie (``Catalog.child``).
     """
 
     parent: torch.Tensor

@@ -10,9 +10,16 @@ Shapes:
              advantage 0, and is ignored by every statistic (its reward may even be NaN).
 
 Conventions:
-    * Standard deviation is the POPULATION standard deviation (ddof = 0) everywhere: the sigma of
-      Eq. 2, of Eq. 18, and of every bound. With it, sigma_A = sigma_R / (sigma_R + eps) exactly and
-      Samuelson's inequality |R - mu| <= sigma * sqrt(n - 1) holds.
+    * The standard deviation (the sigma of Eq. 2, of Eq. 18 and of every bound) divides by n - ddof:
+      ``ddof = 1`` (the default, ``DDOF``) is the sample standard deviation with Bessel's correction,
+      and eps = 1e-4 (``EPS``): the choice of TRL's GRPOTrainer and of the paper's public code
+      (``torch.std`` and 1e-4), so that numbers ported from either agree. ``ddof = 0`` is the population
+      standard deviation. Either way sigma_A = sigma_R / (sigma_R + eps) for sigma_A measured with the
+      same ddof, and Samuelson's inequality bounds |R - mu| by sigma * sqrt(n - 1) (ddof = 0) or by
+      s * (n - 1) / sqrt(n) (ddof = 1). A group of one has sigma = 0 under both.
+    * Why eps = 1e-4 and not 1e-6: rewards here are continuous (cosines), so two candidates can differ
+      by 1e-5 by chance. With eps = 1e-6 such a near-tie gets advantages of about +-0.83 (a full-strength
+      signal about nothing); with 1e-4, about +-0.05.
     * Depths: the paper counts depth l = 1..L; tensors index it as l - 1 = 0..L-1, so entry
       [b, i, l] of an (B, C, L) output belongs to the depth-(l + 1) node y_<=l+1.
 
@@ -34,6 +41,11 @@ import math
 import torch
 
 from vstar_toy.prefix import same_prefix
+
+DDOF = 1
+"""Default delta degrees of freedom of every standard deviation here: 1, the sample std (see Conventions)."""
+EPS = 1e-4
+"""Default epsilon of Eq. 2 and Eq. 18: 1e-4, as in TRL and the paper's public code (see Conventions)."""
 
 # ---------------------------------------------------------------------------------------------
 # Plumbing: input checks and masked statistics.
@@ -67,6 +79,11 @@ def _check_rewards(rewards: torch.Tensor, valid: torch.Tensor | None, eps: float
     return rewards, valid
 
 
+def _check_ddof(ddof: int) -> None:
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof = {ddof!r} is invalid: expected 0 (population std) or 1 (sample std, Bessel)")
+
+
 def _check_sids(sids: torch.Tensor, rewards: torch.Tensor) -> None:
     if sids.dim() != 3 or sids.shape[:2] != rewards.shape or sids.shape[2] == 0:
         raise ValueError(
@@ -85,8 +102,9 @@ def _masked_amax(x: torch.Tensor, mask: torch.Tensor, sign: float = 1.0) -> torc
     return sign * torch.where(mask, sign * x, -math.inf).amax(-1)
 
 
-def _masked_stats(x: torch.Tensor, mask: torch.Tensor):
-    """Mean, population std and count of ``x`` over ``mask`` along the last dimension.
+def _masked_stats(x: torch.Tensor, mask: torch.Tensor, ddof: int = 0):
+    """Mean, std (dividing by n - ddof; 0 for a set of n <= ddof values) and count of ``x`` over
+    ``mask`` along the last dimension.
 
     Values are shifted by the masked minimum before summing, so a set of identical values has a
     mean equal to each of them and a std of exactly 0. Empty sets give NaN mean and std.
@@ -97,7 +115,7 @@ def _masked_stats(x: torch.Tensor, mask: torch.Tensor):
     d = torch.where(mask, x - ref[..., None], 0.0)
     n_safe = n.clamp_min(1).to(x.dtype)
     mean_d = d.sum(-1) / n_safe
-    var = torch.where(mask, d - mean_d[..., None], 0.0).square().sum(-1) / n_safe
+    var = torch.where(mask, d - mean_d[..., None], 0.0).square().sum(-1) / (n - ddof).clamp_min(1).to(x.dtype)
     empty = n == 0
     mean = torch.where(empty, math.nan, ref + mean_d)
     std = torch.where(empty, math.nan, var.sqrt())
@@ -133,25 +151,29 @@ def _pair_mask(same: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-6, valid: torch.Tensor | None = None):
+def grpo_advantages(rewards: torch.Tensor, eps: float = EPS, valid: torch.Tensor | None = None, ddof: int = DDOF):
     """(B, C) group-normalised advantages of Eq. 2, one group per query.
 
     Args:
         rewards: (B, C) float, R(x, y).
         eps: epsilon of Eq. 2, > 0.
         valid: optional (B, C) bool; padding gets advantage 0 and is left out of mu and sigma.
+        ddof: 1 (sample std, the default) or 0 (population std) for sigma_R.
 
     Returns:
-        (B, C) A(x, y) = (R - mu_R) / (sigma_R + eps), population sigma over the valid candidates.
+        (B, C) A(x, y) = (R - mu_R) / (sigma_R + eps) over the valid candidates.
 
-    >>> grpo_advantages(torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]]))
+    >>> grpo_advantages(torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]]), eps=1e-6, ddof=0)
     tensor([[-1.3416, -0.4472,  0.4472,  1.3416],
             [ 0.0000,  0.0000,  0.0000,  0.0000]])
-    >>> grpo_advantages(torch.tensor([[1.0, 3.0, float("nan")]]), valid=torch.tensor([[True, True, False]]))
-    tensor([[-1.0000,  1.0000,  0.0000]])
+    >>> grpo_advantages(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))  # sample std sqrt(5/3), eps 1e-4
+    tensor([[-1.1618, -0.3873,  0.3873,  1.1618]])
+    >>> grpo_advantages(torch.tensor([[1.0, 3.0, float("nan")]]), valid=torch.tensor([[True, True, False]]), ddof=0)
+    tensor([[-0.9999,  0.9999,  0.0000]])
     """
     rewards, valid = _check_rewards(rewards, valid, eps)
-    mu, sigma, _ = _masked_stats(rewards, valid)  # (B,), (B,)
+    _check_ddof(ddof)
+    mu, sigma, _ = _masked_stats(rewards, valid, ddof)  # (B,), (B,)
     # Eq. 2: A(x, y) = (R(x, y) - mu_R(x)) / (sigma_R(x) + eps)
     adv = (rewards - mu[:, None]) / (sigma[:, None] + eps)
     return torch.where(valid, adv, 0.0)
@@ -172,38 +194,40 @@ def reward_range(rewards: torch.Tensor, valid: torch.Tensor | None = None) -> to
 
 
 def advantage_bounds(
-    rewards: torch.Tensor, eps: float = 1e-6, valid: torch.Tensor | None = None
+    rewards: torch.Tensor, eps: float = EPS, valid: torch.Tensor | None = None, ddof: int = DDOF
 ) -> dict[str, torch.Tensor]:
     """The paper's bounds on |A| (Eq. 4), Samuelson's bound, and the realised spread of A.
 
     Returns a dict of (B,) tensors (NaN for a query with no valid candidate):
         ``eq4_tight``: Delta_R / (sigma_R + eps), the middle term of Eq. 4.
         ``eq4_loose``: Delta_R / eps, the right-hand term of Eq. 4.
-        ``samuelson``: sqrt(n - 1) with n the valid count; bounds |A| because
-            |R - mu| <= sigma * sqrt(n - 1) for the population sigma.
-        ``sigma_A``: realised population std of the advantages; equals sigma_R / (sigma_R + eps).
+        ``samuelson``: Samuelson's bound on |A| with n the valid count: |R - mu| <= sigma * sqrt(n - 1)
+            for the population sigma (ddof = 0), <= s * (n - 1) / sqrt(n) for the sample s (ddof = 1).
+        ``sigma_A``: realised std of the advantages (same ddof); equals sigma_R / (sigma_R + eps).
         ``max_abs_A``: realised max |A|.
 
-    With rewards (0, 0, 0, 1): Delta = 1, sigma = sqrt(3) / 4, max |A| = 0.75 / sigma = sqrt(3), at
-    Samuelson's bound; sigma_A is 1 while Delta / eps is a million.
+    With rewards (0, 0, 0, 1) and the population sigma: Delta = 1, sigma = sqrt(3) / 4, max |A| =
+    0.75 / sigma = sqrt(3), at Samuelson's bound; sigma_A is 1 while Delta / eps is a million.
 
-    >>> b = advantage_bounds(torch.tensor([[0.0, 0.0, 0.0, 1.0]]))
+    >>> b = advantage_bounds(torch.tensor([[0.0, 0.0, 0.0, 1.0]]), eps=1e-6, ddof=0)
     >>> {k: round(v.item(), 3) for k, v in b.items()}
     {'eq4_tight': 2.309, 'eq4_loose': 1000000.0, 'samuelson': 1.732, 'sigma_A': 1.0, 'max_abs_A': 1.732}
     """
     rewards, valid = _check_rewards(rewards, valid, eps)
-    _, sigma, n = _masked_stats(rewards, valid)
+    _check_ddof(ddof)
+    _, sigma, n = _masked_stats(rewards, valid, ddof)
     delta = reward_range(rewards, valid)
-    adv = grpo_advantages(rewards, eps, valid)
-    _, sigma_a, _ = _masked_stats(adv, valid)
+    adv = grpo_advantages(rewards, eps, valid, ddof)
+    _, sigma_a, _ = _masked_stats(adv, valid, ddof)
     max_abs = torch.where(valid.any(-1), _masked_amax(adv.abs(), valid), math.nan)
     n_f = n.to(rewards.dtype)
+    # Samuelson: |R - mu| <= sigma sqrt(n - 1) (ddof 0) = s (n - 1) / sqrt(n) (ddof 1), so |A| is below it
+    samuelson = (n_f - 1).clamp_min(0).sqrt() if ddof == 0 else (n_f - 1).clamp_min(0) / n_f.clamp_min(1).sqrt()
     return {
         # Eq. 4: |A| <= Delta_R / (sigma_R + eps) <= Delta_R / eps
         "eq4_tight": delta / (sigma + eps),
         "eq4_loose": delta / eps,
-        # Samuelson: |R - mu| <= sigma * sqrt(n - 1), hence |A| <= sqrt(n - 1)
-        "samuelson": torch.where(n > 0, (n_f - 1).clamp_min(0).sqrt(), math.nan),
+        "samuelson": torch.where(n > 0, samuelson, math.nan),
         "sigma_A": sigma_a,
         "max_abs_A": max_abs,
     }
@@ -276,7 +300,8 @@ def sibling_node_sets(sids: torch.Tensor, level: int, valid: torch.Tensor | None
     return out
 
 
-def _sibling_level(sids: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor, level: int) -> dict:
+def _sibling_level(sids: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor, level: int,
+                   ddof: int = DDOF) -> dict:
     """Node scores and sibling statistics at one depth ``level`` in 1..L, all per candidate (B, C).
 
     Keys: ``score`` R-bar of the candidate's node (Eq. 17, NaN for padding), ``first_node`` /
@@ -294,7 +319,7 @@ def _sibling_level(sids: torch.Tensor, rewards: torch.Tensor, valid: torch.Tenso
     first_node = _first_of_group(same_node)
     # Eq. 16: the children of i's parent h are the distinct nodes of G(h), one candidate each.
     child = same_parent & first_node[:, None, :]
-    mu_h, sigma_h, n_children = _masked_stats(score[:, None, :].expand_as(child), child)
+    mu_h, sigma_h, n_children = _masked_stats(score[:, None, :].expand_as(child), child, ddof)
     return {
         "score": score,
         "first_node": first_node,
@@ -329,12 +354,13 @@ def sibling_node_scores(
 
 
 def sibling_node_advantages(
-    sids: torch.Tensor, rewards: torch.Tensor, eps: float = 1e-6, valid: torch.Tensor | None = None
+    sids: torch.Tensor, rewards: torch.Tensor, eps: float = EPS, valid: torch.Tensor | None = None,
+    ddof: int = DDOF,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sibling-relative node advantages of Eq. 18 along each candidate's path, and a node mask.
 
     For each depth l + 1 and each parent prefix h, the child nodes v in S(h) (Eq. 16) are compared
-    with each other: mu_h and sigma_h are the mean and population std of their scores R-bar(x; h, v)
+    with each other: mu_h and sigma_h are the mean and std (``ddof``) of their scores R-bar(x; h, v)
     (Eq. 17), each distinct child node counted once however many candidates pass through it.
 
     Args:
@@ -342,6 +368,7 @@ def sibling_node_advantages(
         rewards: (B, C) float.
         eps: epsilon of Eq. 18, > 0.
         valid: optional (B, C) bool.
+        ddof: 1 (sample std, the default) or 0 (population std) for sigma_h.
 
     Returns:
         adv: (B, C, L), adv[b, i, l] = A_node(x; h, v) of the depth-(l + 1) node i passes through;
@@ -353,7 +380,7 @@ def sibling_node_advantages(
     leaves score 1 and 3 (-1, +1); parent (1,) has one child, so 0.
 
     >>> s = torch.tensor([[[0, 0], [0, 1], [1, 0], [1, 0]]])
-    >>> adv, first = sibling_node_advantages(s, torch.tensor([[1.0, 3.0, 0.0, 2.0]]))
+    >>> adv, first = sibling_node_advantages(s, torch.tensor([[1.0, 3.0, 0.0, 2.0]]), eps=1e-6, ddof=0)
     >>> adv
     tensor([[[ 1.0000, -1.0000],
              [ 1.0000,  1.0000],
@@ -367,9 +394,10 @@ def sibling_node_advantages(
     """
     rewards, valid = _check_rewards(rewards, valid, eps)
     _check_sids(sids, rewards)
+    _check_ddof(ddof)
     advs, firsts = [], []
     for lv in range(1, sids.shape[-1] + 1):
-        s = _sibling_level(sids, rewards, valid, lv)
+        s = _sibling_level(sids, rewards, valid, lv, ddof)
         # Eq. 18: A_node(x; h, v) = (R-bar(x; h, v) - mu_h(x)) / (sigma_h(x) + eps)
         adv = (s["score"] - s["mu_h"]) / (s["sigma_h"] + eps)
         advs.append(torch.where(valid, adv, 0.0))
@@ -378,12 +406,13 @@ def sibling_node_advantages(
 
 
 def sibling_contrast(
-    sids: torch.Tensor, rewards: torch.Tensor, eps: float = 1e-6, valid: torch.Tensor | None = None
+    sids: torch.Tensor, rewards: torch.Tensor, eps: float = EPS, valid: torch.Tensor | None = None,
+    ddof: int = DDOF,
 ) -> dict[str, torch.Tensor]:
     """Within-parent spread of node advantages, GRPO-normalised vs sibling-normalised (DESIGN sec. 4).
 
-    For every parent h (at any depth) with at least two child nodes, take the population std over
-    its child nodes v in S(h) of
+    For every parent h (at any depth) with at least two child nodes, take the std (``ddof``, as for
+    every sigma here) over its child nodes v in S(h) of
         ``global``: R-bar(x; h, v) / (sigma_R(x) + eps), node scores on the scale of Eq. 2, which
             is small when sigma_R is dominated by the spread between unrelated prefixes;
         ``sibling``: A_node(x; h, v) of Eq. 18, which is sigma_h / (sigma_h + eps), close to 1.
@@ -394,24 +423,25 @@ def sibling_contrast(
     global = 0.75 / 1.118.
 
     >>> s = torch.tensor([[[0, 0], [0, 1], [1, 0], [1, 0]]])
-    >>> c = sibling_contrast(s, torch.tensor([[1.0, 3.0, 0.0, 2.0]]))
+    >>> c = sibling_contrast(s, torch.tensor([[1.0, 3.0, 0.0, 2.0]]), eps=1e-6, ddof=0)
     >>> {k: round(v.item(), 4) for k, v in c.items()}
     {'global': 0.6708, 'sibling': 1.0, 'n_parents': 2}
     """
     rewards, valid = _check_rewards(rewards, valid, eps)
     _check_sids(sids, rewards)
-    _, sigma_global, _ = _masked_stats(rewards, valid)  # (B,)
+    _check_ddof(ddof)
+    _, sigma_global, _ = _masked_stats(rewards, valid, ddof)  # (B,)
     b = rewards.shape[0]
     sum_global = torch.zeros(b, dtype=rewards.dtype, device=rewards.device)
     sum_sibling = torch.zeros_like(sum_global)
     count = torch.zeros(b, dtype=torch.long, device=rewards.device)
     for lv in range(1, sids.shape[-1] + 1):
-        s = _sibling_level(sids, rewards, valid, lv)
+        s = _sibling_level(sids, rewards, valid, lv, ddof)
         # One row per parent (its first candidate) that has >= 2 child nodes.
         counted = s["first_parent"] & (s["n_children"] >= 2)  # (B, C)
         # Eq. 18 per node, then its std over the parent's children; likewise for R-bar / sigma_R.
         a_node = (s["score"] - s["mu_h"]) / (s["sigma_h"] + eps)
-        _, std_sibling, _ = _masked_stats(a_node[:, None, :].expand_as(s["child"]), s["child"])
+        _, std_sibling, _ = _masked_stats(a_node[:, None, :].expand_as(s["child"]), s["child"], ddof)
         std_global = s["sigma_h"] / (sigma_global[:, None] + eps)
         sum_global += torch.where(counted, std_global, 0.0).sum(-1)
         sum_sibling += torch.where(counted, std_sibling, 0.0).sum(-1)
@@ -422,3 +452,29 @@ def sibling_contrast(
         "sibling": torch.where(count > 0, sum_sibling / denom, math.nan),
         "n_parents": count,
     }
+
+
+def sibling_signal_share(sids: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) share of sibling groups G(h) -- every parent prefix h of every depth among a query's valid
+    candidates -- whose child nodes differ in node score (Eq. 17): the groups that give Sibling-GRPO a
+    non-zero term (Eq. 18-19). A parent with one child node gives none. NaN for a query with no valid
+    candidate. The training log's ``sibling_signal_share``; its GRPO counterpart is the share of
+    queries whose rewards are not all equal.
+
+    Root: child nodes 0 and 1 score 2 and 1 (a signal); parent (0,): leaves 1 and 3 (a signal);
+    parent (1,): a single child node (none): 2 of 3.
+
+    >>> s = torch.tensor([[[0, 0], [0, 1], [1, 0], [1, 0]]])
+    >>> sibling_signal_share(s, torch.tensor([[1.0, 3.0, 0.0, 2.0]]))
+    tensor([0.6667])
+    """
+    rewards, valid = _check_rewards(rewards, valid)
+    _check_sids(sids, rewards)
+    groups = torch.zeros(rewards.shape[0], device=rewards.device)
+    signal = torch.zeros_like(groups)
+    for lv in range(1, sids.shape[-1] + 1):
+        st = _sibling_level(sids, rewards, valid, lv, ddof=0)
+        parents = st["first_parent"]  # one row per sibling group
+        groups += parents.sum(-1)
+        signal += (parents & (st["sigma_h"] > 0)).sum(-1)
+    return torch.where(groups > 0, signal / groups.clamp_min(1), math.nan)

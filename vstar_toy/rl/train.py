@@ -9,13 +9,21 @@ One step, for a batch of training users:
 3. *value*: ``cfg.rl.value_updates`` TD steps of V_phi on these candidates (Eq. 9), if a head is
    given;
 4. *policy*: ``cfg.rl.inner_epochs`` passes of the objective (GRPO, Sibling-GRPO or joint, plus KL
-   to the frozen SFT reference) over the batch.
+   to the frozen SFT reference) over the batch, with the optimiser, warm-up and gradient clipping of
+   ``cfg.rl`` (``TrainingState``).
+
+Each step's log row holds the diagnostics a practitioner needs to see why a run does or does not learn
+(README, "Training diagnostics"): the reward the learner sees (mean and within-group std), the share of
+GRPO groups with no reward variance (they give no gradient), the share of sibling groups with a
+contrast, the KL to the reference, the policy's entropy per level, the gradient norm, the value loss,
+and every ``eval_every`` steps validation HR@10 / NDCG@10 / mean true reward and V's Spearman.
 
 Everything random is seeded by (seed, step), so a run is a function of its config, and a run that
 resumes from its last checkpoint continues exactly as if it had never stopped. The run directory
 holds ``metrics.csv`` (one row per step, rewritten atomically each step), ``state.pt`` (weights,
-optimiser states and the log, every ``eval_every`` steps and at the end), ``reference.pt`` (the
-SFT policy the KL term holds on to) and ``config.json``.
+optimiser states and the log, every ``eval_every`` steps and at the end; tensors and plain types only,
+loaded with ``weights_only=True``: a crafted file cannot run code), ``reference.pt`` (the SFT policy the
+KL term holds on to) and ``config.json``.
 
 Under torchrun (``distributed.init_from_env()`` called first), each rank decodes and scores its share
 of the global batch and DDP averages the gradients, so a step equals one process on the whole batch
@@ -46,8 +54,8 @@ from ..evaluate import evaluate, scorers, true_reward_kind, value_quality
 from ..world import World
 from ..world.rewards import rewards
 from . import distributed
-from .advantages import reward_range, sibling_contrast
-from .losses import policy_loss
+from .advantages import reward_range, sibling_contrast, sibling_signal_share
+from .losses import loss_kwargs, policy_loss
 from .value_learning import td_update
 
 
@@ -57,6 +65,52 @@ class TrainResult:
     value_head: torch.nn.Module | None
     log: pd.DataFrame  # one row per step; evaluation columns filled every eval_every steps
     run_dir: Path | None
+
+
+@dataclass
+class TrainingState:
+    """What the loop updates: the policy, the frozen SFT reference of the KL term, the value head, and
+    their optimisers; ``scheduler`` warms the policy's learning rate up (``RLConfig.warmup_steps``)."""
+
+    policy: torch.nn.Module
+    reference: torch.nn.Module
+    value_head: torch.nn.Module | None
+    opt: torch.optim.Optimizer
+    vopt: torch.optim.Optimizer | None
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def state_dict(self, step: int, rows: list[dict]) -> dict:
+        """A checkpoint of tensors and plain types only (the log as JSON), safe to load with
+        ``torch.load(..., weights_only=True)``."""
+        return {"policy": self.policy.state_dict(), "opt": self.opt.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": step, "rows": json.dumps(rows),
+                "value": self.value_head.state_dict() if self.value_head is not None else None,
+                "vopt": self.vopt.state_dict() if self.vopt is not None else None}
+
+    def load_state_dict(self, state: dict) -> tuple[int, list[dict]]:
+        """Restore a ``state_dict``; returns (step, log rows)."""
+        self.policy.load_state_dict(state["policy"])
+        self.opt.load_state_dict(state["opt"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.value_head is not None:
+            self.value_head.load_state_dict(state["value"])
+            self.vopt.load_state_dict(state["vopt"])
+        return int(state["step"]), json.loads(state["rows"])
+
+
+def training_state(policy: torch.nn.Module, cfg: Config, value_head=None) -> TrainingState:
+    """The one way to set up RL on ``policy``: a frozen copy of it as the KL reference, its optimiser
+    (``cfg.rl.optimizer``, ``lr``, linear warm-up over ``warmup_steps``) and the value head's Adam."""
+    rl = cfg.rl
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    if rl.optimizer == "adamw":
+        opt = torch.optim.AdamW(policy.parameters(), lr=rl.lr, weight_decay=0.01)
+    else:
+        opt = torch.optim.Adam(policy.parameters(), lr=rl.lr)
+    warm = rl.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warm + 1)))
+    vopt = torch.optim.Adam(value_head.parameters(), lr=cfg.value.lr) if value_head is not None else None
+    return TrainingState(policy, reference, value_head, opt, vopt, scheduler)
 
 
 def _identity(cfg_json: str) -> dict:
@@ -94,9 +148,7 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
         progress, say, on_step = False, (lambda msg: None), None
     distributed.broadcast(policy)
     distributed.broadcast(value_head)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    opt = torch.optim.Adam(policy.parameters(), lr=rl.lr)
-    vopt = torch.optim.Adam(value_head.parameters(), lr=cfg.value.lr) if value_head is not None else None
+    st = training_state(policy, cfg, value_head)
     rows: list[dict] = []
     start = 0
     run = Path(run_dir) if run_dir is not None else None
@@ -108,42 +160,29 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
         if resume and (run / "state.pt").exists():
             if _identity((run / "config.json").read_text()) != _identity(cfg_json):
                 raise ValueError(f"{run} holds a run with another config or world: pass a new --out, or resume=False")
-            state = torch.load(run / "state.pt", map_location="cpu", weights_only=False)  # every rank reads it
-            reference.load_state_dict(torch.load(run / "reference.pt", map_location="cpu", weights_only=True))
-            policy.load_state_dict(state["policy"])
-            opt.load_state_dict(state["opt"])
-            if value_head is not None:
-                value_head.load_state_dict(state["value"])
-                vopt.load_state_dict(state["vopt"])
-            rows, start = state["rows"], state["step"]
+            st.reference.load_state_dict(torch.load(run / "reference.pt", map_location="cpu", weights_only=True))
+            start, rows = st.load_state_dict(torch.load(run / "state.pt", map_location="cpu", weights_only=True))
             if main and start < rl.steps:  # an extended run: config.json records the new length
                 atomic_write_text(cfg_json, run / "config.json")
             say(f"resuming {run} at step {start} of {rl.steps}")
         elif main:
             atomic_write_text(cfg_json, run / "config.json")
-            atomic_save(reference.state_dict(), run / "reference.pt")
+            atomic_save(st.reference.state_dict(), run / "reference.pt")
 
     val = world.queries("valid", n=rl.eval_queries, seed=rl.seed)
     eval_cfg = dataclasses.replace(dcfg, decoder="beam", budget_x=1.0)
 
     ddp = distributed.wrap(policy) if world_size > 1 else None  # the update's all-reduce; None in one process
-    if vopt is not None:
-        distributed.sync_gradients(vopt)
-
-    def checkpoint(step: int) -> None:
-        if run is None or not main:
-            return
-        atomic_save({"policy": policy.state_dict(), "opt": opt.state_dict(), "step": step, "rows": rows,
-                     "value": value_head.state_dict() if value_head is not None else None,
-                     "vopt": vopt.state_dict() if vopt is not None else None}, run / "state.pt")
+    if st.vopt is not None:
+        distributed.sync_gradients(st.vopt)
 
     bar = tqdm(range(start, rl.steps), desc=f"RL {dcfg.decoder}+{rl.objective}", disable=not progress,
                initial=start, total=rl.steps)
     for step in bar:
         t0 = time.perf_counter()
-        row = train_step(world, policy, reference, value_head, opt, vopt, cfg, step, model=ddp,
-                         decode_value=decode_value)
-        if main and ((step + 1) % rl.eval_every == 0 or step + 1 == rl.steps):
+        row = train_step(world, st, cfg, step, model=ddp, decode_value=decode_value)
+        evaluating = (step + 1) % rl.eval_every == 0 or step + 1 == rl.steps
+        if main and evaluating:
             row.update(evaluate_policy(world, policy, value_head, val, eval_cfg, seed=rl.seed))
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
@@ -152,23 +191,23 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
             on_step(row)
         if run is not None and main:
             atomic_write_text(pd.DataFrame(rows).to_csv(index=False), run / "metrics.csv")
-            if (step + 1) % rl.eval_every == 0 or step + 1 == rl.steps:
-                checkpoint(step + 1)
+            if evaluating:
+                atomic_save(st.state_dict(step + 1, rows), run / "state.pt")
     policy.eval()
     return TrainResult(policy, value_head, pd.DataFrame(rows), run)
 
 
-def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Config, step: int,
-               model: torch.nn.Module | None = None, decode_value=None) -> dict:
+def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: torch.nn.Module | None = None,
+               decode_value=None) -> dict:
     """One step of the loop; returns its log row. ``model`` computes the update's log-probs: the DDP
-    wrapper of ``policy`` under torchrun (its backward averages gradients over ranks), else ``policy``."""
-    rl, dcfg = cfg.rl, cfg.decode
+    wrapper of ``st.policy`` under torchrun (its backward averages gradients over ranks), else the policy."""
+    rl, dcfg, policy = cfg.rl, cfg.decode, st.policy
     seed = _step_seed(rl.seed, step)
     q = distributed.shard(world.queries("train", n=rl.batch_queries, seed=seed))  # this rank's share
     # 1. decode with the behaviour policy
     policy.eval()
     with torch.no_grad():
-        guide = decode_value if decode_value is not None else value_head
+        guide = decode_value if decode_value is not None else st.value_head
         cands = decode(policy, q.histories, dataclasses.replace(dcfg, seed=distributed.rank_seed(seed % (2**31))),
                        guide.bind(q) if guide is not None else None)
     items, valid = cands.items.numpy(), cands.valid
@@ -177,52 +216,86 @@ def train_step(world: World, policy, reference, value_head, opt, vopt, cfg: Conf
     r_true = rewards(world, true_reward_kind(world), q.users, q.targets, items)
     # 3. value TD (Eq. 9)
     v_loss = math.nan
-    if value_head is not None and vopt is not None:
+    if st.value_head is not None and st.vopt is not None:
         for _ in range(rl.value_updates):
-            v_loss = td_update(policy, value_head, vopt, world, q, cands, cfg.value)
+            v_loss = td_update(policy, st.value_head, st.vopt, world, q, cands, cfg.value)
     # 4. policy update
-    sids = cands.sids  # padding candidates (-1 codes) get log-prob 0 and no loss
-    with torch.no_grad():  # pi_theta_old in eval mode, as it decoded
-        old = policy.logprobs(q.histories, sids)
-        ref = reference.logprobs(q.histories, sids)
-    torch.manual_seed(seed)
-    policy.train()
-    parts = {}
-    for _ in range(rl.inner_epochs):
-        new = (policy if model is None else model)(q.histories, sids)  # forward = logprobs
-        dev = new.device  # decoders and rewards live on the CPU; a GPU policy's loss on its GPU
-        loss, parts = policy_loss(rl.objective, new, old, ref, cands.sids.to(dev), r.to(dev), valid.to(dev),
-                                  grpo_weight=rl.grpo_weight, sibling_weight=rl.sibling_weight, kl_coef=rl.kl_coef,
-                                  clip_eps=rl.clip_eps, eps=rl.adv_eps)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-    policy.eval()
-    contrast = sibling_contrast(sids.clamp_min(0), r, rl.adv_eps, valid)
-    vmask = valid.numpy()
+    parts, grad_norm = policy_update(st, q.histories, cands.sids, r, valid, cfg, seed, model)
     return distributed.mean_scalars({
-        "step": step + 1,
-        "reward": float(r[valid].mean()),
-        "true_reward": float(np.nanmean(np.where(vmask, r_true, np.nan))),
-        "max_true_reward": float(np.nanmean(np.nanmax(np.where(vmask, r_true, np.nan), 1))),
-        "hit": float((items == q.targets[:, None]).any(1).mean()),
-        "reward_range": float(torch.nanmean(reward_range(r, valid))),
-        "adv_spread_global": float(torch.nanmean(contrast["global"])),
-        "adv_spread_sibling": float(torch.nanmean(contrast["sibling"])),
-        "entropy": float(np.nanmean(cands.tree.entropy)),
-        "value_loss": v_loss,
-        "expansion_tokens": float(np.mean(cands.expansion_tokens)),
-        **parts,
+        "step": step + 1, **diagnostics(cands, r, r_true, q.targets, cfg), "value_loss": v_loss,
+        "grad_norm": grad_norm, "lr": st.scheduler.get_last_lr()[0], **parts,
     })
 
 
+def policy_update(st: TrainingState, histories, sids: torch.Tensor, r: torch.Tensor, valid: torch.Tensor,
+                  cfg: Config, seed: int, model: torch.nn.Module | None = None) -> tuple[dict, float]:
+    """``inner_epochs`` passes of the objective over one decoded batch; the importance ratios are
+    against the behaviour policy (pi_theta_old, frozen before the first pass). Returns the loss parts
+    and the mean gradient norm before clipping. Padding candidates (-1 codes) get log-prob 0, no loss."""
+    rl, policy = cfg.rl, st.policy
+    with torch.no_grad():  # pi_theta_old in eval mode, as it decoded
+        old = policy.logprobs(histories, sids)
+        ref = st.reference.logprobs(histories, sids)
+    torch.manual_seed(seed)
+    policy.train()
+    parts, norms = {}, []
+    for _ in range(rl.inner_epochs):
+        new = (policy if model is None else model)(histories, sids)  # forward = logprobs
+        dev = new.device  # decoders and rewards live on the CPU; a GPU policy's loss on its GPU
+        loss, parts = policy_loss(rl.objective, new, old, ref, sids.to(dev), r.to(dev), valid.to(dev),
+                                  **loss_kwargs(rl))
+        st.opt.zero_grad()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.max_grad_norm)))
+        st.opt.step()
+    st.scheduler.step()
+    policy.eval()
+    return parts, float(np.mean(norms))
+
+
+def diagnostics(cands, r: torch.Tensor, r_true: np.ndarray, targets: np.ndarray, cfg: Config) -> dict:
+    """What one step's candidate sets say about the learning signal (train's log row):
+
+    ``reward`` / ``reward_std``: mean of the learner's reward and its mean within-group std;
+    ``zero_var_share``: share of queries (GRPO groups) whose candidates all got the same reward (no
+    gradient from Eq. 2); ``sibling_signal_share``: share of sibling groups (parents, any depth) whose
+    child nodes differ in score (a non-zero term in Eq. 19); ``adv_spread_global`` / ``_sibling``:
+    within-parent spread of node advantages under GRPO's and Sibling-GRPO's normalisation;
+    ``true_reward`` / ``max_true_reward`` / ``hit``: the truth about the candidates; ``entropy_l1``..:
+    the policy's mean entropy at the decoded prefixes of each depth (the distribution over level l's
+    codes); ``expansion_tokens``: VED's value-guided spend."""
+    rl, valid = cfg.rl, cands.valid
+    vmask = valid.numpy()
+    sids = cands.sids.clamp_min(0)
+    rng = reward_range(r, valid)
+    contrast = sibling_contrast(sids, r, rl.adv_eps, valid, rl.adv_ddof)
+    std = torch.stack([r[b][valid[b]].std(correction=rl.adv_ddof) if valid[b].sum() > rl.adv_ddof
+                       else torch.tensor(0.0) for b in range(len(r))])
+    tree = cands.tree
+    out = {
+        "reward": float(r[valid].mean()),
+        "reward_std": float(std.mean()),
+        "zero_var_share": float((rng[valid.any(1)] == 0).float().mean()),
+        "sibling_signal_share": float(torch.nanmean(sibling_signal_share(sids, r, valid))),
+        "true_reward": float(np.nanmean(np.where(vmask, r_true, np.nan))),
+        "max_true_reward": float(np.nanmean(np.nanmax(np.where(vmask, r_true, np.nan), 1))),
+        "hit": float((cands.items.numpy() == targets[:, None]).any(1).mean()),
+        "adv_spread_global": float(torch.nanmean(contrast["global"])),
+        "adv_spread_sibling": float(torch.nanmean(contrast["sibling"])),
+        "expansion_tokens": float(np.mean(cands.expansion_tokens)),
+    }
+    for d in range(cands.sids.shape[-1]):
+        at = (tree.depth == d) & tree.evaluated & ~np.isnan(tree.entropy)
+        out[f"entropy_l{d + 1}"] = float(tree.entropy[at].mean()) if at.any() else math.nan
+    return out
+
+
 def evaluate_policy(world: World, policy, value_head, queries, eval_cfg, seed: int = 0) -> dict:
-    """Validation HR@10 / NDCG@10 by beam search, and per level the Spearman with the prefix reward
-    (Fig. 3) of V_phi (``rho_value_l*``, NaN without a head), log pi, and (``evaluate.scorers``) the
-    world's oracle and the no-learning cosine where the world has them."""
+    """Validation HR@10 / NDCG@10 and the mean true reward of the candidates, by beam search; and per
+    level the Spearman with the prefix reward (Fig. 3) of V_phi (``rho_value_l*``, NaN without a head),
+    log pi, and (``evaluate.scorers``) the world's oracle and the no-learning cosine where it has them."""
     m, _ = evaluate(world, policy, queries, eval_cfg)
-    out = {"valid_hr@10": m["hr@10"], "valid_ndcg@10": m["ndcg@10"]}
+    out = {"valid_hr@10": m["hr@10"], "valid_ndcg@10": m["ndcg@10"], "valid_mean_reward": m["mean_reward"]}
     rho = value_quality(world, policy, queries.take(slice(0, 128)), scorers(world, value_head), seed=seed)
     for lvl in range(world.catalog.levels):
         out[f"rho_value_l{lvl + 1}"] = rho["learned"][lvl] if value_head is not None else math.nan
