@@ -195,7 +195,7 @@ def test_training_page_trains_and_compares_two_runs(open_page, runs_dir):
     ok(at.button(key="train").click().run())
     assert any("Trained: 3 steps" in s.value for s in at.success)
     assert len(at.get("image")) == 1  # the run's curves (the live ones are cleared at the end)
-    baseline = "explorer/tiny/beam-grpo-3steps-eval2-b16-semantic-lr0.001-s0"
+    baseline = "explorer/tiny/beam-grpo-3steps-eval2-b16-semantic-lr0.0001-s0"
     log = pd.read_csv(runs_dir / baseline / "metrics.csv")
     assert log["step"].tolist() == [1, 2, 3] and log["valid_ndcg@10"].notna().tolist() == [False, True, True]
     summary = frame_with(at, "valid NDCG@10, last eval")
@@ -209,7 +209,7 @@ def test_training_page_trains_and_compares_two_runs(open_page, runs_dir):
     assert at.multiselect(key="compare").options == [baseline]
     at.multiselect(key="compare").set_value([baseline])
     ok(at.button(key="train").click().run())
-    vstar = "explorer/tiny/ved-joint-3steps-eval2-b16-semantic-lr0.001-s0"
+    vstar = "explorer/tiny/ved-joint-3steps-eval2-b16-semantic-lr0.0001-s0"
     assert len(at.get("image")) == 1
     summary = frame_with(at, "valid NDCG@10, last eval")
     assert summary.index.tolist() == [vstar, baseline]

@@ -58,16 +58,22 @@ def test_reproduce_claim_1_quick(run, tmp_path):
     out = _json(run("reproduce", "--preset", "tiny", "--claims", "1", "--seeds", "1", "--quick",
                     "--out", tmp_path / "rep", "--json"))
     (claim,) = out["claims"]
-    assert claim["id"] == 1 and claim["verdict"] == "inconclusive"  # one seed: no interval, no verdict
-    assert set(claim["values"]) == {"SFT", "beam+GRPO", "V-STAR"}
-    assert (tmp_path / "rep" / "report.md").read_text().count("Claim 1") == 1
+    assert claim["id"] == 1 and claim["verdict"] == claim["verdict_truth"] == "inconclusive"  # one seed: no interval
+    assert (claim["metric"], claim["metric_truth"]) == ("ndcg@10", "mean_reward")
+    assert set(claim["values"]) == set(claim["values_truth"]) == {"SFT", "beam+GRPO", "V-STAR"}
+    assert set(out["training"]) == {"beam, grpo, 1.0, learned", "ved, joint, 1.0, learned"}
+    assert 0.0 <= out["training"]["beam, grpo, 1.0, learned"]["zero_var_share"] <= 1.0
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert report.count("Claim 1") == 1 and "Training diagnostics" in report and "learning_curves.png" in report
+    assert (tmp_path / "rep" / "learning_curves.png").exists()
 
 
 @pytest.mark.slow
 def test_reproduce_all_claims_two_seeds(run, tmp_path):
     out = _json(run("reproduce", "--preset", "tiny", "--seeds", "2", "--quick", "--out", tmp_path / "rep", "--json"))
     assert [c["id"] for c in out["claims"]] == list(range(1, 9))
-    assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in out["claims"])
+    assert all(c[v] in ("holds", "does not hold", "inconclusive") for c in out["claims"] for v in ("verdict",
+                                                                                                "verdict_truth"))
 
 
 @pytest.mark.parametrize("args, words", [

@@ -169,8 +169,30 @@ def test_named_presets_say_what_they_set():
     assert presets.high_mismatch().world.mismatch == 0.9
     assert presets.no_mismatch().world.mismatch == 0.0
     p = presets.paper()
+    assert p.world.codebook_sizes == (256, 256, 256) and p != presets.cpu_demo()  # its name promises the scale
     assert (p.decode.n_candidates, p.decode.warm_beam, p.decode.lam) == (16, 8, 0.1)
     assert (p.value.gamma, p.value.step_weights, p.rl.kl_coef) == (0.99, (0.3, 0.5, 1.0), 1e-3)
+    default = presets.cpu_demo().world
+    assert default.n_users * default.test_frac >= 1000  # one test hit is worth less than 0.001 HR
+
+
+def test_overlay_keeps_what_was_not_given():
+    cfg = presets.tiny().overlay(decode={"n_candidates": None, "budget_x": 2.0, "priority": None})
+    assert (cfg.decode.n_candidates, cfg.decode.budget_x, cfg.decode.priority) == (8, 2.0, "G")
+
+
+def test_samplers_refuse_a_budget_they_cannot_spend():
+    for decoder in ("topk", "temperature"):
+        with pytest.raises(ValueError, match=rf"budget_x = 2\.0 is invalid: expected 1 for the {decoder} decoder"):
+            DecodeConfig(decoder=decoder, budget_x=2.0)
+    assert DecodeConfig(decoder="beam", budget_x=2.0).budget_x == 2.0
+
+
+def test_every_decoder_of_the_config_is_in_the_registry():
+    from vstar_toy.config import DECODERS as NAMES
+    from vstar_toy.decoding import DECODERS
+
+    assert set(DECODERS) == set(NAMES)
 
 
 def test_unknown_preset_names_the_valid_ones():

@@ -1,5 +1,5 @@
 """The synthetic world: valid unique SIDs, a trie that matches them, determinism, and a mismatch
-knob that moves the measured Spearman rho (DESIGN section 3)."""
+knob that moves the measured Spearman rho (docs/design.md, section 3)."""
 
 import numpy as np
 import pytest

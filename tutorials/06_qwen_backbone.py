@@ -17,7 +17,7 @@
 # The paper's policy is an LLM, Qwen2.5-1.5B, whose vocabulary is extended with one token per SID
 # code, fine-tuned on the logs and then trained by RL (Sec. 5.1). The toolkit's decoders and losses
 # never see a model: they talk to a *policy* through `start`, `step`, `logprobs` and a `cost`
-# counter (DESIGN section 2). `policy/qwen.py` puts a Hugging Face `Qwen2ForCausalLM` behind those
+# counter (docs/design.md, section 2). `policy/qwen.py` puts a Hugging Face `Qwen2ForCausalLM` behind those
 # calls, so beam search, VED (Eq. 11-14), the TD value head (Eq. 9) and GRPO / Sibling-GRPO
 # (Eq. 2, Eq. 19) run on it unchanged. On a CPU we use `tiny-qwen`: the Qwen2 architecture (RMSNorm,
 # rotary positions, grouped-query attention, SwiGLU) at hidden size 64 and 2 layers. This notebook:

@@ -25,23 +25,22 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
-import pandas as pd
-import torch
 import typer
 
-from . import checkpoint, plots
-from .config import Config, DecodeConfig, preset
-from .evaluate import evaluate
-from .pipeline import build_world, load_data, sft_policy, value_model
+from .config import PRESETS, Config, DecodeConfig, preset
+
+# Commands import the library (torch, pandas, matplotlib) in their bodies, so that `--help` and a bad
+# option answer at once.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="V-STAR toolkit: value-guided decoding and Sibling-GRPO over SID prefix trees.")
 
-Preset = Annotated[str, typer.Option("--preset", help="a named preset: cpu_demo, paper, high_mismatch, ...")]
+Preset = Annotated[str, typer.Option("--preset", help=f"a named preset: {', '.join(PRESETS)}")]
 Mismatch = Annotated[float | None, typer.Option(help="the world's mismatch knob m in [0, 1] (overrides the preset)")]
 Seed = Annotated[int | None, typer.Option(help="the world's seed (overrides the preset)")]
-AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object and nothing else on stdout")]
+AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object and nothing else on stdout (progress "
+                                                 "and notes still go to stderr)")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="no progress bars or notes on stderr")]
 PolicyDir = Annotated[Path | None, typer.Option("--policy", help="a checkpoint from `vstar-toy sft` (default: cached)")]
 Backbone = Annotated[str | None, typer.Option(
     "--backbone", help="a Qwen2 backbone instead of the tiny transformer: tiny-qwen, qwen2.5-0.5b, qwen2.5-1.5b "
@@ -62,6 +61,7 @@ def make_config(preset_name: str, mismatch: float | None = None, seed: int | Non
 
 def load(preset_name: str, mismatch: float | None, seed: int | None, data: str | None):
     """(config, world): the synthetic world of the preset, or the real data set ``data``."""
+    from .pipeline import build_world, load_data
     cfg = make_config(preset_name, mismatch, seed)
     if data is None:
         return cfg, build_world(cfg.world)
@@ -78,8 +78,11 @@ def say_to(quiet: bool):
 # ----------------------------------------------------------------------------------------------
 @app.command()
 def world(preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None, as_json: AsJson = False,
+          quiet: Quiet = False,
           plot: Annotated[Path | None, typer.Option(help="save the SID-tree picture in this folder")] = None):
     """Build the synthetic world and print its summary (items, SIDs, branching, measured mismatch)."""
+    from . import plots
+    from .pipeline import build_world
     cfg = make_config(preset_name, mismatch, seed)
     w = build_world(cfg.world)
     summary = w.summary()
@@ -94,7 +97,7 @@ def world(preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: See
     if plot is not None:
         plot.mkdir(parents=True, exist_ok=True)
         plots.save(plots.world_tree(w, user=int(w.queries("test", n=1).users[0])), plot / "sid_tree.png")
-        say_to(as_json)(f"saved {plot / 'sid_tree.png'}")
+        say_to(quiet)(f"saved {plot / 'sid_tree.png'}")
 
 
 @app.command()
@@ -103,6 +106,7 @@ def sft(out: Annotated[Path, typer.Option(help="checkpoint directory to write")]
         backbone: Backbone = None, epochs: Annotated[int | None, typer.Option(help="maximum SFT epochs")] = None,
         quiet: bool = False):
     """Supervised next-item training on the logs; writes a checkpoint that `--policy DIR` loads."""
+    from . import checkpoint
     from .pipeline import make_policy
     from .rl.sft import train_sft
 
@@ -126,12 +130,14 @@ def value(policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: 
           data: Data = None, steps: Annotated[int | None, typer.Option(help="TD steps")] = None,
           value_inputs: ValueInputs = None,
           queries: Annotated[int, typer.Option(help="validation users of the Spearman measurement")] = 256,
-          as_json: AsJson = False):
+          as_json: AsJson = False, quiet: Quiet = False):
     """Pre-train the value head V_phi by TD (Eq. 9) and measure it (Fig. 3's protocol on validation users):
     per level, the Spearman rho with the true prefix reward of V_phi, of log pi, of the world's oracle
     (synthetic worlds) and of a no-learning cosine baseline. With --policy the head is trained on that
     checkpoint and saved beside it; without, the cached SFT policy and value head are used (trained once)."""
+    from . import checkpoint
     from .evaluate import scorers, value_quality
+    from .pipeline import sft_policy, value_model
     from .rl.value_learning import pretrain_value
 
     cfg, w = load(preset_name, mismatch, seed, data)
@@ -139,19 +145,19 @@ def value(policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: 
         cfg = cfg.replace(value={"pretrain_steps": steps})
     if value_inputs is not None:
         cfg = cfg.replace(value={"inputs": value_inputs})
-    say = say_to(as_json)
+    say = say_to(quiet)
     if policy is not None:
         pol = checkpoint.load_policy(policy, w)
         t0 = time.perf_counter()
-        head, _ = pretrain_value(pol, w, cfg.value, progress=not as_json)
+        head, _ = pretrain_value(pol, w, cfg.value, progress=not quiet)
         seconds, trained = time.perf_counter() - t0, True
         meta = checkpoint.read_meta(policy)
         checkpoint.save(policy, w, pol, head, extra={k: v for k, v in meta.items() if k.endswith("_log")})
     else:
-        pol = sft_policy(w, cfg, None, progress=not as_json, say=say)
+        pol = sft_policy(w, cfg, None, progress=not quiet, say=say)
         t0 = time.perf_counter()
         notes: list[str] = []
-        head = value_model(w, pol, cfg, None, progress=not as_json, say=lambda m: (notes.append(m), say(m)))
+        head = value_model(w, pol, cfg, None, progress=not quiet, say=lambda m: (notes.append(m), say(m)))
         seconds, trained = time.perf_counter() - t0, not any("reusing" in n for n in notes)
     rho = value_quality(w, pol, w.queries("valid", n=queries), scorers(w, head))
     out = {"world": w.name, "inputs": cfg.value.inputs, "pretrain_steps": cfg.value.pretrain_steps,
@@ -166,33 +172,63 @@ def value(policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: 
         print(f"  {name:<8} {r}")
 
 
+def decode_options(cfg: Config, world, say, **given) -> Config:
+    """``cfg`` with the decoding options the user gave laid over the preset's (``Config.overlay``),
+    checked against the world before anything is trained. When only |C| was given and the preset's b0
+    is not below it, b0 follows (VED needs b0 < |C|), and the note says so."""
+    if given.get("n_candidates") is not None and given.get("warm_beam") is None:
+        if cfg.decode.warm_beam >= given["n_candidates"]:
+            given["warm_beam"] = max(1, given["n_candidates"] - 1)
+            say(f"note: --warm-beam lowered to {given['warm_beam']} (VED's b0 must be below --candidates)")
+    cfg = cfg.overlay(decode=given)
+    if cfg.decode.n_candidates > world.catalog.n_items:
+        raise ValueError(f"--candidates = {cfg.decode.n_candidates} is invalid: the catalog of {world.name} holds "
+                         f"{world.catalog.n_items} items")
+    return cfg
+
+
+def test_split(world, queries: int | None):
+    """The first ``queries`` test users (all of them when None), refusing a count the split cannot give."""
+    n_split = int((world.split == 2).sum())
+    if queries is not None and not 1 <= queries <= n_split:
+        raise ValueError(f"--queries = {queries} is invalid: expected 1 .. {n_split} (the test users of {world.name})")
+    return world.queries("test", n=queries)
+
+
 @app.command()
 def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature or ved")] = "ved",
            value_kind: Annotated[str, typer.Option("--value", help="what VED ranks prefixes by: learned (V_phi), "
                                                    "oracle (the world's true prefix value; synthetic worlds only), "
                                                    "logp or cosine")] = "learned",
            value_inputs: ValueInputs = None,
-           candidates: Annotated[int, typer.Option(help="|C|, candidates per query")] = 16,
-           budget_x: Annotated[float, typer.Option(help="budget multiplier: kx = 1 + k (L-1) |C| tokens")] = 1.0,
-           priority: Annotated[str, typer.Option(help="VED expansion rule: G, V or H (Table 3)")] = "G",
-           queries: Annotated[int, typer.Option(help="test queries to decode")] = 300,
+           candidates: Annotated[int | None, typer.Option(help="|C|, candidates per query (default: the preset's)")]
+           = None,
+           budget_x: Annotated[float | None, typer.Option(
+               help="budget multiplier k: 1 + k (L-1) |C| forward tokens (default: the preset's, 1)")] = None,
+           warm_beam: Annotated[int | None, typer.Option(help="VED's warm-start beam b0 (default: the preset's)")]
+           = None,
+           priority: Annotated[str | None, typer.Option(help="VED expansion rule: G, V or H (Table 3)")] = None,
+           queries: Annotated[int | None, typer.Option(help="test users to decode (default: all)")] = None,
            policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
-           data: Data = None, backbone: Backbone = None, as_json: AsJson = False):
-    """Decode the test split with one decoder and print accuracy, diversity, reachability and budget."""
+           data: Data = None, backbone: Backbone = None, as_json: AsJson = False, quiet: Quiet = False):
+    """Decode the test split with one decoder and print accuracy, the true reward of the candidates,
+    diversity, reachability and the budget spent."""
+    from .evaluate import evaluate
+    from .pipeline import sft_policy, value_model
     from .values import make_value
 
     cfg, w = load(preset_name, mismatch, seed, data)
-    if value_inputs is not None:
-        cfg = cfg.replace(value={"inputs": value_inputs})
-    dcfg = DecodeConfig(decoder=decoder, n_candidates=candidates, budget_x=budget_x, priority=priority,
-                        warm_beam=min(cfg.decode.warm_beam, max(1, candidates - 1)))
-    say = say_to(as_json)
+    say = say_to(quiet)
+    cfg = decode_options(cfg, w, say, decoder=decoder, n_candidates=candidates, budget_x=budget_x,
+                         warm_beam=warm_beam, priority=priority).overlay(value={"inputs": value_inputs})
+    test = test_split(w, queries)
     scorer = make_value(value_kind, w, head=None) if decoder == "ved" and value_kind != "learned" else None
-    pol = sft_policy(w, cfg, policy, progress=not as_json, say=say, backbone=backbone)
+    pol = sft_policy(w, cfg, policy, progress=not quiet, say=say, backbone=backbone)
     if decoder == "ved" and value_kind == "learned":
-        scorer = value_model(w, pol, cfg, policy, progress=not as_json, say=say)
-    metrics, _ = evaluate(w, pol, w.queries("test", n=queries), dcfg, scorer)
+        scorer = value_model(w, pol, cfg, policy, progress=not quiet, say=say)
+    metrics, _ = evaluate(w, pol, test, cfg.decode, scorer)
     metrics["decoder"] = decoder
+    metrics["n_candidates"] = cfg.decode.n_candidates
     if decoder == "ved":
         metrics["value"] = value_kind
     metrics["world"] = w.name
@@ -208,34 +244,49 @@ def train(out: Annotated[Path, typer.Option(help="run directory: metrics.csv, ch
           decoder: Annotated[str, typer.Option(help="candidates from beam (GRPO baseline) or ved (V-STAR)")] = "ved",
           objective: Annotated[str, typer.Option(help="grpo, sibling or joint (Eq. 2, Eq. 19, their sum)")] = "joint",
           steps: Annotated[int | None, typer.Option(help="policy updates (default: the preset's)")] = None,
-          budget_x: Annotated[float, typer.Option(help="training-time decoding budget multiplier")] = 1.0,
-          queries: Annotated[int, typer.Option(help="test queries scored at the end (beam search)")] = 300,
+          budget_x: Annotated[float | None, typer.Option(help="training-time decoding budget multiplier")] = None,
+          candidates: Annotated[int | None, typer.Option(help="|C| per training query (default: the preset's)")]
+          = None,
+          lr: Annotated[float | None, typer.Option(help="the policy's learning rate (default: the preset's)")] = None,
+          kl_coef: Annotated[float | None, typer.Option(help="weight of the KL to the SFT policy")] = None,
+          lam: Annotated[float | None, typer.Option(help="lambda of G = V + lambda H (Eq. 11)")] = None,
+          beta: Annotated[float | None, typer.Option(help="beta of VED's UCB (Eq. 13)")] = None,
+          inner_epochs: Annotated[int | None, typer.Option(help="policy-gradient passes per decoded batch")] = None,
+          batch_queries: Annotated[int | None, typer.Option(help="training users per step")] = None,
+          reward: Annotated[str | None, typer.Option(help="hit, semantic, affinity (the oracle) or minionerec")]
+          = None,
+          queries: Annotated[int | None, typer.Option(help="test users scored at the end, by beam search "
+                                                      "(default: all)")] = None,
           policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
           data: Data = None, backbone: Backbone = None,
           restart: Annotated[bool, typer.Option(help="start over instead of resuming")] = False,
-          as_json: AsJson = False):
+          as_json: AsJson = False, quiet: Quiet = False):
     """The self-evolving loop (Sec. 4.4) from the SFT policy: decode -> reward -> value TD -> policy update.
     Writes OUT/metrics.csv (one row per step), checkpoints, and OUT/final (a `--policy` checkpoint).
     Under `torchrun --nproc_per_node N -m vstar_toy.cli train ...` the batch is sharded over N processes
     (DDP; nccl on GPUs, gloo on CPU) and rank 0 writes and prints."""
     import copy
 
+    from .evaluate import evaluate
+    from .pipeline import sft_policy, value_model
     from .rl import distributed
     from .rl.train import train as run_training
 
     distributed.init_from_env()
     try:
         cfg, w = load(preset_name, mismatch, seed, data)
-        rl = {"objective": objective} | ({"steps": steps} if steps is not None else {})
-        cfg = cfg.replace(decode={"decoder": decoder, "budget_x": budget_x}, rl=rl)
         main = distributed.is_main()
-        quiet = as_json or not main
+        quiet = quiet or not main
         say = say_to(quiet)
+        cfg = decode_options(cfg, w, say, decoder=decoder, budget_x=budget_x, n_candidates=candidates, lam=lam,
+                             beta=beta)
+        cfg = cfg.overlay(rl=dict(objective=objective, steps=steps, lr=lr, kl_coef=kl_coef, inner_epochs=inner_epochs,
+                                  batch_queries=batch_queries, reward=reward))
+        test = test_split(w, queries)
         with distributed.main_first():  # rank 0 trains and caches the SFT policy; the others load it
             pol = copy.deepcopy(sft_policy(w, cfg, policy, progress=not quiet, say=say, backbone=backbone))
             head = copy.deepcopy(value_model(w, pol, cfg, policy, progress=not quiet, say=say))
-        test = w.queries("test", n=queries)
-        start_metrics = evaluate(w, pol, test, DecodeConfig(decoder="beam"))[0] if main else None
+        start_metrics = evaluate(w, pol, test, beam_of(cfg))[0] if main else None
         res = run_training(w, pol, cfg, head, run_dir=out, progress=not quiet, say=say, resume=not restart)
         if main:
             _train_summary(w, res, cfg, out, start_metrics, test, preset_name, as_json)
@@ -244,10 +295,12 @@ def train(out: Annotated[Path, typer.Option(help="run directory: metrics.csv, ch
 
 
 def _train_summary(w, res, cfg, out: Path, start_metrics: dict, test, preset_name: str, as_json: bool) -> None:
+    from . import checkpoint
+    from .evaluate import evaluate
     decoder, objective = cfg.decode.decoder, cfg.rl.objective
     checkpoint.save(out / "final", w, res.policy, res.value_head,
                     extra={"preset": preset_name, "decoder": decoder, "objective": objective, "steps": cfg.rl.steps})
-    end_metrics, _ = evaluate(w, res.policy, test, DecodeConfig(decoder="beam"))
+    end_metrics, _ = evaluate(w, res.policy, test, beam_of(cfg))
     log = res.log
     first, last = log.head(max(1, len(log) // 5)), log.tail(max(1, len(log) // 5))
     diag = ("zero_var_share", "sibling_signal_share", "loss_kl", "grad_norm", "entropy_l1", "adv_spread_global",
@@ -268,7 +321,7 @@ def _train_summary(w, res, cfg, out: Path, start_metrics: dict, test, preset_nam
 
 @app.command()
 def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figures go here")] = Path("runs/reproduce"),
-              claims: Annotated[str, typer.Option(help="comma-separated claim numbers (DESIGN section 5)")] =
+              claims: Annotated[str, typer.Option(help="comma-separated claim numbers (docs/design.md, section 5)")] =
               "1,2,3,4,5,6,7,8",
               seeds: Annotated[int, typer.Option(help="seeds per arm (confidence intervals need >= 2)")] = 3,
               quick: Annotated[bool, typer.Option(help="smaller world, shorter training: <= 15 min on 2 cores")] =
@@ -276,10 +329,11 @@ def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figure
               test_queries: Annotated[int | None, typer.Option(
                   help="test users scored per seed (default 300 quick, 500 full; 0: the whole split)")] = None,
               preset_name: Preset = "cpu_demo", data: Data = None, backbone: Backbone = None,
-              as_json: AsJson = False):
+              as_json: AsJson = False, quiet: Quiet = False):
     """Reproduce the paper's claims: mean and 95% interval over seeds, a verdict per claim, report.md."""
     from .experiments import Settings
     from .experiments import reproduce as run_claims
+    from .pipeline import load_data
 
     try:
         ids = [int(c) for c in claims.split(",") if c.strip()]
@@ -288,15 +342,32 @@ def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figure
     loader = (lambda: load_data(data)) if data is not None else None
     if data is not None and 8 in ids:
         raise ValueError("claim 8 sweeps the synthetic world's mismatch knob; leave it out with --data")
-    summary = run_claims(ids, preset(preset_name), Settings.make(seeds, quick, test_queries), out, progress=not as_json,
-                         say=say_to(as_json), world_loader=loader, label=data or "", backbone=backbone)
+    summary = run_claims(ids, preset(preset_name), Settings.make(seeds, quick, test_queries), out, progress=not quiet,
+                         say=say_to(quiet), world_loader=loader, label=data or "", backbone=backbone)
     if as_json:
-        print(json.dumps({k: summary[k] for k in ("claims", "seeds", "quick", "seconds", "report")}))
+        print(json.dumps(summary))
     else:
         for c in summary["claims"]:
-            vals = ", ".join(f"{k}: {v:.4f}" for k, v in c["values"].items() if v is not None)
-            print(f"claim {c['id']} ({c['metric']}): {c['verdict']:<14} {vals}")
+            vals = ", ".join(f"{k}: {v:.4f}" for k, v in c["values_truth"].items() if v is not None)
+            print(f"claim {c['id']}: paper ({c['metric']}) {c['verdict']:<14} truth ({c['metric_truth']}) "
+                  f"{c['verdict_truth']:<14} {vals}")
         print(f"report: {summary['report']}")
+
+
+@app.command()
+def recipe(out: Annotated[Path, typer.Option(help="runs, recipe.csv and recipe.md go here")] = Path("runs/recipe"),
+           steps: Annotated[int, typer.Option(help="policy updates per run")] = 60,
+           preset_name: Preset = "cpu_demo", as_json: AsJson = False, quiet: Quiet = False):
+    """How the RL recipe was chosen: a learning rate x inner epochs grid, then warm-up and the joint loss's
+    normalisation, for beam+GRPO and V-STAR, judged on the validation split only (experiments/recipe.py)."""
+    from .experiments.recipe import recipe_sweep
+
+    table, chosen = recipe_sweep(preset(preset_name), out, steps=steps, progress=not quiet, say=say_to(quiet))
+    if as_json:
+        print(json.dumps({"chosen": chosen, "runs": table.to_dict(orient="records")}, default=float))
+    else:
+        print(table.round(4).to_string(index=False))
+        print(f"chosen: {chosen}; table in {out / 'recipe.md'}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,7 +379,12 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
     search against VED at the same budget, and a short GRPO (beam) against V-STAR (VED + joint) training."""
     import copy
 
-    from .evaluate import scorers, value_quality
+    import numpy as np
+    import pandas as pd
+
+    from . import plots
+    from .evaluate import evaluate, scorers, value_quality
+    from .pipeline import build_world, sft_policy, value_model
     from .rl.train import train as run_training
 
     t0 = time.perf_counter()
@@ -344,9 +420,9 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
     q = w.queries("test", n=queries)
     tsid = "-".join(map(str, w.catalog.sids[q.targets[0]]))
     table = []
-    for name, dcfg in [("beam", DecodeConfig(decoder="beam")), ("topk", DecodeConfig(decoder="topk")),
-                       ("ved", DecodeConfig(decoder="ved")), ("ved 2x", DecodeConfig(decoder="ved", budget_x=2.0)),
-                       ("beam 2x", DecodeConfig(decoder="beam", budget_x=2.0))]:
+    for name, decoder, budget_x in [("beam", "beam", 1.0), ("topk", "topk", 1.0), ("ved", "ved", 1.0),
+                                    ("ved 2x", "ved", 2.0), ("beam 2x", "beam", 2.0)]:
+        dcfg = cfg.replace(decode={"decoder": decoder, "budget_x": budget_x}).decode
         m, sets = evaluate(w, pol, q, dcfg, head)
         table.append({"decoder": name, **{k: m[k] for k in ("hr@10", "ndcg@10", "reachability", "max_reward", "div",
                                                               "mean_cost_tokens", "expansion_tokens")}})
@@ -362,13 +438,13 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
 
     print(f"[5/5] Training from the SFT policy for {rl_steps} steps (Sec. 4.4): beam search + GRPO "
           "against V-STAR (VED + GRPO + Sibling-GRPO).")
-    logs, scores = {}, [{"policy": "SFT", **_test_row(w, pol, q)}]
+    logs, scores = {}, [{"policy": "SFT", **_test_row(w, pol, q, cfg)}]
     for name, decoder, objective in [("beam+GRPO", "beam", "grpo"), ("V-STAR", "ved", "joint")]:
         rcfg = cfg.replace(decode={"decoder": decoder}, rl={"objective": objective, "steps": rl_steps})
         res = run_training(w, copy.deepcopy(pol), rcfg, copy.deepcopy(head), run_dir=out / "runs" / name,
                            progress=True, resume=False)
         logs[name] = res.log
-        scores.append({"policy": name, **_test_row(w, res.policy, q),
+        scores.append({"policy": name, **_test_row(w, res.policy, q, cfg),
                        "train_reward_last10": float(res.log["reward"].tail(10).mean()),
                        "adv_spread_global": float(res.log["adv_spread_global"].mean())})
     plots.save(plots.training_curves(logs), out / "training.png")
@@ -379,13 +455,18 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
     print(f"done in {time.perf_counter() - t0:.0f} s; tables and figures in {out}/")
 
 
-def _test_row(world, policy, queries) -> dict:
-    m, _ = evaluate(world, policy, queries, DecodeConfig(decoder="beam"))
+def beam_of(cfg: Config) -> DecodeConfig:
+    """The preset's decoding settings with beam search at 1x: how every trained policy is tested."""
+    return cfg.replace(decode={"decoder": "beam", "budget_x": 1.0}).decode
+
+
+def _test_row(world, policy, queries, cfg: Config) -> dict:
+    from .evaluate import evaluate
+    m, _ = evaluate(world, policy, queries, beam_of(cfg))
     return {k: m[k] for k in ("hr@10", "ndcg@10", "max_reward")}
 
 
 def main() -> None:
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     try:
         app()
     except (ValueError, FileNotFoundError) as e:

@@ -6,7 +6,7 @@ Without an explicit checkpoint, a trained policy is cached under ``$VSTAR_TOY_CA
 that shape it; the functions say which they did (trained, or reused from where).
 
 The policy is the tiny transformer of ``cfg.policy`` by default, or a Qwen backbone (``backbone``: a
-name of ``policy.qwen.BACKBONES`` or a local checkpoint directory; DESIGN section 6), SFT-trained by the
+name of ``policy.qwen.BACKBONES`` or a local checkpoint directory; docs/design.md, section 6), SFT-trained by the
 same ``rl/sft.py``; its cache keys add the backbone and the device kind (bf16 on a GPU, float32 on a CPU).
 """
 

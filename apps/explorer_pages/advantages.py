@@ -1,5 +1,5 @@
 """Advantages page: one candidate set's rewards -> GRPO advantages (Eq. 2) against Sibling-GRPO node
-advantages (Eq. 15-18), the bounds of Eq. 4 and Samuelson's, and the sibling contrast (DESIGN sec. 4)."""
+advantages (Eq. 15-18), the bounds of Eq. 4 and Samuelson's, and the sibling contrast (docs/design.md, section 4)."""
 
 from __future__ import annotations
 

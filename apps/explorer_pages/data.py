@@ -51,7 +51,7 @@ def config(preset_name: str) -> Config:
 
 @st.cache_resource(show_spinner="Building the synthetic world...")
 def load_world(preset_name: str) -> World:
-    """The preset's world (DESIGN section 3)."""
+    """The preset's world (docs/design.md, section 3)."""
     return build_world(config(preset_name).world)
 
 

@@ -1,12 +1,43 @@
-"""Decoders: constrained beam search, top-K / temperature sampling, and VED. All return CandidateSets."""
+"""Decoders: constrained beam search, top-K / temperature sampling, and VED. All return CandidateSets.
+
+Every decoder is reached the same way: ``DECODERS[name](policy, histories, cfg, value_fn)``, or
+``decode(policy, histories, cfg, value_fn)`` for ``cfg.decoder``. ``cfg`` is a ``DecodeConfig`` (its
+``n_candidates``, ``budget_x`` and the decoder's own knobs); ``value_fn`` is the prefix value VED
+searches with (``vstar_toy.values``), ignored by the others. The samplers draw |C| sequences at the
+1x budget and refuse another (``DecodeConfig`` says so when it is built).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from ..config import DecodeConfig
 from .beam import beam_search
 from .sampling import sample
 from .tree import CandidateSets, PrefixTree, budget_tokens
 from .ved import ved_decode
+
+
+def _beam(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets:
+    return beam_search(policy, histories, cfg.n_candidates, cfg.budget_x)
+
+
+def _topk(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets:
+    return sample(policy, histories, cfg.n_candidates, cfg.temperature, cfg.top_k, cfg.seed)
+
+
+def _temperature(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets:
+    return sample(policy, histories, cfg.n_candidates, cfg.temperature, None, cfg.seed)
+
+
+def _ved(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets:
+    if value_fn is None:
+        raise ValueError("the ved decoder needs a value (train a head with `vstar-toy value`, or use the oracle)")
+    return ved_decode(policy, histories, value_fn, cfg)
+
+
+DECODERS: dict[str, Callable[..., CandidateSets]] = {"beam": _beam, "topk": _topk, "temperature": _temperature,
+                                                     "ved": _ved}
 
 
 def decode(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets:
@@ -16,15 +47,7 @@ def decode(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets
         raise ValueError(
             f"n_candidates = {cfg.n_candidates} is invalid: the catalog holds only {policy.catalog.n_items} items"
         )
-    if cfg.decoder == "beam":
-        return beam_search(policy, histories, cfg.n_candidates, cfg.budget_x)
-    if cfg.decoder == "topk":
-        return sample(policy, histories, cfg.n_candidates, cfg.temperature, cfg.top_k, cfg.seed)
-    if cfg.decoder == "temperature":
-        return sample(policy, histories, cfg.n_candidates, cfg.temperature, None, cfg.seed)
-    if value_fn is None:
-        raise ValueError("the ved decoder needs a value (train a head with `vstar-toy value`, or use the oracle)")
-    return ved_decode(policy, histories, value_fn, cfg)
+    return DECODERS[cfg.decoder](policy, histories, cfg, value_fn)
 
 
-__all__ = ["CandidateSets", "PrefixTree", "beam_search", "budget_tokens", "decode", "sample", "ved_decode"]
+__all__ = ["CandidateSets", "DECODERS", "PrefixTree", "beam_search", "budget_tokens", "decode", "sample", "ved_decode"]

@@ -136,6 +136,7 @@ def run_beam(
         if lvl < L - 1 or forward_leaves:
             with torch.no_grad():
                 level_state = policy.step(state.index(table[kq, par[kq, kb]]), code[kq, kb])
+            tree.set(kept_nodes, entropy=level_state.entropy())  # H (Eq. 12) of the forwarded beams
             cost += np.bincount(kq.cpu().numpy(), minlength=q)
         levels.append(
             BeamLevel(kq, kept_nodes, kept_parent, new_sid[kq, kb], new_cum[kq, kb], new_tok[kq, kb], level_state)

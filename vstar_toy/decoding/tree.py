@@ -96,6 +96,18 @@ class TreeBuilder:
         self.n += len(q)
         return ids
 
+    def set(self, ids: np.ndarray, **columns) -> None:
+        """Fill columns of nodes already added (e.g. the entropy of a node once it is forwarded)."""
+        ids = np.asarray(ids)
+        start = 0
+        for part in self.parts:
+            n = len(part["query"])
+            mine = (ids >= start) & (ids < start + n)
+            for name, values in columns.items():
+                v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+                part[name][ids[mine] - start] = v[mine]
+            start += n
+
     def build(self) -> PrefixTree:
         if not self.parts:
             empty = {k: np.zeros(0, dtype=np.int64) for k in PrefixTree.__dataclass_fields__}

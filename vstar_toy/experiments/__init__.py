@@ -1,4 +1,4 @@
-"""The paper's claims in the toolkit's worlds (DESIGN section 5): one function per claim, a shared
+"""The paper's claims in the toolkit's worlds (docs/design.md, section 5): one function per claim, a shared
 runner that caches what they share, verdicts from paired seeds, and ``report.md``."""
 
 from __future__ import annotations
@@ -48,12 +48,22 @@ def reproduce(claims: list[int], base: Config, settings: Settings, out: str | Pa
     def clean(v):
         return None if isinstance(v, float) and np.isnan(v) else v
 
+    def diagnostics(key) -> dict:
+        logs = runner.train_logs[key].values()
+        return {col: clean(float(np.mean([log[col].mean() for log in logs if col in log])))
+                for col in ("zero_var_share", "sibling_signal_share", "loss_kl", "grad_norm")}
+
     summary = {
-        "claims": [{"id": df.attrs["claim"], "title": df.attrs["title"], "verdict": df.attrs["verdict"],
-                    "metric": df.attrs["metric"], "values": {k: clean(v) for k, v in df.attrs["values"].items()},
-                    "comparisons": [{k: clean(v) for k, v in c.items()} for c in df.attrs["comparisons"]]}
-                   for df in frames],
-        "seeds": settings.seeds, "quick": settings.quick, "seconds": round(seconds, 1), "report": str(report),
+        "claims": [{"id": a["claim"], "title": a["title"], "verdict": a["verdict"], "metric": a["metric"],
+                    "values": {k: clean(v) for k, v in a["values"].items()},
+                    "verdict_truth": a["verdict_truth"], "metric_truth": a["metric_truth"],
+                    "values_truth": {k: clean(v) for k, v in a["values_truth"].items()},
+                    "comparisons": [{k: clean(v) for k, v in c.items()} for c in a["comparisons"]],
+                    "comparisons_truth": [{k: clean(v) for k, v in c.items()} for c in a["comparisons_truth"]]}
+                   for a in (df.attrs for df in frames)],
+        "training": {", ".join(str(k) for k in key if k is not None): diagnostics(key) for key in runner.train_logs},
+        "test_users": len(runner.test_queries(0)), "seeds": settings.seeds, "quick": settings.quick,
+        "seconds": round(seconds, 1), "report": str(report),
     }
     atomic_write_text(json.dumps(summary, indent=2), out / "summary.json")
     return summary

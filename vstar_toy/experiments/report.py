@@ -1,8 +1,11 @@
 """``report.md`` and its figures from the claims' DataFrames.
 
 Figures: a Fig. 3-like chart of Spearman per level (claim 6), a Fig. 4-like budget-scaling chart
-(claim 7), the mismatch sweep (claim 8), and histograms of the within-parent advantage spread under
-GRPO's global normalisation and under Sibling-GRPO's (from one seed's VED candidate sets).
+(claim 7), the mismatch sweep (claim 8), learning curves of the RL runs (validation true reward and
+NDCG@10 per step, seeds as bands), and histograms of the within-parent advantage spread under GRPO's
+global normalisation and under Sibling-GRPO's (from one seed's VED candidate sets). Tables: both
+verdicts of every claim with the smallest difference each comparison could detect, and the training
+diagnostics of every RL arm.
 """
 
 from __future__ import annotations
@@ -37,10 +40,15 @@ def claim_table(df: pd.DataFrame) -> str:
 
 
 def comparison_table(df: pd.DataFrame) -> str:
-    head = "| comparison | metric | mean difference [95% CI] | verdict |\n|---|---|---|---|\n"
+    """Both verdicts' paired comparisons, with the smallest difference each could detect (the CI half-width)."""
+    head = ("| verdict | comparison | metric | mean difference [95% CI] | detectable | verdict |\n"
+            "|---|---|---|---|---|---|\n")
+    rows = [("paper", c) for c in df.attrs["comparisons"]]
+    if df.attrs["comparisons_truth"] is not df.attrs["comparisons"] and df.attrs["metric_truth"] != df.attrs["metric"]:
+        rows += [("truth", c) for c in df.attrs["comparisons_truth"]]
     return head + "".join(
-        f"| {c['a']} > {c['b']} | {c['metric']} | {_fmt(c['diff'])} [{_fmt(c['low'])}, {_fmt(c['high'])}] "
-        f"| {c['verdict']} |\n" for c in df.attrs["comparisons"])
+        f"| {kind} | {c['a']} > {c['b']} | {c['metric']} | {_fmt(c['diff'])} [{_fmt(c['low'])}, {_fmt(c['high'])}] "
+        f"| {_fmt(c.get('detectable'))} | {c['verdict']} |\n" for kind, c in rows)
 
 
 def _ci_err(df: pd.DataFrame) -> np.ndarray:
@@ -110,6 +118,56 @@ def fig_mismatch(df: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+CURVES = {"beam+GRPO": ("beam", "grpo", 1.0, "learned", None), "V-STAR": ("ved", "joint", 1.0, "learned", None)}
+DIAGNOSTICS = ("reward", "zero_var_share", "sibling_signal_share", "loss_kl", "grad_norm", "entropy_l1", "value_loss")
+
+
+def fig_learning_curves(runner: Runner, path: Path) -> bool:
+    """Validation mean true reward and NDCG@10 (beam search) per step of the RL runs of claim 1's two
+    trained arms: the mean over seeds, the band from the lowest to the highest seed. False if none ran."""
+    logs = {arm: runner.train_logs.get(key, {}) for arm, key in CURVES.items()}
+    if not any(logs.values()):
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, col, label in zip(axes, ("valid_mean_reward", "valid_ndcg@10"), ("mean true reward", "NDCG@10")):
+        for arm, per_seed in logs.items():
+            if not per_seed:
+                continue
+            curves = pd.concat({s: log.set_index("step")[col].dropna() for s, log in per_seed.items()
+                                if col in log}, axis=1)
+            if curves.empty:
+                continue
+            mean = curves.mean(1)
+            ax.plot(curves.index, mean, marker="o", ms=3, label=arm)
+            ax.fill_between(curves.index, curves.min(1), curves.max(1), alpha=0.2)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(f"validation {label}")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Learning curves ({len(next(v for v in logs.values() if v))} seeds: mean and min-max band)",
+                 fontsize=9)
+    _save(fig, path)
+    return True
+
+
+def diagnostics_table(runner: Runner) -> str:
+    """Markdown: per RL arm, the mean over seeds of each run's mean of the training diagnostics (rl/train.py);
+    the KL over the last 10 steps."""
+    if not runner.train_logs:
+        return ""
+    head = "| RL arm (decoder, objective, budget, value, m) | " + " | ".join(DIAGNOSTICS) + " |\n|---|" + \
+        "---|" * len(DIAGNOSTICS) + "\n"
+    lines = []
+    for key, per_seed in runner.train_logs.items():
+        cells = []
+        for col in DIAGNOSTICS:
+            vals = [(log[col].tail(10) if col == "loss_kl" else log[col]).mean() for log in per_seed.values()
+                    if col in log]
+            cells.append(_fmt(float(np.mean(vals))) if vals else "")
+        name = ", ".join(str(k) for k in key if k is not None)
+        lines.append(f"| {name} ({len(per_seed)} seeds) | " + " | ".join(cells) + " |\n")
+    return head + "".join(lines)
+
+
 def fig_advantage_spread(runner: Runner, path: Path, seed: int = 0) -> dict:
     """Per-query within-parent spread of node advantages, global (GRPO) vs sibling normalisation, on
     the SFT policy's VED and beam candidate sets with the training reward. Returns the means."""
@@ -123,7 +181,7 @@ def fig_advantage_spread(runner: Runner, path: Path, seed: int = 0) -> dict:
             c = decode(policy, q.histories, DecodeConfig(decoder=dec, seed=seed), head)
         r = torch.as_tensor(rewards(w, cfg.rl.reward, q.users, q.targets, c.items.numpy(), c.logp.numpy()),
                             dtype=torch.float32)
-        s = sibling_contrast(c.sids.clamp_min(0), r, cfg.rl.adv_eps, c.valid)
+        s = sibling_contrast(c.sids.clamp_min(0), r, cfg.rl.adv_eps, c.valid, cfg.rl.adv_ddof)
         g, sib = s["global"].numpy(), s["sibling"].numpy()
         bins = np.linspace(0, 1.1, 23)
         ax.hist(g[~np.isnan(g)], bins=bins, alpha=0.7, label="GRPO (global sigma)")
@@ -171,25 +229,43 @@ def paper_section(frames: list[pd.DataFrame]) -> str:
 
 def write_report(frames: list[pd.DataFrame], runner: Runner, out: Path, header: str, seconds: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
+    n_test = len(runner.test_queries(0))
     lines = [f"# V-STAR toolkit: reproduction report\n\n{header}\n", f"Wall time: {seconds / 60:.1f} min.\n",
+             f"Test users per seed: {n_test} (one hit = {1 / n_test:.4f} HR); seeds: {runner.settings.seeds}. "
              "Verdicts compare arms paired by seed: *holds* when the 95% interval of the mean difference lies "
-             "above 0, *does not hold* when below, *inconclusive* when it contains 0 (or with one seed).\n",
-             "\n## Verdicts\n\n| claim | verdict | metric | values (mean over seeds) |\n|---|---|---|---|\n"]
+             "above 0, *does not hold* when below, *inconclusive* when it contains 0 (or with one seed). "
+             "*detectable* is the interval's half-width: the smallest mean difference that run could tell from 0. "
+             "Each claim has two verdicts fixed before the runs (experiments/claims.py): on the paper's metric, "
+             "and on a measure of the true reward.\n",
+             "\n## Verdicts\n\n| claim | paper metric | verdict | true-reward measure | verdict | values on the "
+             "true-reward measure (mean over seeds) |\n|---|---|---|---|---|---|\n"]
     for df in frames:
         a = df.attrs
-        vals = ", ".join(f"{k}: {_fmt(v)}" for k, v in a["values"].items())
-        lines.append(f"| {a['claim']}. {a['title']} | **{a['verdict']}** | {a['metric']} | {vals} |\n")
+        vals = ", ".join(f"{k}: {_fmt(v)}" for k, v in a["values_truth"].items())
+        lines.append(f"| {a['claim']}. {a['title']} | {a['metric']} | **{a['verdict']}** | {a['metric_truth']} | "
+                     f"**{a['verdict_truth']}** | {vals} |\n")
     by_id = {df.attrs["claim"]: df for df in frames}
     figures = {6: ("spearman.png", fig_spearman), 7: ("budget_scaling.png", fig_budget),
                8: ("mismatch_sweep.png", fig_mismatch)}
     for df in frames:
         a = df.attrs
-        lines.append(f"\n## Claim {a['claim']}: {a['title']}\n\n**{a['verdict']}**. {a.get('note', '')}\n\n")
+        lines.append(f"\n## Claim {a['claim']}: {a['title']}\n\nPaper verdict ({a['metric']}): **{a['verdict']}**; "
+                     f"truth verdict ({a['metric_truth']}): **{a['verdict_truth']}**. {a.get('note', '')}\n\n")
         lines.append(claim_table(df) + "\n" + comparison_table(df))
         if a["claim"] in figures:
             name, fn = figures[a["claim"]]
             fn(df, out / name)
             lines.append(f"\n![]({name})\n")
+    if fig_learning_curves(runner, out / "learning_curves.png"):
+        lines.append("\n## Learning curves\n\nValidation users, beam search, every `eval_every` steps of the RL "
+                     "runs of claim 1 (mean over seeds; the band spans the lowest and the highest seed).\n\n"
+                     "![](learning_curves.png)\n")
+    if runner.train_logs:
+        lines.append("\n## Training diagnostics\n\nPer RL arm, the mean over seeds of each run's mean per step "
+                     "(rl/train.py, README 'Training diagnostics'): the learner's reward, the share of GRPO groups "
+                     "with no reward variance (no gradient from Eq. 2), the share of sibling groups with a contrast "
+                     "(a term in Eq. 19), the KL to the SFT policy (k3, last 10 steps), the gradient norm before "
+                     "clipping, the level-1 entropy and the value loss.\n\n" + diagnostics_table(runner))
     if any(c in by_id for c in (1, 4)):
         means = fig_advantage_spread(runner, out / "advantage_spread.png")
         lines.append("\n## Advantage compression (Eq. 3-4, Sec. 4.3)\n\nWithin every parent with two or more "

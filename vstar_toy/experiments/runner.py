@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from .. import pipeline
-from ..config import Config, DecodeConfig
+from ..config import Config
 from ..evaluate import evaluate
 from ..rl.train import train
 from ..values import make_value
@@ -28,15 +30,15 @@ class Settings:
     """How big a reproduction is.
 
     seeds: seeds 0 .. seeds-1, >= 1. quick: the small settings of ``--quick`` (a 1,000-item world,
-    shorter training, fewer test users). test_queries: test users scored per seed (0: the whole test
-    split). rl_steps: policy
+    shorter training). test_queries: test users scored per seed (0, the default: the whole test split,
+    1,200 users on the default world). rl_steps: policy
     updates per RL run, at most (a preset with fewer ``rl.steps``, like ``tiny``, keeps its own).
     budgets: the budget multipliers of the Fig. 4 experiment.
     """
 
     seeds: int = 3
     quick: bool = False
-    test_queries: int = 500
+    test_queries: int = 0
     rl_steps: int = 60
     budgets: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
 
@@ -46,21 +48,20 @@ class Settings:
             raise ValueError(f"seeds = {seeds} is invalid: expected an integer >= 1")
         if test_queries is not None and test_queries < 0:
             raise ValueError(f"test_queries = {test_queries} is invalid: expected 0 (the whole split) or more")
-        s = Settings(seeds=seeds, quick=True, test_queries=300, rl_steps=30, budgets=(1.0, 3.0)) if quick else \
-            Settings(seeds=seeds)
+        s = Settings(seeds=seeds, quick=True, rl_steps=30, budgets=(1.0, 3.0)) if quick else Settings(seeds=seeds)
         return s if test_queries is None else dataclasses.replace(s, test_queries=test_queries)
 
 
 def quick_config(cfg: Config) -> Config:
-    """``--quick``: a smaller world, shorter SFT / value pre-training (fewer sampled candidates per
-    TD step), validation during RL only at the end; the same algorithms."""
+    """``--quick``: a smaller world (1,000 items; 3,400 users, of whom 1,020 test), shorter SFT and value
+    pre-training, fewer validation users during RL; the same algorithms."""
     w = cfg.world
     return cfg.replace(
-        world={"n_items": min(w.n_items, 1000), "n_users": min(w.n_users, 1500)},
+        world={"n_items": min(w.n_items, 1000), "n_users": min(w.n_users, 3400)},
         sft={"epochs": min(cfg.sft.epochs, 12)},
         value={"pretrain_steps": min(cfg.value.pretrain_steps, 200),
                "pretrain_candidates": min(cfg.value.pretrain_candidates, 16)},
-        rl={"eval_every": 10_000, "eval_queries": min(cfg.rl.eval_queries, 128)},
+        rl={"eval_every": 10, "eval_queries": min(cfg.rl.eval_queries, 128)},
     )
 
 
@@ -78,6 +79,8 @@ class Runner:
         self.world_loader = world_loader  # real data: a function () -> World (mismatch does not apply)
         self.backbone = backbone  # None: the tiny transformer; else a Qwen2 backbone (pipeline.make_policy)
         self._memo: dict = {}
+        self.train_logs: dict[tuple, dict[int, pd.DataFrame]] = {}  # (decoder, objective, budget_x, value,
+        # mismatch) -> {seed: the run's per-step log}, for the report's learning curves and diagnostics
 
     # -- configs and worlds ----------------------------------------------------------------------
     def config(self, seed: int, mismatch: float | None = None, **stages) -> Config:
@@ -136,15 +139,17 @@ class Runner:
             guide_value = None if value == "learned" else make_value(value, self.world(seed, mismatch))
             res = train(self.world(seed, mismatch), policy, cfg, head, run_dir=self.out / "runs" / name,
                         progress=self.progress, say=self.say, decode_value=guide_value)
+            self.train_logs.setdefault((decoder, objective, budget_x, value, mismatch), {})[seed] = res.log
             return res.policy, res.value_head
         return self._cached(("rl", seed, decoder, objective, budget_x, mismatch, value), make)
 
     # -- scores ------------------------------------------------------------------------------------
-    def score(self, policy_key: tuple, seed: int, dcfg: DecodeConfig, mismatch: float | None = None,
+    def score(self, policy_key: tuple, seed: int, decode: dict, mismatch: float | None = None,
               value: str = "learned") -> dict:
         """Test metrics of the policy named by ``policy_key`` ("sft",) or ("rl", decoder, objective,
-        budget_x[, value]) decoded with ``dcfg``; VED ranks prefixes by ``value`` ("learned": the
-        policy's head; "oracle": the world's truth, ``vstar_toy.values``)."""
+        budget_x[, value]) decoded with the preset's DecodeConfig and ``decode``'s fields laid over it;
+        VED ranks prefixes by ``value`` ("learned": the policy's head; "oracle": the world's truth,
+        ``vstar_toy.values``)."""
         def make():
             if policy_key[0] == "sft":
                 policy, head = self.sft(seed, mismatch), self.value(seed, mismatch)
@@ -152,9 +157,8 @@ class Runner:
                 decoder, objective, budget_x, *guide = policy_key[1:]
                 policy, head = self.trained(seed, decoder, objective, budget_x, mismatch=mismatch,
                                             value=guide[0] if guide else "learned")
-            cfg = dataclasses.replace(dcfg, seed=seed,
-                                      warm_beam=min(dcfg.warm_beam, max(1, dcfg.n_candidates - 1)))
+            cfg = self.config(seed, mismatch, decode={**decode, "seed": seed}).decode
             scorer = head if value == "learned" else make_value(value, self.world(seed, mismatch))
             m, _ = evaluate(self.world(seed, mismatch), policy, self.test_queries(seed, mismatch), cfg, scorer)
             return m
-        return self._cached(("score", policy_key, seed, dcfg, mismatch, value), make)
+        return self._cached(("score", policy_key, seed, tuple(sorted(decode.items())), mismatch, value), make)

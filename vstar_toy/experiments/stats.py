@@ -24,7 +24,9 @@ HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
 
 
 def compare(a, b, confidence: float = 0.95) -> dict:
-    """Paired comparison "a > b" over seeds: mean difference, its interval and the verdict."""
+    """Paired comparison "a > b" over seeds: mean difference, its interval, the verdict, and
+    ``detectable``: the interval's half-width, the smallest mean difference these seeds could have
+    told from 0 (a smaller true effect is called inconclusive, however real)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"paired values need the same, non-zero number of seeds: got {a.size} and {b.size}")
@@ -37,7 +39,7 @@ def compare(a, b, confidence: float = 0.95) -> dict:
         verdict = FAILS
     else:
         verdict = UNSURE
-    return {"diff": mean, "low": low, "high": high, "verdict": verdict}
+    return {"diff": mean, "low": low, "high": high, "detectable": (high - low) / 2, "verdict": verdict}
 
 
 def combine(verdicts: list[str]) -> str:

@@ -1,6 +1,6 @@
 """The Policy protocol: pi(next SID token | context, prefix) with a KV cache and a cost counter.
 
-Every decoder and every loss talks to a policy through four calls (DESIGN section 2):
+Every decoder and every loss talks to a policy through four calls (docs/design.md, section 2):
 
 - ``start(histories) -> State``: encode a batch of contexts once (the prompt prefill, counted in
   ``prefill_tokens``), then forward the generation-start token: the state at the empty prefix,

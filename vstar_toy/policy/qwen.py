@@ -1,4 +1,4 @@
-"""A Hugging Face Qwen2 backbone behind the Policy protocol: the GPU path (DESIGN section 6).
+"""A Hugging Face Qwen2 backbone behind the Policy protocol: the GPU path (docs/design.md, section 6).
 
 Vocabulary. Every (level, code) of the catalog becomes one new token, ``<a_12>`` for code 12 of
 level 1, ``<b_3>`` for code 3 of level 2, ...; ``<sid>`` separates items and starts generation. The

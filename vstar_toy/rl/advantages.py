@@ -409,7 +409,7 @@ def sibling_contrast(
     sids: torch.Tensor, rewards: torch.Tensor, eps: float = EPS, valid: torch.Tensor | None = None,
     ddof: int = DDOF,
 ) -> dict[str, torch.Tensor]:
-    """Within-parent spread of node advantages, GRPO-normalised vs sibling-normalised (DESIGN sec. 4).
+    """Within-parent spread of node advantages, GRPO-normalised vs sibling-normalised (docs/design.md, section 4).
 
     For every parent h (at any depth) with at least two child nodes, take the std (``ddof``, as for
     every sigma here) over its child nodes v in S(h) of

@@ -1,4 +1,4 @@
-"""Data parallelism for the RL loop: one global batch of queries, split across processes (DESIGN section 6).
+"""Data parallelism for the RL loop: one global batch of queries, split across processes (docs/design.md, section 6).
 
 ``torchrun --nproc_per_node W`` starts W processes; each holds a full copy of the policy, the value head,
 the SFT reference and the optimisers. One step of ``rl.train`` (Sec. 4.4) then runs as:

@@ -31,8 +31,8 @@ def td_targets(step_rewards: torch.Tensor, next_values: torch.Tensor, gamma: flo
         (..., L): r_l + gamma * V(s_{l+1}) for l < L, and r_L at l = L. No gradient flows through
         the bootstrap.
 
-    >>> td_targets(torch.tensor([0.3, 0.5, 1.0]), torch.tensor([2.0, 4.0, 9.0]), 0.5).tolist()
-    [1.3, 2.5, 1.0]
+    >>> td_targets(torch.tensor([0.3, 0.5, 1.0]), torch.tensor([2.0, 4.0, 9.0]), 0.5)  # 0.3 + 0.5 * 4, ...
+    tensor([2.3000, 5.0000, 1.0000])
     """
     boot = torch.zeros_like(step_rewards)
     boot[..., :-1] = gamma * next_values[..., 1:].detach()

@@ -1,4 +1,4 @@
-"""The synthetic SID-tree world: it knows the truth (DESIGN section 3)."""
+"""The synthetic SID-tree world: it knows the truth (docs/design.md, section 3)."""
 
 from .catalog import Catalog, InvalidSIDError
 from .world import Queries, World, spearman_rows

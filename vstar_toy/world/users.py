@@ -1,6 +1,6 @@
 """Users: latent tastes, popularity (exposure bias), logged histories and ground-truth next items.
 
-The world's two distributions over items, for a user with taste u (DESIGN section 3):
+The world's two distributions over items, for a user with taste u (docs/design.md, section 3):
 
 - truth:   a(u, i) = cos(u, e(i));   y* ~ softmax(a(u, .) / tau)
 - logs:    log P_log(i | u) = (1 - m) * a(u, i) / tau + m * log pop(i) + const

@@ -1,6 +1,6 @@
 """The World: a catalog plus users, their logged histories and their ground truth.
 
-``World.build(config)`` makes the synthetic world (DESIGN section 3). Real data (Amazon, in
+``World.build(config)`` makes the synthetic world (docs/design.md, section 3). Real data (Amazon, in
 MiniOneRec's format) builds the same type with ``tastes = None``: every decoder, loss and metric
 only needs ``catalog``, ``histories``, ``targets`` and ``split``; the oracle quantities (true
 affinity, the measured mismatch) need ``tastes``.
