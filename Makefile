@@ -6,14 +6,17 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: install demo test test-all app bench lint clean
 
+# The install: a venv; a CPU torch first, so that torch>=2.3 is already satisfied (a bare `torch` pulls a
+# several-GB CUDA build); the project with its extras; and Debian's chromium for the explorer's browser test
+# (Playwright's own browser download does not work offline), only when it is missing and apt-get is there,
+# as root or through password-less sudo.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# A CPU torch first, so that torch>=2.3 is already satisfied (a bare `torch` pulls a CUDA build).
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,app,notebooks,qwen]"
-	# Debian's chromium for the explorer's browser test (Playwright's own browser download does not work
-	# offline); only when it is missing and apt-get is there, as root or through password-less sudo.
+	@test -x $(BIN)/python || { echo "creating $(VENV)"; $(PY) -m venv $(VENV); }
+	@$(BIN)/python -m pip install -qq --upgrade pip
+	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "installing torch==2.13.0 (CPU)"; \
+	  $(BIN)/python -m pip install -qq torch==2.13.0; }
+	@echo "installing vstar_toy and its extras into $(VENV)"
+	@$(BIN)/python -m pip install -qq -e ".[dev,app,notebooks,qwen]"
 	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
 	  apt="apt-get"; [ "$$(id -u)" = 0 ] || apt="sudo -n apt-get"; \
 	  echo "installing Debian's chromium for tests/test_browser.py: $$apt install -y chromium"; \
@@ -22,7 +25,8 @@ $(STAMP): pyproject.toml
 	    || { $$apt update -q >/dev/null 2>&1 && $$apt install -y -q chromium >/dev/null 2>&1; } \
 	    || echo "note: could not install chromium; tests/test_browser.py will skip"; \
 	fi
-	touch $(STAMP)
+	@touch $(STAMP)
+	@echo "installed: make demo, make test, make app"
 
 install: $(STAMP)
 
@@ -35,9 +39,9 @@ test: $(STAMP)
 test-all: $(STAMP)
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m ""
 
+# the explorer, on the demo's preset (it reuses the models `make demo` trained); VSTAR_TOY_APP_PRESET=tiny for the small one
 app: $(STAMP)
-	# the explorer on the cpu_demo preset; `VSTAR_TOY_APP_PRESET=tiny make app` for the small one
-	VSTAR_TOY_APP_PRESET=$${VSTAR_TOY_APP_PRESET:-cpu_demo} $(BIN)/streamlit run apps/explorer.py \
+	VSTAR_TOY_APP_PRESET=$${VSTAR_TOY_APP_PRESET:-high_mismatch} $(BIN)/streamlit run apps/explorer.py \
 	  --server.address 127.0.0.1 --browser.gatherUsageStats false
 
 bench: $(STAMP)

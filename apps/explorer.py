@@ -1,6 +1,7 @@
 """V-STAR explorer: see the paper's claims on one synthetic world, one user at a time.
 
-    make app                       # or: streamlit run apps/explorer.py
+    make app                       # or: streamlit run apps/explorer.py (from the repository root, whose
+                                   # .streamlit/config.toml binds 127.0.0.1 with usage statistics off)
     VSTAR_TOY_APP_PRESET=tiny make app
 
 Pages (one module each in ``explorer_pages/``, each a ``page(settings)`` function):

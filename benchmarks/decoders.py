@@ -181,10 +181,10 @@ def main(argv=None) -> dict:
     # 1. every decoder at the same 1x budget, batched, on the same queries
     rows = {}
     for name in DECODERS:
-        dcfg = DecodeConfig(decoder=name, n_candidates=C, warm_beam=b0, budget_x=1.0)
+        dcfg = cfg.replace(decode={"decoder": name, "budget_x": 1.0}).decode
         rows[name] = time_decoder(policy, head, histories, dcfg, args.batch, args.repeats)
     # what the value costs: the same search with the backbone-only head and with a table lookup (the oracle)
-    ved_cfg = DecodeConfig(decoder="ved", n_candidates=C, warm_beam=b0, budget_x=1.0)
+    ved_cfg = cfg.replace(decode={"decoder": "ved", "budget_x": 1.0}).decode
     backbone_head = ValueHead.for_policy(policy, dataclasses.replace(cfg.value, inputs="backbone")).eval()
     rows["ved/backbone V"] = time_decoder(policy, backbone_head, histories, ved_cfg, args.batch, args.repeats)
     rows["ved/oracle V"] = time_decoder(policy, OracleValue(world), histories, ved_cfg, args.batch, args.repeats,

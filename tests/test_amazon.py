@@ -27,7 +27,7 @@ from vstar_toy.world.amazon import (
 )
 from vstar_toy.world.rewards import rewards
 
-RAW = Path("/work/shared/data/amazon18-office")
+RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon18-office"  # beside the checkout, if any
 H = 10
 
 

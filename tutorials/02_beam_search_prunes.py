@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from vstar_toy import plots
-from vstar_toy.config import DecodeConfig, preset
+from vstar_toy.config import preset
 from vstar_toy.decoding import beam_search, budget_tokens
 from vstar_toy.evaluate import evaluate, value_quality
 from vstar_toy.pipeline import build_world, sft_policy
@@ -127,8 +127,8 @@ survival.round(3)
 # %%
 rows = []
 for budget_x in (1.0, 2.0, 4.0):
-    metrics, _ = evaluate(world, policy, queries, DecodeConfig(decoder="beam", n_candidates=C, budget_x=budget_x,
-                                                               warm_beam=cfg.decode.warm_beam))
+    dcfg = cfg.replace(decode={"decoder": "beam", "budget_x": budget_x}).decode  # the preset's, at this budget
+    metrics, _ = evaluate(world, policy, queries, dcfg)
     rows.append({"decoder": f"beam {budget_x:g}x", **metrics})
 beam_table = pd.DataFrame(rows)
 fig = plots.bar_table(beam_table, ["reachability", "max_reward", "div", "ndcg@10"], by="decoder",

@@ -18,8 +18,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import PolicyConfig, ValueConfig
@@ -31,6 +33,45 @@ def fingerprint(world: World) -> str:
     h = hashlib.sha256(world.catalog.sids.tobytes())
     h.update(str(world.catalog.codebook_sizes).encode())
     return h.hexdigest()[:16]
+
+
+def data_fingerprint(world: World) -> str:
+    """A short hash of what a policy learns from beyond the trie: the users' histories, next items and
+    split, the training windows and the item embeddings. Two worlds with one catalog but other logs
+    (another mismatch, an edited CSV) differ here."""
+    h = hashlib.sha256()
+    for a in (world.histories, world.targets, world.split, world.train_histories, world.train_targets,
+              world.catalog.embeddings):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_tensors(path: Path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` with a clear error: a truncated, corrupt or foreign file,
+    or one that holds code rather than tensors (refused: loading it could run it)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = ("it holds Python objects that could run code, not only tensors (refused)"
+               if "Weights only load failed" in str(e) else "it is not a torch file")
+        raise ValueError(f"{path} cannot be loaded: {why}. Retrain, or pass another checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} cannot be loaded ({first}): the file is truncated or corrupt. Retrain, or pass "
+                         "another checkpoint") from None
+
+
+def load_weights(module: torch.nn.Module, path: Path, map_location="cpu") -> None:
+    """Load ``path`` into ``module``; a file of another shape (another d_model, another catalog) is one
+    clear error naming the first parameter that does not fit."""
+    state = load_tensors(path, map_location)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing" in ln
+                       or "Unexpected" in ln), str(e).splitlines()[0])
+        raise ValueError(f"{path} does not fit a {type(module).__name__} built from its meta.json ({detail}): "
+                         "the files of this checkpoint do not belong together. Retrain, or pass another") from None
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -62,6 +103,7 @@ def save(directory: str | Path, world: World, policy, value_head=None, extra: di
     meta = {
         "world": world.name,
         "world_fingerprint": fingerprint(world),
+        "data_fingerprint": data_fingerprint(world),
         "world_config": dataclasses.asdict(world.config) if world.config else None,
         "policy_kind": type(policy).__name__,
         "policy_config": dataclasses.asdict(policy.cfg) if hasattr(policy, "cfg") else None,
@@ -77,14 +119,27 @@ def read_meta(directory: str | Path) -> dict:
     d = Path(directory)
     if not (d / "meta.json").exists() or not (d / "policy.pt").exists():
         raise FileNotFoundError(f"{d} is not a vstar_toy checkpoint: expected meta.json and policy.pt in it")
-    return json.loads((d / "meta.json").read_text())
+    try:
+        meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{d / 'meta.json'} is not valid JSON ({e}): the checkpoint is damaged; retrain") from None
+    if not isinstance(meta, dict) or "world_fingerprint" not in meta:
+        raise ValueError(f"{d / 'meta.json'} is not a vstar_toy checkpoint's meta.json (no world_fingerprint)")
+    return meta
 
 
 def check_world(meta: dict, world: World, directory) -> None:
+    """Refuse a checkpoint of another world: another SID tree, or the same tree with other logs."""
     if meta["world_fingerprint"] != fingerprint(world):
         raise ValueError(
             f"the checkpoint in {directory} was trained on world {meta['world']!r} (fingerprint "
             f"{meta['world_fingerprint']}), not on {world.name!r} ({fingerprint(world)}): its SIDs differ. "
+            "Pass the same --mismatch/--seed/--data it was trained with, or retrain."
+        )
+    if meta.get("data_fingerprint", data_fingerprint(world)) != data_fingerprint(world):
+        raise ValueError(
+            f"the checkpoint in {directory} was trained on world {meta['world']!r}, not on {world.name!r}: the SID "
+            "tree is the same but the users' logs differ (another mismatch or seed, or edited data files). "
             "Pass the same --mismatch/--seed/--data it was trained with, or retrain."
         )
 
@@ -101,7 +156,7 @@ def load_policy(directory: str | Path, world: World, device: str | torch.device 
         from .policy.tiny import TinyPolicy
 
         policy = TinyPolicy(world.catalog, PolicyConfig(**meta["policy_config"]))
-        policy.load_state_dict(torch.load(Path(directory) / "policy.pt", map_location="cpu", weights_only=True))
+        load_weights(policy, Path(directory) / "policy.pt")
     elif kind == "QwenPolicy":
         policy = _load_qwen(Path(directory), meta, world, device)
     else:
@@ -124,7 +179,7 @@ def _load_qwen(d: Path, meta: dict, world: World, device):
     tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer") if (d / "tokenizer").is_dir() else None
     policy = QwenPolicy(world.catalog, model, tokenizer, meta["normalize"], token_ids=meta["sid_token_ids"],
                         backbone=meta["backbone"]).to(device)
-    policy.load_state_dict(torch.load(d / "policy.pt", map_location=device, weights_only=True))
+    load_weights(policy, d / "policy.pt", map_location=device)
     return policy
 
 
@@ -140,5 +195,5 @@ def load_value(directory: str | Path, world: World, policy):
     cfg = meta["value_config"]
     cfg["step_weights"] = tuple(cfg["step_weights"])
     head = ValueHead.for_policy(policy, ValueConfig(**cfg))
-    head.load_state_dict(torch.load(path, map_location=policy.device, weights_only=True))
+    load_weights(head, path, map_location=policy.device)
     return head

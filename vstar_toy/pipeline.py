@@ -60,10 +60,11 @@ def _key(*parts) -> str:
 
 
 def _world_key(world: World):
-    """What shapes a world's logs beyond its trie: the synthetic config (mismatch, seed, ...) or the
-    real data set's name. Two worlds with one catalog but different logs train different policies."""
+    """What shapes a world's logs beyond its trie: the synthetic config (mismatch, seed, ...), or the
+    real data set's name and a hash of its content (an edited CSV, or another folder of the same name,
+    is another data set). Two worlds with one catalog but different logs train different policies."""
     cfg = getattr(world, "config", None)
-    return cfg if dataclasses.is_dataclass(cfg) else world.name
+    return cfg if dataclasses.is_dataclass(cfg) else {"name": world.name, "data": checkpoint.data_fingerprint(world)}
 
 
 def _backbone_key(backbone: str) -> dict:
@@ -122,11 +123,25 @@ def sft_policy(world: World, cfg: Config, policy_dir: str | Path | None = None, 
         say(f"policy: reusing the cached SFT policy in {d} (pass --policy DIR to use another)")
         return checkpoint.load_policy(d, world)
     name = "the default SFT policy" if backbone is None else f"an SFT policy on backbone {backbone}"
-    say(f"policy: no --policy given, training {name} on {world.name} (cached in {d})")
+    partial = d / "sft_state.pt"  # an interrupted SFT resumes from its last epoch
+    state = checkpoint.load_tensors(partial) if partial.exists() else None
+    if state is None:
+        say(f"policy: no --policy given, training {name} on {world.name} (cached in {d})")
+    else:
+        say(f"policy: resuming the interrupted SFT in {d} after epoch {state['epoch']}")
     policy = make_policy(world, cfg, backbone)
-    log = train_sft(policy, world, cfg.sft, progress=progress)
+    log = train_sft(policy, world, cfg.sft, progress=progress, state=state,
+                    on_checkpoint=lambda st: _save_partial(d, partial, st))
     checkpoint.save(d, world, policy, extra={"sft_log": log})
+    partial.unlink(missing_ok=True)
     return policy
+
+
+def _save_partial(directory: Path, path: Path, state: dict) -> None:
+    """Write an interrupted stage's resume state into its cache directory (which is not complete until
+    its meta.json exists)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_save(state, path)
 
 
 def value_model(world: World, policy, cfg: Config, policy_dir: str | Path | None = None, progress: bool = True,
@@ -146,18 +161,14 @@ def value_model(world: World, policy, cfg: Config, policy_dir: str | Path | None
         say(f"value head: reusing the cached one in {d}")
         return checkpoint.load_value(d, world, policy)
     partial = d / "pretrain_state.pt"  # an interrupted pre-training resumes from here
-    state = torch.load(partial, map_location="cpu", weights_only=True) if partial.exists() else None
+    state = checkpoint.load_tensors(partial) if partial.exists() else None
     if state is None:
         say(f"value head: pre-training V_phi by TD on SFT candidates (cached in {d})")
     else:
         say(f"value head: resuming the interrupted pre-training in {d} at step {state['step']}")
 
-    def save_partial(st: dict) -> None:
-        d.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_save(st, partial)
-
     head, losses = pretrain_value(policy, world, cfg.value, progress=progress, state=state,
-                                  on_checkpoint=save_partial)
+                                  on_checkpoint=lambda st: _save_partial(d, partial, st))
     checkpoint.save(d, world, policy, head, extra={"value_losses": losses})
     partial.unlink(missing_ok=True)
     return head

@@ -99,10 +99,11 @@ def world_tree(world: World, user: int | None = None):
     sid_icicle(world, node_popularity(world), ax=axes[0, 0], cmap="magma", label="log popularity")
     axes[0, 0].set_title(f"{world.name}: the SID tree, coloured by popularity (exposure)")
     if user is not None:
-        hl = np.concatenate([world.histories[user][world.histories[user] >= 0], [world.targets[user]]])
+        history = world.histories[user][world.histories[user] >= 0]
         sid_icicle(world, node_mean(world, world.affinity([user])[0]), ax=axes[1, 0], cmap="viridis",
-                   label="mean true reward a(u, i)", highlight=hl)
-        axes[1, 0].set_title(f"user {user}: true reward below each prefix; history and y* outlined in red")
+                   label="mean true reward a(u, i)", highlight=history, target=int(world.targets[user]))
+        axes[1, 0].set_title(f"user {user}: true reward below each prefix; the history outlined in red, the ground "
+                             "truth y* in thick black")
     fig.tight_layout()
     return fig
 

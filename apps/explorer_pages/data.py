@@ -31,7 +31,7 @@ import streamlit as st
 import torch
 
 from vstar_toy import metrics, plots
-from vstar_toy.config import Config, DecodeConfig, preset
+from vstar_toy.config import Config, preset
 from vstar_toy.decoding import beam_search, decode
 from vstar_toy.evaluate import scorers, value_quality
 from vstar_toy.pipeline import build_world, sft_policy, value_model
@@ -55,7 +55,7 @@ def load_world(preset_name: str) -> World:
     return build_world(config(preset_name).world)
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner="Setting the mismatch knob...")
 def world_at(preset_name: str, mismatch: float) -> World:
     """The preset's world with the logs' mismatch knob set to ``mismatch``.
 
@@ -76,8 +76,9 @@ class Models:
     notes: list[str]
 
 
-@st.cache_resource(show_spinner="Loading the SFT policy and the value head (the first run of a preset trains "
-                                "them, then they are cached on disk)...")
+@st.cache_resource(show_spinner="Loading the SFT policy and the value head. On a preset's first run they are trained "
+                                "(about 2 minutes on 2 CPU cores; `make demo` trains the high_mismatch ones), then "
+                                "read from the disk cache...")
 def load_models(preset_name: str) -> Models:
     """The preset's SFT policy and value head V_phi, from vstar_toy.pipeline's disk cache (or trained)."""
     cfg = config(preset_name)
@@ -88,7 +89,7 @@ def load_models(preset_name: str) -> Models:
     return Models(world, policy, head.eval(), notes)
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(show_spinner="Building the synthetic world...")
 def test_users(preset_name: str) -> list[int]:
     """Ids of the test split's users (the explorer only shows users SFT never trained on)."""
     return load_world(preset_name).queries("test").users.tolist()
@@ -193,8 +194,8 @@ def decode_user(preset_name: str, user: int, budget_x: float, warm_beam: int, la
     row = int(np.flatnonzero(w.queries("test").users == user)[0])
     q = w.queries("test").take([row])
     n_cand = cfg.decode.n_candidates
-    dcfg = DecodeConfig(decoder="ved", n_candidates=n_cand, budget_x=budget_x, warm_beam=warm_beam, lam=lam,
-                        beta=beta, priority=priority, seed=cfg.decode.seed)
+    dcfg = cfg.overlay(decode=dict(decoder="ved", budget_x=budget_x, warm_beam=warm_beam, lam=lam, beta=beta,
+                                   priority=priority)).decode
     out: dict = {"target_sid": sid_str(w.catalog.sids[q.targets[0]]), "error": None, "n_candidates": n_cand}
     sets = {}
     value = make_value(value_kind, w, m.head)

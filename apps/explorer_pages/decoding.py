@@ -94,6 +94,7 @@ def page(settings: Settings) -> None:
                "protocol, 100 validation users). VED can only beat beam search where its value is above log pi; "
                "the oracle is the world's truth, and the gap to it is the learned value's.")
     st.dataframe(data.value_quality_table(settings.preset).round(3), hide_index=True)
-    st.caption("Models: " + "; ".join(data.load_models(settings.preset).notes))
+    st.caption("Models: the preset's SFT policy and value head V_phi (vstar_toy.pipeline; trained once, then "
+               "read from the disk cache).")
     show_source(settings, [beam_search, ved_decode, priority, ValueHead, OracleValue, metrics.diversity,
                            plots.decoding_tree, plots.budget_split])

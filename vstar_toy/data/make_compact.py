@@ -1,6 +1,8 @@
 """Regenerate the compact copy shipped in this folder from MiniOneRec's original directory.
 
-    python vstar_toy/data/make_compact.py /work/shared/data/amazon18-office vstar_toy/data/amazon18-office.jsonl.gz
+    python vstar_toy/data/make_compact.py PATH/TO/amazon18-office vstar_toy/data/amazon18-office.jsonl.gz
+
+PATH/TO/amazon18-office is MiniOneRec's directory of the data set (index/, info/, valid/, test/).
 
 The output is byte-reproducible (gzip without a timestamp); see README.md in this folder.
 """

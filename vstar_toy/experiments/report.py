@@ -137,9 +137,9 @@ def fig_learning_curves(runner: Runner, path: Path) -> bool:
                                 if col in log}, axis=1)
             if curves.empty:
                 continue
-            mean = curves.mean(1)
+            mean = curves.mean(axis=1)
             ax.plot(curves.index, mean, marker="o", ms=3, label=arm)
-            ax.fill_between(curves.index, curves.min(1), curves.max(1), alpha=0.2)
+            ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1), alpha=0.2)
         ax.set_xlabel("RL step")
         ax.set_ylabel(f"validation {label}")
         ax.legend(fontsize=7)

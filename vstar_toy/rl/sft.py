@@ -8,6 +8,8 @@ by beam search picks the epoch to keep (early stopping with ``patience``).
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -39,8 +41,13 @@ def target_nll(policy: SIDPolicy, histories: np.ndarray, sids: torch.Tensor) -> 
     return -(lp.sum(-1) * real).sum() / (real.sum() * sids.shape[-1]).clamp_min(1)
 
 
-def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = True) -> list[dict]:
-    """Train ``policy`` in place; returns one log row per epoch (loss, validation HR@10)."""
+def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = True, state: dict | None = None,
+              on_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train ``policy`` in place; returns one log row per epoch (loss, validation HR@10).
+
+    ``on_checkpoint(state)`` is called after every epoch with what resuming needs (tensors and plain
+    types); ``state`` resumes from it, and a resumed run equals an uninterrupted one (the batch order
+    comes from a generator whose state is saved)."""
     hist = world.train_histories
     targets = torch.as_tensor(world.train_targets, dtype=torch.long)
     if len(hist) == 0:
@@ -51,8 +58,14 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     n_batches = (len(hist) + cfg.batch_size - 1) // cfg.batch_size
-    best_hr, best_state, bad, log = -1.0, None, 0, []
-    bar = tqdm(range(cfg.epochs), desc="SFT", disable=not progress)
+    best_hr, best_state, bad, log, start = -1.0, None, 0, [], 0
+    if state is not None:
+        policy.load_state_dict(state["policy"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["generator"])
+        best_hr, best_state, bad = float(state["best_hr"]), state["best_policy"], int(state["bad"])
+        log, start = json.loads(state["log"]), int(state["epoch"])
+    bar = tqdm(range(start, cfg.epochs), desc="SFT", disable=not progress, initial=start, total=cfg.epochs)
     for epoch in bar:
         policy.train()
         perm = torch.randperm(len(hist), generator=gen)
@@ -72,8 +85,15 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
             best_hr, best_state, bad = hr, copy.deepcopy(policy.state_dict()), 0
         else:
             bad += 1
-            if bad >= cfg.patience:
-                break
+        if on_checkpoint is not None:
+            on_checkpoint({"policy": policy.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
+                           "best_hr": best_hr, "best_policy": best_state, "bad": bad, "log": json.dumps(log),
+                           "epoch": epoch + 1})
+        if bad >= cfg.patience:
+            kept = max(log, key=lambda r: r["valid_hr@10"])["epoch"]
+            bar.set_description(f"SFT stopped early: no better validation HR@10 for {bad} epochs; keeping epoch {kept}")
+            break
+    bar.close()
     policy.load_state_dict(best_state)
     policy.eval()
     policy.reset_cost()

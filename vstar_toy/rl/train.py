@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_save, atomic_write_text, fingerprint
+from ..checkpoint import atomic_save, atomic_write_text, fingerprint, load_tensors, load_weights
 from ..config import Config
 from ..decoding import decode
 from ..evaluate import evaluate, scorers, true_reward_kind, value_quality
@@ -160,8 +160,8 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
         if resume and (run / "state.pt").exists():
             if _identity((run / "config.json").read_text()) != _identity(cfg_json):
                 raise ValueError(f"{run} holds a run with another config or world: pass a new --out, or resume=False")
-            st.reference.load_state_dict(torch.load(run / "reference.pt", map_location="cpu", weights_only=True))
-            start, rows = st.load_state_dict(torch.load(run / "state.pt", map_location="cpu", weights_only=True))
+            load_weights(st.reference, run / "reference.pt")
+            start, rows = st.load_state_dict(load_tensors(run / "state.pt"))
             if main and start < rl.steps:  # an extended run: config.json records the new length
                 atomic_write_text(cfg_json, run / "config.json")
             say(f"resuming {run} at step {start} of {rl.steps}")

@@ -27,8 +27,10 @@ the world is built in full before anything is returned.
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import gzip
+import io
 import json
 import os
 import re
@@ -185,9 +187,20 @@ def read_minionerec(path: str | Path) -> MiniOneRecData:
     )
 
 
+def _read_text(file: Path) -> str:
+    """The file as UTF-8 text; a byte that is not UTF-8 is a DataFormatError naming its line."""
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataFormatError(file, line, f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}): "
+                              "save the file as UTF-8") from None
+
+
 def _read_index(file: Path) -> tuple[list[int], list[str], np.ndarray]:
     """index/*.index.json: item id -> list of SID tokens."""
-    text = file.read_text(encoding="utf-8")
+    text = _read_text(file)
     try:
         index = json.loads(text)
     except ValueError as e:
@@ -219,27 +232,25 @@ def _read_titles(root: Path, category: str, items: list[int], codes: np.ndarray)
     code_of = dict(zip(items, map(tuple, codes.tolist())))
     if (root / "info").is_dir():
         file = _one_file(root / "info", ".txt", category)
-        with open(file, encoding="utf-8") as f:
-            for n, raw in enumerate(f, 1):
-                line = raw.rstrip("\n")
-                if not line.strip():
-                    continue
-                if line.count("\t") < 2:
-                    raise DataFormatError(file, n, "expected 3 tab-separated fields: SID, title, item id")
-                sid, rest = line.split("\t", 1)
-                title, item = rest.rsplit("\t", 1)
-                item = _int(item, "the item id field", file, n)
-                if item not in code_of:
-                    raise DataFormatError(file, n, f"item id {item} is not in index/{category}.index.json")
-                if tuple(parse_sid(sid, codes.shape[1], file, n)) != code_of[item]:
-                    raise DataFormatError(file, n, f"SID {sid} of item {item} differs from the index's")
-                title_of[item] = title
+        for n, line in enumerate(_read_text(file).split("\n"), 1):
+            if not line.strip():
+                continue
+            if line.count("\t") < 2:
+                raise DataFormatError(file, n, "expected 3 tab-separated fields: SID, title, item id")
+            sid, rest = line.split("\t", 1)
+            title, item = rest.rsplit("\t", 1)
+            item = _int(item, "the item id field", file, n)
+            if item not in code_of:
+                raise DataFormatError(file, n, f"item id {item} is not in index/{category}.index.json")
+            if tuple(parse_sid(sid, codes.shape[1], file, n)) != code_of[item]:
+                raise DataFormatError(file, n, f"SID {sid} of item {item} differs from the index's")
+            title_of[item] = title
     else:
         meta = root / "index" / f"{category}.item.json"
         if not meta.is_file():
             raise DataFormatError(root / "info", None, f"no titles: neither info/*.txt nor {meta.name}")
         try:
-            for key, value in json.loads(meta.read_text(encoding="utf-8")).items():
+            for key, value in json.loads(_read_text(meta)).items():
                 title_of[int(key)] = str(value.get("title", "")) if isinstance(value, dict) else ""
         except (ValueError, AttributeError) as e:
             raise DataFormatError(meta, None, f"expected {{item id: {{'title': ...}}}}: {e}") from None
@@ -249,8 +260,8 @@ def _read_titles(root: Path, category: str, items: list[int], codes: np.ndarray)
 def _read_csv(file: Path, code_of: dict[int, tuple], levels: int) -> Rows:
     """One split's CSV. SID columns, when present, must agree with the index."""
     rows = Rows(str(file))
-    with open(file, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
+    with _csv_fields_of_any_size():
+        reader = csv.reader(io.StringIO(_read_text(file), newline=""))
         header = next(reader, None)
         if header is None:
             raise DataFormatError(file, 1, "empty file: expected a header and at least one row")
@@ -259,7 +270,7 @@ def _read_csv(file: Path, code_of: dict[int, tuple], levels: int) -> Rows:
             raise DataFormatError(file, 1, f"missing column(s) {', '.join(missing)}; the header has {header}")
         col = {name: header.index(name) for name in header}
         end = reader.line_num
-        for fields in reader:
+        for fields in _csv_rows(reader, file):
             line, end = end + 1, reader.line_num  # a row starts after the last one ends (quoted newlines)
             if len(fields) != len(header):
                 raise DataFormatError(file, line, f"{len(fields)} fields, the header has {len(header)}")
@@ -281,6 +292,28 @@ def _read_csv(file: Path, code_of: dict[int, tuple], levels: int) -> Rows:
     if not rows.users:
         raise DataFormatError(file, 2, "no rows after the header: the split is empty")
     return rows
+
+
+@contextlib.contextmanager
+def _csv_fields_of_any_size():
+    """csv's 131,072-character field limit lifted while a split is read (a long history is a long field)."""
+    before = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
+def _csv_rows(reader, file: Path):
+    """The reader's rows; a CSV syntax error becomes a DataFormatError naming the file and line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataFormatError(file, reader.line_num, f"not valid CSV: {e}") from None
 
 
 def _check_sids(ids, sids, column, code_of, levels, file, line) -> None:
@@ -319,8 +352,8 @@ def read_compact(path: str | Path) -> MiniOneRecData:
     try:
         with gzip.open(file, "rt", encoding="utf-8") as f:
             text = f.read()
-    except (OSError, EOFError) as e:
-        raise DataFormatError(file, None, f"not a readable gzip file: {e}") from None
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataFormatError(file, None, f"not a readable gzip file of UTF-8 text: {e}") from None
     items, sids, codes, titles, splits, header, seen = [], [], [], [], {}, None, set()
     for n, raw in enumerate(text.splitlines(), 1):
         try:
