@@ -37,8 +37,9 @@ def test_world_json(run):
 
 def test_decode_json_reports_valid_candidates(run):
     for decoder in ("beam", "ved"):
-        out = _json(run("decode", "--preset", "tiny", "--decoder", decoder, "--candidates", "8", "--json"))
+        out = _json(run("decode", "--preset", "tiny", "--decoder", decoder, "--json"))
         assert out["decoder"] == decoder and out["valid_frac"] == 1.0
+        assert out["n_candidates"] == 8 and out["budget_tokens"] == 17  # the preset's |C|, not a CLI default
         assert 0.0 <= out["ndcg@10"] <= out["hr@10"] <= 1.0
 
 

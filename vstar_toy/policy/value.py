@@ -56,7 +56,9 @@ class ValueHead(nn.Module):
         torch.manual_seed(cfg.seed)
         d = cfg.hidden
         self.proj = nn.Linear(d_backbone, d)  # the parent's backbone state
-        if cfg.inputs == "semantic":
+        if cfg.inputs == "semantic":  # the catalog's embeddings, trie and node centroids, on the head's device
+            self.register_buffer("item_emb", torch.as_tensor(catalog.embeddings), persistent=False)
+            self.register_buffer("child", torch.as_tensor(catalog.child), persistent=False)
             self.register_buffer("centroid", torch.as_tensor(catalog.node_centroids), persistent=False)
             n_in = 3 * catalog.embeddings.shape[1] + 2 + self.levels  # u, c, u * c, cos, |c|, one-hot depth
             self.inp = nn.Linear(n_in, d)
@@ -114,25 +116,32 @@ class ValueHead(nn.Module):
         return self._backbone(before, tokens, query, ctx, depth)
 
     def _semantic(self, before, tokens, query, ctx, depth):
-        levels = torch.arange(1, self.levels + 1, device=tokens.device)
+        nodes = self._prefix_nodes(tokens)  # (N, L)
         if depth is not None:  # one prefix per row: read only its level
             rows = torch.arange(len(tokens), device=tokens.device)
-            return self._semantic_at(before[rows, depth - 1], self.catalog_nodes(tokens)[rows, depth - 1],
-                                     query, ctx, depth)
+            return self._semantic_at(before[rows, depth - 1], nodes[rows, depth - 1], query, ctx, depth)
         n, L = tokens.shape
-        nodes = self.catalog_nodes(tokens)
-        out = self._semantic_at(before.reshape(n * L, -1), nodes.reshape(-1), query.repeat_interleave(L), ctx,
-                                levels.repeat(n))
+        levels = torch.arange(1, L + 1, device=tokens.device).repeat(n)
+        out = self._semantic_at(before.reshape(n * L, -1), nodes.reshape(-1), query.repeat_interleave(L), ctx, levels)
         return out.reshape(n, L)
 
-    def catalog_nodes(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(N, L) trie node of each prefix of ``tokens`` (N, L); positions past a prefix hold some node."""
-        return self.catalog.prefix_nodes(tokens)
+    def _prefix_nodes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, L) trie node of each prefix y_<=1 .. y_<=L of ``tokens`` (N, L); positions past a prefix
+        (-1 codes) hold some node, which no caller reads."""
+        node = torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
+        out = []
+        for lvl in range(tokens.shape[1]):
+            node = self.child[node, tokens[:, lvl].clamp_min(0)].clamp_min(0)
+            out.append(node)
+        return torch.stack(out, -1)
 
     def _semantic_at(self, h_parent, node, query, ctx, depth):
         """(N,) values from the parent's backbone state (N, d), the prefix's trie node (N,), the
         row's context and the depth l (N,)."""
-        user = F.normalize(self.catalog.history_centroid(ctx.items), dim=-1)[query]  # (N, D)
+        items = ctx.items.to(self.item_emb.device)
+        real = (items >= 0).float()[..., None]
+        history = (self.item_emb[items.clamp_min(0)] * real).sum(1) / real.sum(1).clamp_min(1.0)  # (B, D)
+        user = F.normalize(history, dim=-1)[query]  # the history's mean embedding, per row (N, D)
         c = self.centroid[node]  # (N, D)
         cn = F.normalize(c, dim=-1)
         cos = (user * cn).sum(-1, keepdim=True)
