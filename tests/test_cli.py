@@ -61,7 +61,8 @@ def test_reproduce_claim_1_quick(run, tmp_path):
     (claim,) = out["claims"]
     assert claim["id"] == 1 and claim["verdict"] == claim["verdict_truth"] == "inconclusive"  # one seed: no interval
     assert (claim["metric"], claim["metric_truth"]) == ("ndcg@10", "mean_reward")
-    assert set(claim["values"]) == set(claim["values_truth"]) == {"SFT", "beam+GRPO", "V-STAR"}
+    assert set(claim["values"]) == set(claim["values_truth"]) == {"SFT", "beam+GRPO", "V-STAR", "SFT, VED-decoded",
+                                                                  "beam+GRPO, VED-decoded", "V-STAR, VED-decoded"}
     assert set(out["training"]) == {"beam, grpo, 1.0, learned", "ved, joint, 1.0, learned"}
     assert 0.0 <= out["training"]["beam, grpo, 1.0, learned"]["zero_var_share"] <= 1.0
     report = (tmp_path / "rep" / "report.md").read_text()

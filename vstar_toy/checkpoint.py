@@ -52,11 +52,14 @@ def load_tensors(path: Path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        why = ("it holds Python objects that could run code, not only tensors (refused)"
-               if "Weights only load failed" in str(e) else "it is not a torch file")
+        # The safe loader names a global it refused (os.system, a class, ...); garbage, and pickles
+        # written outside torch.save, fail earlier on an opcode, so those two cannot be told apart.
+        why = ("it holds Python objects that could run code, not only tensors (refused, not run)"
+               if "global" in str(e).lower() else
+               "torch's safe loader refused it (corrupt, or not only tensors; nothing in it was run)")
         raise ValueError(f"{path} cannot be loaded: {why}. Retrain, or pass another checkpoint") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # garbage can fail a parser in any way: KeyError, RuntimeError, EOFError, ...
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} cannot be loaded ({first}): the file is truncated or corrupt. Retrain, or pass "
                          "another checkpoint") from None
 

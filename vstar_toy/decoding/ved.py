@@ -2,13 +2,15 @@
 
 For every query, under a budget of B backbone forward tokens (Cost of Eq. 10):
 
-1. *Initialisation* (``warm_start``): a likelihood beam of width b0 < |C| builds a shallow tree;
-   every node in it gets pi, V, H and G (Eq. 11-12).
+1. *Initialisation* (``warm_start``): a likelihood beam of width b0 < |C| builds a shallow tree
+   down to depth L - 1; every node in it gets pi, V, H and G (Eq. 11-12), and the children of its
+   depth-(L-1) nodes join as scored leaves (``add_leaves``).
 2. *Selection* (``select``): from the root, follow the child with the largest UCB score (Eq. 13) to
    a node without children in the tree.
-3. *Gated expansion* (``expand``): every node on that path that is not fully expanded and whose
-   priority G is at least the mean priority of its depth (Eq. 14, ``expansion_gate``) adds one child,
-   sampled from its yet-unexpanded valid children in proportion to pi.
+3. *Gated expansion* (``triggered``, ``expand``): every node on that path that is not fully expanded
+   and whose priority G is at least the mean priority of its depth (Eq. 14, ``expansion_gate``) adds
+   one child, sampled from its yet-unexpanded valid children in proportion to pi; a child at depth
+   L - 1 brings its leaves.
 4. *Backpropagation* (``backpropagate``): visit counts along the path go up by one; the new
    children's V, H and G were evaluated when they were added, and the depth means follow.
 
@@ -28,7 +30,10 @@ goes to value-guided expansions (``warmup_tokens`` and ``expansion_tokens`` of t
 - *The root's gate.* The root is alone at depth 0, so Eq. 14 always lets it expand: each walk that
   passes the root adds a new level-1 branch while the root has unexpanded codes (``root_gate =
   "open"``, the literal reading). ``"closed"`` keeps the warm start's level-1 branches and spends the
-  whole expansion budget below them. ``DecodeConfig.root_gate`` chooses; README, "The budget".
+  whole expansion budget below them. ``DecodeConfig.root_gate`` chooses (README, "The value, the
+  oracle and the budget": within 0.01 MaxReward of each other).
+- *Leaves.* A forwarded depth-(L-1) node brings all its children as scored leaves at once, where the
+  paper adds children one per walk: a free leaf added later would only reorder free work.
 - *Stalls.* When the gate closes every open node of the path, the deepest open node expands anyway,
   and selection skips exhausted subtrees (every valid node below them already in the tree): the
   search never stops with budget left while something can still be expanded.
@@ -257,25 +262,21 @@ def warm_start(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
     tree = SearchTree.empty(q, L, K, trace.root, pool_rows=q * budget, child_trie=policy.catalog.child_t)
     tree.add(torch.arange(q), torch.full((q,), -1), torch.zeros(q, dtype=torch.long), torch.full((q, L), -1),
              torch.zeros(q, L), torch.zeros(q), torch.full((q,), float("nan")), trace.root, cfg.lam, cfg.priority)
-    parents = trace.root  # the previous level's states
-    loc_of = {int(n): 0 for n in trace.root_node}  # beam tree id -> local index in the search tree
-    row_of = {int(n): i for i, n in enumerate(trace.root_node)}  # beam tree id -> row in `parents`
+    # the previous level: its states, the beam-tree id of its first row (ids are consecutive), its local indices
+    parents, first_id, prev_loc = trace.root, int(trace.root_node[0]), torch.zeros(q, dtype=torch.long)
     for lvl in trace.levels[: L - 1]:
-        qs = lvl.query.cpu()
+        prow = torch.as_tensor(lvl.parent - first_id)  # each node's parent row in the previous level
         codes = lvl.sid[:, lvl.token_logp.shape[1] - 1].cpu()  # this level's code
-        prow = torch.as_tensor([row_of[int(p)] for p in lvl.parent], device=parents.query.device)
         with torch.no_grad():
-            v = value_fn(parents.index(prow), codes.to(prow.device), lvl.cum_logp).float().cpu()
-        tok = torch.zeros(len(qs), L)
+            v = value_fn(parents.index(prow.to(parents.query.device)), codes.to(parents.query.device),
+                         lvl.cum_logp).float().cpu()
+        tok = torch.zeros(len(prow), L)
         tok[:, : lvl.token_logp.shape[1]] = lvl.token_logp.cpu()
-        loc = tree.add(qs, torch.as_tensor([loc_of[int(p)] for p in lvl.parent]), _trie_nodes(policy, lvl.sid),
-                       lvl.sid.cpu(), tok, lvl.cum_logp.cpu(), v, lvl.state, cfg.lam, cfg.priority)
-        loc_of = {int(n): int(i) for n, i in zip(lvl.node, loc)}
-        row_of = {int(n): i for i, n in enumerate(lvl.node)}
-        parents = lvl.state
+        prev_loc = tree.add(lvl.query.cpu(), prev_loc[prow], lvl.state.node.cpu(), lvl.sid.cpu(), tok,
+                            lvl.cum_logp.cpu(), v, lvl.state, cfg.lam, cfg.priority)
+        parents, first_id = lvl.state, int(lvl.node[0])
     if L > 1:
-        last = trace.levels[L - 2]
-        add_leaves(tree, last.query.cpu(), torch.as_tensor([loc_of[int(n)] for n in last.node]), value_fn, cfg)
+        add_leaves(tree, trace.levels[L - 2].query.cpu(), prev_loc, value_fn, cfg)
     tree.cost = torch.as_tensor(trace.cost, dtype=torch.long).clone()
     tree.warmup = tree.cost.clone()
     return tree
@@ -302,12 +303,6 @@ def add_leaves(tree: SearchTree, qs: torch.Tensor, loc: torch.Tensor, value_fn, 
     sid[rows, L - 1], tok[rows, L - 1] = codes, step_lp
     trie = tree.child_trie[tree.trie[pq, ploc], codes]
     tree.add(pq, ploc, trie, sid, tok, cum, v, None, cfg.lam, cfg.priority)
-
-
-def _trie_nodes(policy: SIDPolicy, sid: torch.Tensor) -> torch.Tensor:
-    depth = (sid >= 0).sum(-1).cpu()
-    nodes = policy.catalog.prefix_nodes(sid.cpu())
-    return nodes[torch.arange(len(sid)), depth - 1]
 
 
 def select(tree: SearchTree, active: torch.Tensor, beta: float, exhausted: torch.Tensor) -> torch.Tensor:

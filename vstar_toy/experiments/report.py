@@ -21,6 +21,7 @@ import torch
 from ..checkpoint import atomic_write_text
 from ..config import DecodeConfig
 from ..decoding import decode
+from ..evaluate import evaluate
 from ..rl.advantages import sibling_contrast
 from ..world.rewards import rewards
 from .runner import Runner
@@ -124,17 +125,24 @@ DIAGNOSTICS = ("reward", "zero_var_share", "sibling_signal_share", "loss_kl", "g
 
 def fig_learning_curves(runner: Runner, path: Path) -> bool:
     """Validation mean true reward and NDCG@10 (beam search) per step of the RL runs of claim 1's two
-    trained arms: the mean over seeds, the band from the lowest to the highest seed. False if none ran."""
+    trained arms, from the SFT policy at step 0: the mean over seeds, the band from the lowest to the
+    highest seed. False if none ran."""
     logs = {arm: runner.train_logs.get(key, {}) for arm, key in CURVES.items()}
     if not any(logs.values()):
         return False
+    start = {}  # seed -> the SFT policy's numbers on the validation users the runs are evaluated on
+    for seed in sorted({s for per_seed in logs.values() for s in per_seed}):
+        cfg = runner.config(seed)
+        val = runner.world(seed).queries("valid", n=cfg.rl.eval_queries, seed=cfg.rl.seed)
+        m, _ = evaluate(runner.world(seed), runner.sft(seed), val, cfg.replace(decode={"decoder": "beam"}).decode)
+        start[seed] = {"valid_mean_reward": m["mean_reward"], "valid_ndcg@10": m["ndcg@10"]}
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for ax, col, label in zip(axes, ("valid_mean_reward", "valid_ndcg@10"), ("mean true reward", "NDCG@10")):
         for arm, per_seed in logs.items():
             if not per_seed:
                 continue
-            curves = pd.concat({s: log.set_index("step")[col].dropna() for s, log in per_seed.items()
-                                if col in log}, axis=1)
+            curves = pd.concat({s: pd.concat([pd.Series({0: start[s][col]}), log.set_index("step")[col].dropna()])
+                                for s, log in per_seed.items() if col in log}, axis=1)
             if curves.empty:
                 continue
             mean = curves.mean(axis=1)
@@ -258,7 +266,8 @@ def write_report(frames: list[pd.DataFrame], runner: Runner, out: Path, header: 
             lines.append(f"\n![]({name})\n")
     if fig_learning_curves(runner, out / "learning_curves.png"):
         lines.append("\n## Learning curves\n\nValidation users, beam search, every `eval_every` steps of the RL "
-                     "runs of claim 1 (mean over seeds; the band spans the lowest and the highest seed).\n\n"
+                     "runs of claim 1, from the SFT policy at step 0 (mean over seeds; the band spans the lowest "
+                     "and the highest seed).\n\n"
                      "![](learning_curves.png)\n")
     if runner.train_logs:
         lines.append("\n## Training diagnostics\n\nPer RL arm, the mean over seeds of each run's mean per step "
