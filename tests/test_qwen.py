@@ -392,7 +392,10 @@ def test_the_pipeline_trains_caches_and_reloads_a_backbone_policy(world, tmp_pat
     head = pipeline.value_model(world, policy, cfg, progress=False, say=said.append)
     assert isinstance(policy, QwenPolicy) and head.proj.in_features == BACKBONES["tiny-qwen"]["hidden_size"]
     again = pipeline.sft_policy(world, cfg, progress=False, say=said.append, backbone="tiny-qwen")
-    pipeline.value_model(world, again, cfg, progress=False, say=said.append)
+    head_again = pipeline.value_model(world, again, cfg, progress=False, say=said.append)
+    (value_dir,) = tmp_path.glob("value-*")
+    assert sorted(p.name for p in value_dir.iterdir()) == ["meta.json", "value.pt"]  # the head, not the policy again
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), head_again.state_dict().values()))
     assert ["training" in said[0], "pre-training" in said[1], "reusing" in said[2], "reusing" in said[3]] == [True] * 4
     assert_same_policy(policy, again, histories, world)
     # the tiny policy's keys are what they were before backbones: (world, policy config, SFT config)
@@ -426,3 +429,6 @@ def test_the_gpu_benchmark_runs_tiny(tmp_path):
     assert not any(r["error"] for r in rows.values())
     assert rows["same set as generate (vocab beam)"]["value"] == 1.0
     assert rows["train step shared-prompt s"]["value"] > 0
+    assert rows["  gradient cosine (naive, shared)"]["ok"]  # float32 on a CPU: equal up to rounding
+    assert rows["  parameters identical on both ranks after the step"]["ok"]  # the two-process row ran (gloo)
+    assert "| measure | result | target | verdict |" in out.with_suffix(".md").read_text()

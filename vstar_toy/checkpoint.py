@@ -89,17 +89,21 @@ def atomic_write_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save(directory: str | Path, world: World, policy, value_head=None, extra: dict | None = None) -> Path:
-    """Write a checkpoint of ``policy`` (and ``value_head``) trained on ``world``."""
+def save(directory: str | Path, world: World, policy, value_head=None, extra: dict | None = None,
+         with_policy: bool = True) -> Path:
+    """Write a checkpoint of ``policy`` (and ``value_head``) trained on ``world``. ``with_policy=False``
+    writes the value head and the meta data only: a head cached for a policy that is saved elsewhere
+    (the policy's weights are 3 GB for Qwen2.5-1.5B; the head's a few MB)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    atomic_save(policy.state_dict(), d / "policy.pt")
+    if with_policy:
+        atomic_save(policy.state_dict(), d / "policy.pt")
     backbone = {}
     if type(policy).__name__ == "QwenPolicy":
         backbone = {"backbone": policy.backbone, "backbone_config": policy.model.config.to_dict(),
                     "sid_token_ids": policy.hf_token.tolist(), "normalize": policy.normalize,
                     "dtype": str(policy._dtype).removeprefix("torch.")}
-        if policy.tokenizer is not None:
+        if policy.tokenizer is not None and with_policy:
             policy.tokenizer.save_pretrained(d / "tokenizer")
     if value_head is not None:
         atomic_save(value_head.state_dict(), d / "value.pt")
@@ -118,9 +122,9 @@ def save(directory: str | Path, world: World, policy, value_head=None, extra: di
     return d
 
 
-def read_meta(directory: str | Path) -> dict:
+def read_meta(directory: str | Path, need_policy: bool = True) -> dict:
     d = Path(directory)
-    if not (d / "meta.json").exists() or not (d / "policy.pt").exists():
+    if not (d / "meta.json").exists() or (need_policy and not (d / "policy.pt").exists()):
         raise FileNotFoundError(f"{d} is not a vstar_toy checkpoint: expected meta.json and policy.pt in it")
     try:
         meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
@@ -190,7 +194,7 @@ def load_value(directory: str | Path, world: World, policy):
     """The value head saved beside a policy, or None when there is none."""
     from .policy.value import ValueHead
 
-    meta = read_meta(directory)
+    meta = read_meta(directory, need_policy=False)
     check_world(meta, world, directory)
     path = Path(directory) / "value.pt"
     if not path.exists():

@@ -169,6 +169,6 @@ def value_model(world: World, policy, cfg: Config, policy_dir: str | Path | None
 
     head, losses = pretrain_value(policy, world, cfg.value, progress=progress, state=state,
                                   on_checkpoint=lambda st: _save_partial(d, partial, st))
-    checkpoint.save(d, world, policy, head, extra={"value_losses": losses})
+    checkpoint.save(d, world, policy, head, extra={"value_losses": losses}, with_policy=False)  # the head only
     partial.unlink(missing_ok=True)
     return head

@@ -256,13 +256,13 @@ class SIDPolicy(nn.Module):
         """Extend each row of ``states`` by its code (N,); all rows in one backbone call."""
         codes = torch.as_tensor(codes, dtype=torch.long, device=self.device)
         depth = states.depth
-        if (depth >= self.levels).any():
-            raise ValueError("cannot step a state at depth L: the SID is complete")
-        if ((codes < 0) | (codes >= self.k_max)).any():
-            bad = codes[(codes < 0) | (codes >= self.k_max)][0]
-            raise ValueError(f"code {int(bad)} is out of range: expected 0 <= code < {self.k_max}")
-        node = self.child[states.node, codes]
-        if (node < 0).any():
+        out_of_range = (codes < 0) | (codes >= self.k_max)
+        node = self.child[states.node, codes.clamp(0, self.k_max - 1)]
+        if bool((depth >= self.levels).any() | out_of_range.any() | (node < 0).any()):  # one host sync, not three
+            if (depth >= self.levels).any():
+                raise ValueError("cannot step a state at depth L: the SID is complete")
+            if out_of_range.any():
+                raise ValueError(f"code {int(codes[out_of_range][0])} is out of range: expected 0 <= code < {self.k_max}")
             r = int((node < 0).nonzero()[0])
             raise ValueError(
                 f"code {int(codes[r])} is not a valid child of prefix {states.tokens[r, : int(depth[r])].tolist()}"

@@ -10,8 +10,9 @@ Positions. RoPE positions count real tokens only (prompt token j sits at the num
 before it; the generated ``<sid>, y_1 .. y_L`` at n_real + 0 .. L), as ``generate`` does with a
 left-padded attention mask, so left padding changes nothing.
 
-Layers. The forward runs the backbone's own modules (embeddings, RMSNorms, q/k/v/o projections,
-rotary embedding, MLP) with our attention, so that the masks and the cache are ours: a context
+Layers. The forward runs the backbone's own weights (embeddings, RMSNorms, q/k/v/o projections,
+rotary embedding, MLP) in its modules' arithmetic, with our attention, so that the masks and the cache
+are ours (``compile_blocks`` fuses the dense parts with ``torch.compile``): a context
 cache per layer, keys (B, kv_heads, T, dh) after RoPE, computed once by ``start``; and per state a
 prefix cache (N, layers, 2, kv_heads, L+1, dh) for ``<sid>, y_1 .. y_L``. Rows of any queries and
 depths step in one call. When a call's rows come grouped by query, c rows each (``start``, a beam
@@ -76,6 +77,32 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + torch.cat((-x2, x1), -1) * sin
 
 
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``Qwen2RMSNorm`` in its own arithmetic (x / rms(x) in float32, rounded to x's dtype, times the
+    weight), with the normalisation as one ``F.rms_norm`` call where torch has it (fewer kernels)."""
+    xf = x.float()
+    if hasattr(F, "rms_norm"):  # torch >= 2.4
+        normed = F.rms_norm(xf, (x.shape[-1],), eps=eps)
+    else:
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def _qkv(x, norm_w, eps: float, wq, bq, wk, bk, wv, bv, cos, sin, head_dim: int):
+    """The attention's inputs of one layer: RMSNorm, the q / k / v projections, RoPE on q and k.
+    x (N, S, d) -> q (N, H, S, dh), k and v (N, kv, S, dh)."""
+    n, s, _ = x.shape
+    h = _rms_norm(x, norm_w, eps)
+    q, k, v = (F.linear(h, w, b).view(n, s, -1, head_dim).transpose(1, 2) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
+    return _rope(q, cos, sin), _rope(k, cos, sin), v
+
+
+def _mlp(x, norm_w, eps: float, w_gate, w_up, w_down):
+    """The residual MLP block of one layer: x + down(silu(gate(h)) * up(h)), h = RMSNorm(x)."""
+    h = _rms_norm(x, norm_w, eps)
+    return x + F.linear(F.silu(F.linear(h, w_gate)) * F.linear(h, w_up), w_down)
+
+
 def _bias(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
     """Additive attention bias (N, 1, groups * S, T) from a key mask (N, 1, S, T), built once per call
     and shared by every layer: 0 where a query may attend, -inf elsewhere, rows repeated per query
@@ -125,6 +152,11 @@ class QwenPolicy(SIDPolicy):
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scale = self.head_dim**-0.5
         self.checkpointing = False  # recompute each layer in backward: activation memory of one layer
+        if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "mlp_bias", False):
+            raise ValueError(f"hidden_act = {cfg.hidden_act!r} with mlp_bias = {getattr(cfg, 'mlp_bias', False)} "
+                             "is not supported: expected Qwen2's silu MLP without biases")
+        self.eps = cfg.rms_norm_eps
+        self._qkv, self._mlp = _qkv, _mlp  # the dense parts of a layer; compile_blocks swaps in compiled ones
         self.backbone = backbone
         # 1. the new tokens: ids from the tokenizer when there is one, else appended after the vocabulary
         names = sid_token_names(catalog.codebook_sizes)
@@ -196,14 +228,28 @@ class QwenPolicy(SIDPolicy):
 
     # -- the backbone --------------------------------------------------------------------------------
     def _layer(self, layer, x, cos, sin, attend):
-        """One decoder layer with attention ``attend(q, k, v)``: x (N, S, d) -> x, and this layer's k, v."""
-        a = layer.self_attn
+        """One decoder layer with attention ``attend(q, k, v)``: x (N, S, d) -> x, and this layer's k, v.
+        The layer's own weights in the arithmetic of its modules (``_qkv``, ``_mlp``; tested against the
+        Hugging Face forward)."""
+        a, mlp = layer.self_attn, layer.mlp
         n, s, _ = x.shape
-        h = layer.input_layernorm(x)
-        q, k, v = (p(h).view(n, s, -1, self.head_dim).transpose(1, 2) for p in (a.q_proj, a.k_proj, a.v_proj))
-        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        q, k, v = self._qkv(x, layer.input_layernorm.weight, self.eps, a.q_proj.weight, a.q_proj.bias,
+                            a.k_proj.weight, a.k_proj.bias, a.v_proj.weight, a.v_proj.bias, cos, sin, self.head_dim)
         x = x + a.o_proj(attend(q, k, v).transpose(1, 2).reshape(n, s, -1))
-        return x + layer.mlp(layer.post_attention_layernorm(x)), k, v
+        return self._mlp(x, layer.post_attention_layernorm.weight, self.eps, mlp.gate_proj.weight,
+                         mlp.up_proj.weight, mlp.down_proj.weight), k, v
+
+    def compile_blocks(self, on: bool = True) -> QwenPolicy:
+        """Run the dense parts of every layer (``_qkv``, ``_mlp``) through ``torch.compile`` (one graph
+        each, shared by the layers, dynamic shapes), which fuses the norms, RoPE and the MLP's gating into
+        few kernels; ``on=False`` goes back to eager. Inference only: the first call of each compiles
+        (tens of seconds). Measured in ``benchmarks/gpu.py``."""
+        if on:
+            self._qkv = torch.compile(_qkv, dynamic=True)
+            self._mlp = torch.compile(_mlp, dynamic=True)
+        else:
+            self._qkv, self._mlp = _qkv, _mlp
+        return self
 
     def _layers(self, tokens, positions, attend):
         """Our tokens (N, S) at RoPE ``positions`` (N, S) through every layer; ``attend(i, q, k, v)``
@@ -220,7 +266,7 @@ class QwenPolicy(SIDPolicy):
             else:
                 x, k, v = fn(x, cos, sin)
             kv.append((k, v))
-        return backbone.norm(x), kv
+        return _rms_norm(x, backbone.norm.weight, self.eps), kv
 
     @property
     def _dtype(self) -> torch.dtype:
