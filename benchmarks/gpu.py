@@ -40,6 +40,7 @@ are measured in the same run on the same device, which the table names.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -559,7 +560,7 @@ def main(argv=None) -> int:
     else:
         rows.add("train steps", None, "", error="skipped: no candidates (our beam search failed)")
     if args.profile and stem:
-        rows.attempt("profile", lambda: profile(policy, hist, size["beams"], f"{stem}-profile.txt"))
+        rows.attempt("profile", functools.partial(profile, policy, hist, size["beams"], f"{stem}-profile.txt"))
     del policy, cands
     reset_peak(device)
     if not args.no_ddp:

@@ -262,7 +262,8 @@ class SIDPolicy(nn.Module):
             if (depth >= self.levels).any():
                 raise ValueError("cannot step a state at depth L: the SID is complete")
             if out_of_range.any():
-                raise ValueError(f"code {int(codes[out_of_range][0])} is out of range: expected 0 <= code < {self.k_max}")
+                bad = int(codes[out_of_range][0])
+                raise ValueError(f"code {bad} is out of range: expected 0 <= code < {self.k_max}")
             r = int((node < 0).nonzero()[0])
             raise ValueError(
                 f"code {int(codes[r])} is not a valid child of prefix {states.tokens[r, : int(depth[r])].tolist()}"
