@@ -39,6 +39,7 @@ def one_error_line(res: subprocess.CompletedProcess, *words: str) -> str:
     assert "Traceback" not in res.stderr, res.stderr[-2000:]
     last = [ln for ln in res.stderr.splitlines() if ln.strip()][-1]
     assert last.startswith("error:") and all(w in last for w in words), last
+    print(last)  # `pytest -s tests/test_bad_input.py` lists every message
     return last
 
 
