@@ -388,7 +388,7 @@ def markdown(rows: Rows, header: str, judge: bool) -> str:
 
 
 def build(size: dict, seed: int, device: torch.device) -> QwenPolicy:
-    """The catalog and the policy on ``device``, the same in every process for one ``seed``."""
+    """The policy (and its synthetic catalog) on ``device``, the same in every process for one ``seed``."""
     torch.manual_seed(seed)
     catalog = synthetic_catalog(size["items"], size["levels"], size["codes"], seed)
     policy = QwenPolicy.from_backbone(catalog, size["backbone"], device=device, normalize="valid", seed=seed)

@@ -116,7 +116,7 @@ class ValueHead(nn.Module):
         return self._backbone(before, tokens, query, ctx, depth)
 
     def _semantic(self, before, tokens, query, ctx, depth):
-        nodes = self._prefix_nodes(tokens)  # (N, L)
+        nodes = self.catalog.prefix_nodes(tokens, child=self.child)  # (N, L)
         if depth is not None:  # one prefix per row: read only its level
             rows = torch.arange(len(tokens), device=tokens.device)
             return self._semantic_at(before[rows, depth - 1], nodes[rows, depth - 1], query, ctx, depth)
@@ -125,22 +125,10 @@ class ValueHead(nn.Module):
         out = self._semantic_at(before.reshape(n * L, -1), nodes.reshape(-1), query.repeat_interleave(L), ctx, levels)
         return out.reshape(n, L)
 
-    def _prefix_nodes(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(N, L) trie node of each prefix y_<=1 .. y_<=L of ``tokens`` (N, L); positions past a prefix
-        (-1 codes) hold some node, which no caller reads."""
-        node = torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
-        out = []
-        for lvl in range(tokens.shape[1]):
-            node = self.child[node, tokens[:, lvl].clamp_min(0)].clamp_min(0)
-            out.append(node)
-        return torch.stack(out, -1)
-
     def _semantic_at(self, h_parent, node, query, ctx, depth):
         """(N,) values from the parent's backbone state (N, d), the prefix's trie node (N,), the
         row's context and the depth l (N,)."""
-        items = ctx.items.to(self.item_emb.device)
-        real = (items >= 0).float()[..., None]
-        history = (self.item_emb[items.clamp_min(0)] * real).sum(1) / real.sum(1).clamp_min(1.0)  # (B, D)
+        history = self.catalog.history_centroid(ctx.items.to(self.item_emb.device), emb=self.item_emb)  # (B, D)
         user = F.normalize(history, dim=-1)[query]  # the history's mean embedding, per row (N, D)
         c = self.centroid[node]  # (N, D)
         cn = F.normalize(c, dim=-1)

@@ -328,18 +328,20 @@ class Catalog:
             object.__setattr__(self, "_node_centroids", cached)
         return cached
 
-    def history_centroid(self, histories: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def history_centroid(self, histories: np.ndarray | torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         """(B, D) the mean embedding of each history's items (B, H), -1 left-padding ignored; zeros
-        for an empty history. What the semantic value reads as the user's side."""
+        for an empty history. What the semantic value reads as the user's side. ``emb``: the embedding
+        table already on the histories' device (a module's buffer), else this catalog's is copied there."""
         h = torch.as_tensor(np.asarray(histories) if not isinstance(histories, torch.Tensor) else histories)
-        emb = torch.as_tensor(self.embeddings).to(h.device)
+        emb = (torch.as_tensor(self.embeddings) if emb is None else emb).to(h.device)
         real = (h >= 0).to(emb.dtype)[..., None]
         return (emb[h.clamp_min(0)] * real).sum(-2) / real.sum(-2).clamp_min(1.0)
 
-    def prefix_nodes(self, sids: torch.Tensor) -> torch.Tensor:
+    def prefix_nodes(self, sids: torch.Tensor, child: torch.Tensor | None = None) -> torch.Tensor:
         """(..., L) trie node of every prefix y_<=1 .. y_<=L of SIDs (..., L), as torch. SIDs must be
-        in the catalog; a padding SID (-1 codes) gets some valid node, which callers mask."""
-        child = self.child_t.to(sids.device)
+        in the catalog; a padding SID (-1 codes) gets some valid node, which callers mask. ``child``: the
+        child table already on the SIDs' device (a module's buffer), else this catalog's is copied there."""
+        child = (self.child_t if child is None else child).to(sids.device)
         node = torch.zeros(sids.shape[:-1], dtype=torch.long, device=sids.device)
         out = []
         for lvl in range(sids.shape[-1]):
