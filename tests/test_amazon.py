@@ -2,7 +2,9 @@
 loads to the same catalog, rebuilt training windows never look past a user's first evaluated target,
 and every malformed input raises one DataFormatError naming the file and the line."""
 
+import csv
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -275,3 +277,69 @@ def test_bad_compact_line(tmp_path, data):
         load_world(broken)
     assert "broken.jsonl.gz, line 6:" in str(err.value)
     assert len(read_compact(good).items) == 3459
+
+
+# -- files as other tools write them ----------------------------------------------------------------
+
+
+def _csv_files(root: Path) -> list[Path]:
+    return [root / split / f"{CAT}_5.csv" for split in ("valid", "test")]
+
+
+def _rewrite(files: list[Path], change) -> None:
+    for f in files:
+        f.write_bytes(change(f.read_bytes()))
+
+
+def _quote_every_field(raw: bytes) -> bytes:
+    rows = list(csv.reader(io.StringIO(raw.decode())))
+    out = io.StringIO()
+    csv.writer(out, quoting=csv.QUOTE_ALL).writerows(rows)
+    return out.getvalue().encode()
+
+
+def _extra_columns_first_and_last(raw: bytes) -> bytes:
+    rows = list(csv.reader(io.StringIO(raw.decode())))
+    out = io.StringIO()
+    csv.writer(out).writerows([["rating", *r, "note"] if i == 0 else ["5", *r, "a, quoted; note"]
+                               for i, r in enumerate(rows)])
+    return out.getvalue().encode()
+
+
+SPREADSHEET_STYLES = {
+    # what spreadsheet programs and other tools write, all of it legal: the world must come out the same
+    "utf-8 byte-order mark on every file": lambda root: _rewrite(
+        [*_csv_files(root), root / "info" / f"{CAT}_5.txt", root / "index" / f"{CAT}.index.json"],
+        lambda b: b"\xef\xbb\xbf" + b),
+    "CRLF line ends": lambda root: _rewrite([*_csv_files(root), root / "info" / f"{CAT}_5.txt"],
+                                           lambda b: b.replace(b"\n", b"\r\n")),
+    "no trailing newline": lambda root: _rewrite([*_csv_files(root), root / "info" / f"{CAT}_5.txt"],
+                                                lambda b: b.rstrip(b"\n")),
+    "every field quoted": lambda root: _rewrite(_csv_files(root), _quote_every_field),
+    "extra columns before and after": lambda root: _rewrite(_csv_files(root), _extra_columns_first_and_last),
+}
+
+
+@pytest.mark.parametrize("style", SPREADSHEET_STYLES)
+def test_files_as_other_tools_write_them_give_the_same_world(style, tmp_path):
+    reference = load_world(tiny_dir(tmp_path / "plain"))
+    root = tiny_dir(tmp_path / "styled")
+    SPREADSHEET_STYLES[style](root)
+    w = load_world(root)
+    for name in ("histories", "targets", "split", "train_histories", "train_targets"):
+        assert np.array_equal(getattr(w, name), getattr(reference, name)), name
+    assert np.array_equal(w.catalog.sids, reference.catalog.sids)
+    assert w.catalog.titles == reference.catalog.titles  # no "\r" or BOM left in a title or an id
+    assert np.allclose(w.catalog.embeddings, reference.catalog.embeddings)
+
+
+def test_a_short_row_names_the_missing_column(tmp_path):
+    r = 'u2,"[]",x,"[4, 0]",1'  # history_item_sid and item_sid missing
+    e = bad(tmp_path, "valid/Toy_5.csv", 3, "5 fields, the header has 7", valid=[row("u1", [0, 1, 2], 3), r])
+    assert "no column 'history_item_sid'" in e.problem
+
+
+def test_a_long_row_says_how_many_fields_are_extra(tmp_path):
+    r = row("u2", [4, 0], 1) + ",x,y"
+    e = bad(tmp_path, "test/Toy_5.csv", 2, "9 fields", test=[r, row("u1", [0, 1, 2, 3], 4)])
+    assert "2 field(s) after the last column 'item_sid'" in e.problem

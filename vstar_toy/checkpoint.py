@@ -3,7 +3,8 @@
 A checkpoint directory holds ``policy.pt`` (weights), ``value.pt`` (optional), and ``meta.json``:
 the configs, the world's name and seed, and a fingerprint of its catalog (a hash of every SID).
 Loading into a different world raises a clear error instead of decoding garbage. Files are written
-to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
+to a temporary name and renamed (``files.py``), and ``meta.json`` last, so a crash never leaves a
+half-written checkpoint that looks complete.
 
 Two kinds of policy (``policy_kind`` in meta.json): the tiny transformer (rebuilt from its
 ``policy_config``) and a Qwen backbone (policy/qwen.py), rebuilt from what meta.json keeps of it: the
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .config import PolicyConfig, ValueConfig
+from .files import atomic_save, atomic_write_text
 from .world import World
 
 
@@ -75,18 +76,6 @@ def load_weights(module: torch.nn.Module, path: Path, map_location="cpu") -> Non
                        or "Unexpected" in ln), str(e).splitlines()[0])
         raise ValueError(f"{path} does not fit a {type(module).__name__} built from its meta.json ({detail}): "
                          "the files of this checkpoint do not belong together. Retrain, or pass another") from None
-
-
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save(directory: str | Path, world: World, policy, value_head=None, extra: dict | None = None,

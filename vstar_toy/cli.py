@@ -28,6 +28,7 @@ from typing import Annotated
 import typer
 
 from .config import PRESETS, Config, DecodeConfig, preset
+from .files import check_output_dir
 
 # Commands import the library (torch, pandas, matplotlib) in their bodies, so that `--help` and a bad
 # option answer at once.
@@ -83,6 +84,8 @@ def world(preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: See
     """Build the synthetic world and print its summary (items, SIDs, branching, measured mismatch)."""
     from . import plots
     from .pipeline import build_world
+    if plot is not None:
+        check_output_dir(plot, "--plot")
     cfg = make_config(preset_name, mismatch, seed)
     w = build_world(cfg.world)
     summary = w.summary()
@@ -107,15 +110,18 @@ def sft(out: Annotated[Path, typer.Option(help="checkpoint directory to write")]
         quiet: bool = False):
     """Supervised next-item training on the logs; writes a checkpoint that `--policy DIR` loads."""
     from . import checkpoint
+    from .files import run_lock
     from .pipeline import make_policy
     from .rl.sft import train_sft
 
+    check_output_dir(out)
     cfg, w = load(preset_name, mismatch, seed, data)
     if epochs is not None:
         cfg = cfg.replace(sft={"epochs": epochs})
     policy = make_policy(w, cfg, backbone)
     log = train_sft(policy, w, cfg.sft, progress=not quiet)
-    checkpoint.save(out, w, policy, extra={"sft_log": log, "preset": preset_name})
+    with run_lock(out):
+        checkpoint.save(out, w, policy, extra={"sft_log": log, "preset": preset_name})
     best = max(r["valid_hr@10"] for r in log)
     print(f"saved {out}: {len(log)} epochs, best validation HR@10 = {best:.4f}")
 
@@ -140,6 +146,8 @@ def value(policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: 
     from .pipeline import sft_policy, value_model
     from .rl.value_learning import pretrain_value
 
+    if policy is not None:
+        check_output_dir(policy, "--policy")  # the head is saved there
     cfg, w = load(preset_name, mismatch, seed, data)
     if steps is not None:
         cfg = cfg.replace(value={"pretrain_steps": steps})
@@ -265,31 +273,35 @@ def train(out: Annotated[Path, typer.Option(help="run directory: metrics.csv, ch
     Writes OUT/metrics.csv (one row per step), checkpoints, and OUT/final (a `--policy` checkpoint).
     Under `torchrun --nproc_per_node N -m vstar_toy.cli train ...` the batch is sharded over N processes
     (DDP; nccl on GPUs, gloo on CPU) and rank 0 writes and prints."""
+    import contextlib
     import copy
 
     from .evaluate import evaluate
+    from .files import run_lock
     from .pipeline import sft_policy, value_model
     from .rl import distributed
     from .rl.train import train as run_training
 
+    check_output_dir(out)
     distributed.init_from_env()
     try:
-        cfg, w = load(preset_name, mismatch, seed, data)
         main = distributed.is_main()
-        quiet = quiet or not main
-        say = say_to(quiet)
-        cfg = decode_options(cfg, w, say, decoder=decoder, budget_x=budget_x, n_candidates=candidates, lam=lam,
-                             beta=beta)
-        cfg = cfg.overlay(rl=dict(objective=objective, steps=steps, lr=lr, kl_coef=kl_coef, inner_epochs=inner_epochs,
-                                  batch_queries=batch_queries, reward=reward))
-        test = test_split(w, queries)
-        with distributed.main_first():  # rank 0 trains and caches the SFT policy; the others load it
-            pol = copy.deepcopy(sft_policy(w, cfg, policy, progress=not quiet, say=say, backbone=backbone))
-            head = copy.deepcopy(value_model(w, pol, cfg, policy, progress=not quiet, say=say))
-        start_metrics = evaluate(w, pol, test, beam_of(cfg))[0] if main else None
-        res = run_training(w, pol, cfg, head, run_dir=out, progress=not quiet, say=say, resume=not restart)
-        if main:
-            _train_summary(w, res, cfg, out, start_metrics, test, preset_name, as_json)
+        with run_lock(out) if main else contextlib.nullcontext():  # refused at once if another process writes it
+            cfg, w = load(preset_name, mismatch, seed, data)
+            quiet = quiet or not main
+            say = say_to(quiet)
+            cfg = decode_options(cfg, w, say, decoder=decoder, budget_x=budget_x, n_candidates=candidates, lam=lam,
+                                 beta=beta)
+            cfg = cfg.overlay(rl=dict(objective=objective, steps=steps, lr=lr, kl_coef=kl_coef,
+                                      inner_epochs=inner_epochs, batch_queries=batch_queries, reward=reward))
+            test = test_split(w, queries)
+            with distributed.main_first():  # rank 0 trains and caches the SFT policy; the others load it
+                pol = copy.deepcopy(sft_policy(w, cfg, policy, progress=not quiet, say=say, backbone=backbone))
+                head = copy.deepcopy(value_model(w, pol, cfg, policy, progress=not quiet, say=say))
+            start_metrics = evaluate(w, pol, test, beam_of(cfg))[0] if main else None
+            res = run_training(w, pol, cfg, head, run_dir=out, progress=not quiet, say=say, resume=not restart)
+            if main:
+                _train_summary(w, res, cfg, out, start_metrics, test, preset_name, as_json)
     finally:
         distributed.shutdown()
 
@@ -335,6 +347,7 @@ def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figure
     from .experiments import reproduce as run_claims
     from .pipeline import load_data
 
+    check_output_dir(out)
     try:
         ids = [int(c) for c in claims.split(",") if c.strip()]
     except ValueError:
@@ -362,6 +375,7 @@ def recipe(out: Annotated[Path, typer.Option(help="runs, recipe.csv and recipe.m
     normalisation, for beam+GRPO and V-STAR, judged on the validation split only (experiments/recipe.py)."""
     from .experiments.recipe import recipe_sweep
 
+    check_output_dir(out)
     table, chosen = recipe_sweep(preset(preset_name), out, steps=steps, progress=not quiet, say=say_to(quiet))
     if as_json:
         print(json.dumps({"chosen": chosen, "runs": table.to_dict(orient="records")}, default=float))
@@ -378,6 +392,14 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
          rl_steps: Annotated[int, typer.Option(help="policy updates per training run in step 5")] = 40):
     """The whole story in a few minutes: the world and its mismatch knob, SFT, the value model, beam
     search against VED at the same budget, and a short GRPO (beam) against V-STAR (VED + joint) training."""
+    from .files import run_lock
+
+    check_output_dir(out)
+    with run_lock(out):  # one demo writes a folder at a time
+        _demo(out, preset_name, queries, rl_steps)
+
+
+def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> None:
     import copy
     import dataclasses
 
@@ -390,7 +412,6 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
     from .rl.train import train as run_training
 
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     cfg = preset(preset_name)
     print(f"[1/5] The world ({preset_name}): items with Semantic IDs, users with hidden tastes.")
     w = build_world(cfg.world)

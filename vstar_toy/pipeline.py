@@ -3,7 +3,9 @@ and the notebooks share.
 
 Without an explicit checkpoint, a trained policy is cached under ``$VSTAR_TOY_CACHE`` (default
 ``.cache/vstar_toy`` in the working directory), keyed by the world's fingerprint and the configs
-that shape it; the functions say which they did (trained, or reused from where).
+that shape it; the functions say which they did (trained, or reused from where). Several processes
+may share the cache: each entry is built under its own lock (``files.entry_lock``), so a second
+process waits for the first and reuses its result.
 
 The policy is the tiny transformer of ``cfg.policy`` by default, or a Qwen backbone (``backbone``: a
 name of ``policy.qwen.BACKBONES`` or a local checkpoint directory; docs/design.md, section 6), SFT-trained by the
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, files
 from .config import Config, WorldConfig
 from .policy.base import SIDPolicy
 from .policy.tiny import TinyPolicy
@@ -119,29 +121,48 @@ def sft_policy(world: World, cfg: Config, policy_dir: str | Path | None = None, 
         return policy
     key = _key(_world_key(world), cfg.policy, cfg.sft, *_policy_parts(backbone))
     d = cache_root() / f"sft-{checkpoint.fingerprint(world)}-{key}"
-    if (d / "meta.json").exists():  # written last: a checkpoint with meta.json is complete
-        say(f"policy: reusing the cached SFT policy in {d} (pass --policy DIR to use another)")
-        return checkpoint.load_policy(d, world)
-    name = "the default SFT policy" if backbone is None else f"an SFT policy on backbone {backbone}"
-    partial = d / "sft_state.pt"  # an interrupted SFT resumes from its last epoch
-    state = checkpoint.load_tensors(partial) if partial.exists() else None
-    if state is None:
-        say(f"policy: no --policy given, training {name} on {world.name} (cached in {d})")
-    else:
-        say(f"policy: resuming the interrupted SFT in {d} after epoch {state['epoch']}")
-    policy = make_policy(world, cfg, backbone)
-    log = train_sft(policy, world, cfg.sft, progress=progress, state=state,
-                    on_checkpoint=lambda st: _save_partial(d, partial, st))
-    checkpoint.save(d, world, policy, extra={"sft_log": log})
-    partial.unlink(missing_ok=True)
-    return policy
+
+    def build() -> SIDPolicy:
+        name = "the default SFT policy" if backbone is None else f"an SFT policy on backbone {backbone}"
+        partial = d / "sft_state.pt"  # an interrupted SFT resumes from its last epoch
+        state = checkpoint.load_tensors(partial) if partial.exists() else None
+        if state is None:
+            say(f"policy: no --policy given, training {name} on {world.name} (cached in {d})")
+        else:
+            say(f"policy: resuming the interrupted SFT in {d} after epoch {state['epoch']}")
+        policy = make_policy(world, cfg, backbone)
+        log = train_sft(policy, world, cfg.sft, progress=progress, state=state,
+                        on_checkpoint=lambda st: _save_partial(d, partial, st))
+        checkpoint.save(d, world, policy, extra={"sft_log": log})
+        partial.unlink(missing_ok=True)
+        return policy
+
+    return _cache_entry(d, "policy", "the cached SFT policy", lambda: checkpoint.load_policy(d, world), build, say,
+                        hint=" (pass --policy DIR to use another)")
+
+
+def _cache_entry(d: Path, who: str, what: str, load: Callable, build: Callable, say: Callable[[str], None],
+                 hint: str = ""):
+    """The cache entry ``d``: loaded when complete (its ``meta.json`` is written last), else built under
+    the entry's lock (``files.entry_lock``). A process that waited for another one finds the entry
+    complete and loads it, or, if the other was killed, resumes from the partial state it left."""
+    if (d / "meta.json").exists():
+        say(f"{who}: reusing {what} in {d}{hint}")
+        return load()
+    with files.entry_lock(d, say) as waited:
+        if (d / "meta.json").exists():
+            say(f"{who}: reusing {what} that another process wrote in {d} while this one waited")
+            return load()
+        if waited:
+            say(f"{who}: the process that held {d} ended without finishing it; this one takes over")
+        return build()
 
 
 def _save_partial(directory: Path, path: Path, state: dict) -> None:
     """Write an interrupted stage's resume state into its cache directory (which is not complete until
     its meta.json exists)."""
     directory.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_save(state, path)
+    files.atomic_save(state, path)
 
 
 def value_model(world: World, policy, cfg: Config, policy_dir: str | Path | None = None, progress: bool = True,
@@ -157,18 +178,19 @@ def value_model(world: World, policy, cfg: Config, policy_dir: str | Path | None
         return head
     key = _key(_world_key(world), cfg.policy, cfg.sft, cfg.value, *_policy_parts(policy))
     d = cache_root() / f"value-{checkpoint.fingerprint(world)}-{key}"
-    if (d / "meta.json").exists():
-        say(f"value head: reusing the cached one in {d}")
-        return checkpoint.load_value(d, world, policy)
-    partial = d / "pretrain_state.pt"  # an interrupted pre-training resumes from here
-    state = checkpoint.load_tensors(partial) if partial.exists() else None
-    if state is None:
-        say(f"value head: pre-training V_phi by TD on SFT candidates (cached in {d})")
-    else:
-        say(f"value head: resuming the interrupted pre-training in {d} at step {state['step']}")
 
-    head, losses = pretrain_value(policy, world, cfg.value, progress=progress, state=state,
-                                  on_checkpoint=lambda st: _save_partial(d, partial, st))
-    checkpoint.save(d, world, policy, head, extra={"value_losses": losses}, with_policy=False)  # the head only
-    partial.unlink(missing_ok=True)
-    return head
+    def build() -> ValueHead:
+        partial = d / "pretrain_state.pt"  # an interrupted pre-training resumes from here
+        state = checkpoint.load_tensors(partial) if partial.exists() else None
+        if state is None:
+            say(f"value head: pre-training V_phi by TD on SFT candidates (cached in {d})")
+        else:
+            say(f"value head: resuming the interrupted pre-training in {d} at step {state['step']}")
+        head, losses = pretrain_value(policy, world, cfg.value, progress=progress, state=state,
+                                      on_checkpoint=lambda st: _save_partial(d, partial, st))
+        checkpoint.save(d, world, policy, head, extra={"value_losses": losses}, with_policy=False)  # the head only
+        partial.unlink(missing_ok=True)
+        return head
+
+    return _cache_entry(d, "value head", "the cached one", lambda: checkpoint.load_value(d, world, policy), build,
+                        say)

@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import json
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,12 +330,6 @@ def train_config(preset_name: str, spec: TrainSpec) -> Config:
         decode={"decoder": spec.decoder},
         rl={"objective": spec.objective, "steps": spec.steps, "eval_every": spec.eval_every,
             "batch_queries": spec.batch_queries, "reward": spec.reward, "lr": spec.lr, "seed": spec.seed})
-
-
-@st.cache_resource(show_spinner=False)
-def run_lock(path: str) -> threading.Lock:
-    """One lock per run directory: two sessions never train into the same one at once."""
-    return threading.Lock()
 
 
 def train_run(preset_name: str, spec: TrainSpec, on_step, say) -> pd.DataFrame:

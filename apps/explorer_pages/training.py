@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from vstar_toy import plots
+from vstar_toy import files, plots
 from vstar_toy.config import REWARDS
 from vstar_toy.evaluate import value_quality
 from vstar_toy.rl import train as rl_train
@@ -94,40 +94,42 @@ def run_status(done: int, steps: int) -> str:
 
 def train_live(preset_name: str, spec: data.TrainSpec) -> None:
     """Train ``spec`` with a progress bar and curves redrawn as the steps come in."""
-    lock = data.run_lock(str(data.run_dir(preset_name, spec)))
-    if not lock.acquire(blocking=False):
-        st.warning("Another session is training this run right now; its curves below follow it when you rerun.")
-        return
     try:
-        bar = st.progress(0.0, text="decoding the first batch...")
-        live = st.empty()
-        rows: list[dict] = []
-        last_draw = [0.0]
-        t0 = time.monotonic()
+        with files.run_lock(data.run_dir(preset_name, spec), option="the run folder"):
+            _train_live(preset_name, spec)
+    except files.FolderBusyError:
+        st.warning("Another session or process is training this run right now; its curves below follow it when "
+                   "you rerun.")
 
-        def on_step(row: dict) -> None:
-            rows.append(row)
-            text = f"step {row['step']} of {spec.steps}: reward {row['reward']:.3f}"
-            if not math.isnan(row.get("valid_ndcg@10", math.nan)):
-                text += f", validation NDCG@10 {row['valid_ndcg@10']:.3f}"
-            bar.progress(min(row["step"] / spec.steps, 1.0), text=text)
-            if time.monotonic() - last_draw[0] > LIVE_EVERY_S:
-                with live.container():
-                    show(plots.training_curves({"training...": pd.DataFrame(rows)}))
-                last_draw[0] = time.monotonic()
 
-        notes: list[str] = []
-        try:
-            data.train_run(preset_name, spec, on_step, say=notes.append)
-        except ValueError as e:  # e.g. the folder holds a run of another config
-            st.error(str(e))
-            return
-        bar.empty()
-        live.empty()
-        done = f"{len(rows)} steps in {time.monotonic() - t0:.0f} s" if rows else "nothing left to train"
-        st.success(f"Trained: {done}. " + " ".join(notes))
-    finally:
-        lock.release()
+def _train_live(preset_name: str, spec: data.TrainSpec) -> None:
+    bar = st.progress(0.0, text="decoding the first batch...")
+    live = st.empty()
+    rows: list[dict] = []
+    last_draw = [0.0]
+    t0 = time.monotonic()
+
+    def on_step(row: dict) -> None:
+        rows.append(row)
+        text = f"step {row['step']} of {spec.steps}: reward {row['reward']:.3f}"
+        if not math.isnan(row.get("valid_ndcg@10", math.nan)):
+            text += f", validation NDCG@10 {row['valid_ndcg@10']:.3f}"
+        bar.progress(min(row["step"] / spec.steps, 1.0), text=text)
+        if time.monotonic() - last_draw[0] > LIVE_EVERY_S:
+            with live.container():
+                show(plots.training_curves({"training...": pd.DataFrame(rows)}))
+            last_draw[0] = time.monotonic()
+
+    notes: list[str] = []
+    try:
+        data.train_run(preset_name, spec, on_step, say=notes.append)
+    except ValueError as e:  # e.g. the folder holds a run of another config
+        st.error(str(e))
+        return
+    bar.empty()
+    live.empty()
+    done = f"{len(rows)} steps in {time.monotonic() - t0:.0f} s" if rows else "nothing left to train"
+    st.success(f"Trained: {done}. " + " ".join(notes))
 
 
 def resolve(run: str) -> Path:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..checkpoint import atomic_write_text
 from ..config import Config
+from ..files import atomic_write_text, run_lock
 from .claims import CLAIMS
 from .report import write_report
 from .runner import Runner, Settings
@@ -29,9 +29,15 @@ def reproduce(claims: list[int], base: Config, settings: Settings, out: str | Pa
     if unknown:
         raise ValueError(f"claims = {unknown} are invalid: expected numbers in 1..{len(CLAIMS)}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(base, settings, out, progress=progress, say=say, world_loader=world_loader,
-                    backbone=backbone)
+    with run_lock(out):  # one reproduction writes a folder at a time
+        runner = Runner(base, settings, out, progress=progress, say=say, world_loader=world_loader,
+                        backbone=backbone)
+        return _run_claims(claims, runner, label)
+
+
+def _run_claims(claims: list[int], runner: Runner, label: str) -> dict:
+    """The body of ``reproduce``: each claim's table, the report and the summary."""
+    out, settings, backbone = runner.out, runner.settings, runner.backbone
     t0 = time.perf_counter()
     frames: list[pd.DataFrame] = []
     for c in claims:

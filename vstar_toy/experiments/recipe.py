@@ -26,9 +26,9 @@ from pathlib import Path
 import pandas as pd
 
 from .. import pipeline
-from ..checkpoint import atomic_write_text
 from ..config import Config, DecodeConfig
 from ..evaluate import evaluate
+from ..files import atomic_write_text
 from ..rl.train import train
 
 ARMS = {"beam+GRPO": ("beam", "grpo"), "V-STAR": ("ved", "joint")}

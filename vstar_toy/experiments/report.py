@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..checkpoint import atomic_write_text
 from ..config import DecodeConfig
 from ..decoding import decode
 from ..evaluate import evaluate
+from ..files import atomic_write_text
 from ..rl.advantages import sibling_contrast
 from ..world.rewards import rewards
 from .runner import Runner

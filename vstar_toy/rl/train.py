@@ -33,6 +33,7 @@ of the global batch and DDP averages the gradients, so a step equals one process
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -47,10 +48,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_save, atomic_write_text, fingerprint, load_tensors, load_weights
+from ..checkpoint import fingerprint, load_tensors, load_weights
 from ..config import Config
 from ..decoding import decode
 from ..evaluate import evaluate, scorers, true_reward_kind, value_quality
+from ..files import atomic_save, atomic_write_text, run_lock
 from ..world import World
 from ..world.rewards import rewards
 from . import distributed
@@ -149,30 +151,45 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
     distributed.broadcast(policy)
     distributed.broadcast(value_head)
     st = training_state(policy, cfg, value_head)
-    rows: list[dict] = []
-    start = 0
     run = Path(run_dir) if run_dir is not None else None
+    holding = run_lock(run) if run is not None and main else contextlib.nullcontext()
+    with holding:  # one writer per run folder: a second process is refused, naming this one
+        start, rows = _open_run(run, st, world, cfg, resume, main, say) if run is not None else (0, [])
+        _loop(world, st, cfg, start, rows, run, main, progress, on_step, decode_value)
+    policy.eval()
+    return TrainResult(policy, value_head, pd.DataFrame(rows), run)
+
+
+def _open_run(run: Path, st: TrainingState, world: World, cfg: Config, resume: bool, main: bool,
+              say: Callable[[str], None]) -> tuple[int, list[dict]]:
+    """Start the run folder ``run``, or resume the run it holds from its last checkpoint; returns (first
+    step, the log rows so far). A folder holding another config's run is refused unless ``resume`` is
+    False."""
     cfg_json = json.dumps({"config": dataclasses.asdict(cfg), "world": fingerprint(world)}, sort_keys=True,
                           default=str)
-    if run is not None:
-        if main:
-            run.mkdir(parents=True, exist_ok=True)
-        if resume and (run / "state.pt").exists():
-            if _identity((run / "config.json").read_text()) != _identity(cfg_json):
-                raise ValueError(f"{run} holds a run with another config or world: pass a new --out, or resume=False")
-            load_weights(st.reference, run / "reference.pt")
-            start, rows = st.load_state_dict(load_tensors(run / "state.pt"))
-            if main and start < rl.steps:  # an extended run: config.json records the new length
-                atomic_write_text(cfg_json, run / "config.json")
-            say(f"resuming {run} at step {start} of {rl.steps}")
-        elif main:
+    if resume and (run / "state.pt").exists():
+        if _identity((run / "config.json").read_text()) != _identity(cfg_json):
+            raise ValueError(f"{run} holds a run with another config or world: pass a new --out, or resume=False")
+        load_weights(st.reference, run / "reference.pt")
+        start, rows = st.load_state_dict(load_tensors(run / "state.pt"))
+        if main and start < cfg.rl.steps:  # an extended run: config.json records the new length
             atomic_write_text(cfg_json, run / "config.json")
-            atomic_save(st.reference.state_dict(), run / "reference.pt")
+        say(f"resuming {run} at step {start} of {cfg.rl.steps}")
+        return start, rows
+    if main:
+        atomic_write_text(cfg_json, run / "config.json")
+        atomic_save(st.reference.state_dict(), run / "reference.pt")
+    return 0, []
 
+
+def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[dict], run: Path | None, main: bool,
+          progress: bool, on_step: Callable[[dict], None] | None, decode_value) -> None:
+    """Steps ``start`` .. ``cfg.rl.steps`` of the loop, appending to ``rows``; rank 0 evaluates every
+    ``eval_every`` steps and writes ``metrics.csv`` each step and ``state.pt`` after each evaluation."""
+    rl, dcfg, policy = cfg.rl, cfg.decode, st.policy
     val = world.queries("valid", n=rl.eval_queries, seed=rl.seed)
     eval_cfg = dataclasses.replace(dcfg, decoder="beam", budget_x=1.0)
-
-    ddp = distributed.wrap(policy) if world_size > 1 else None  # the update's all-reduce; None in one process
+    ddp = distributed.wrap(policy) if distributed.rank_and_size()[1] > 1 else None  # the update's all-reduce
     if st.vopt is not None:
         distributed.sync_gradients(st.vopt)
 
@@ -183,7 +200,7 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
         row = train_step(world, st, cfg, step, model=ddp, decode_value=decode_value)
         evaluating = (step + 1) % rl.eval_every == 0 or step + 1 == rl.steps
         if main and evaluating:
-            row.update(evaluate_policy(world, policy, value_head, val, eval_cfg, seed=rl.seed))
+            row.update(evaluate_policy(world, policy, st.value_head, val, eval_cfg, seed=rl.seed))
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         bar.set_postfix(reward=f"{row['reward']:.3f}")
@@ -193,8 +210,6 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
             atomic_write_text(pd.DataFrame(rows).to_csv(index=False), run / "metrics.csv")
             if evaluating:
                 atomic_save(st.state_dict(step + 1, rows), run / "state.pt")
-    policy.eval()
-    return TrainResult(policy, value_head, pd.DataFrame(rows), run)
 
 
 def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: torch.nn.Module | None = None,

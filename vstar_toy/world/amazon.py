@@ -188,10 +188,11 @@ def read_minionerec(path: str | Path) -> MiniOneRecData:
 
 
 def _read_text(file: Path) -> str:
-    """The file as UTF-8 text; a byte that is not UTF-8 is a DataFormatError naming its line."""
+    """The file as UTF-8 text, without the byte-order mark that spreadsheet programs put first; a byte that
+    is not UTF-8 is a DataFormatError naming its line."""
     raw = file.read_bytes()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataFormatError(file, line, f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}): "
@@ -233,6 +234,7 @@ def _read_titles(root: Path, category: str, items: list[int], codes: np.ndarray)
     if (root / "info").is_dir():
         file = _one_file(root / "info", ".txt", category)
         for n, line in enumerate(_read_text(file).split("\n"), 1):
+            line = line.removesuffix("\r")  # CRLF line ends
             if not line.strip():
                 continue
             if line.count("\t") < 2:
@@ -273,7 +275,9 @@ def _read_csv(file: Path, code_of: dict[int, tuple], levels: int) -> Rows:
         for fields in _csv_rows(reader, file):
             line, end = end + 1, reader.line_num  # a row starts after the last one ends (quoted newlines)
             if len(fields) != len(header):
-                raise DataFormatError(file, line, f"{len(fields)} fields, the header has {len(header)}")
+                lost = (f"no column {header[len(fields)]!r} (and any after it)" if len(fields) < len(header)
+                        else f"{len(fields) - len(header)} field(s) after the last column {header[-1]!r}")
+                raise DataFormatError(file, line, f"{len(fields)} fields, the header has {len(header)}: {lost}")
             hist = _literal_list(fields[col["history_item_id"]], "history_item_id", file, line)
             hist = [_int(x, "history_item_id", file, line) for x in hist]
             target = _int(fields[col["item_id"]], "item_id", file, line)
