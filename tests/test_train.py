@@ -179,3 +179,49 @@ def test_a_finished_run_extended_with_more_steps_equals_the_longer_run(runs, sft
     pd.testing.assert_frame_equal(full.drop(columns="seconds"),
                                   pd.read_csv(short / "metrics.csv").drop(columns="seconds"), check_exact=True)
     assert same_parameters(runs["full"].policy, extended.policy)
+
+
+# ----------------------------------------------------------------------------------------------
+# (d) the update's options (issue 20) train, move the parameters, and log the squeezing diagnostics
+
+
+OPTIONS = [
+    {"rl": {"baseline": "beam"}},
+    {"rl": {"negatives": "drop"}},
+    {"rl": {"negatives": "topr"}},
+    {"rl": {"group": "mix"}},
+    {"rl": {"reward": "minionerec", "kl_estimator": "k2"}},
+    {"decode": {"decoder": "reranked"}},
+]
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for s in o.values() for k, v in s.items()))
+def test_each_update_option_trains_and_logs_the_diagnostics(sft, option):
+    world, policy, head = fresh(sft)
+    start = copy.deepcopy(policy)
+    cfg = presets.tiny().replace(rl={"steps": 2, "eval_every": 2, "eval_queries": 8, "lr": 1e-2})
+    cfg = cfg.replace(**{stage: {**getattr(cfg, stage).__dict__, **kw} for stage, kw in option.items()})
+    log = train(world, policy, cfg, head, **QUIET).log
+    assert not same_parameters(start, policy)
+    for col in ("p_sft_top", "dp_sft_top", "adv_sft_top", "p_oracle_best", "dp_oracle_best", "adv_oracle_best",
+                "beam_overlap"):
+        assert log[col].notna().all(), col
+    assert ((log["beam_overlap"] >= 0) & (log["beam_overlap"] <= 1)).all()
+    assert ((log["p_sft_top"] > 0) & (log["p_sft_top"] <= 1)).all()
+
+
+def test_beam_training_overlaps_its_own_set_fully_and_ved_training_does_not(sft):
+    """With beam search at 1x the group is the policy's own set (overlap 1); VED's group is not."""
+    overlap = {}
+    for decoder in ("beam", "ved"):
+        world, policy, head = fresh(sft)
+        cfg = presets.tiny().replace(decode={"decoder": decoder}, rl={"steps": 2, "eval_every": 2, "eval_queries": 8})
+        overlap[decoder] = train(world, policy, cfg, head, **QUIET).log["beam_overlap"]
+    assert (overlap["beam"] == 1).all() and (overlap["ved"] < 1).all()
+
+
+def test_a_mixed_group_needs_a_decoder_other_than_beam(sft):
+    world, policy, head = fresh(sft)
+    cfg = presets.tiny().replace(decode={"decoder": "beam"}, rl={"group": "mix"})
+    with pytest.raises(ValueError, match="mix"):
+        train(world, policy, cfg, head, **QUIET)

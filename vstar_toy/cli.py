@@ -27,7 +27,7 @@ from typing import Annotated
 
 import typer
 
-from .config import PRESETS, Config, DecodeConfig, preset
+from .config import PRESETS, VALUE_DECODERS, Config, DecodeConfig, preset
 from .files import check_output_dir
 
 # Commands import the library (torch, pandas, matplotlib) in their bodies, so that `--help` and a bad
@@ -204,7 +204,8 @@ def test_split(world, queries: int | None):
 
 
 @app.command()
-def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature or ved")] = "ved",
+def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature, ved or reranked (the public "
+                                                "code's value-reranked top-b tree)")] = "ved",
            value_kind: Annotated[str, typer.Option("--value", help="what VED ranks prefixes by: learned (V_phi), "
                                                    "oracle (the world's true prefix value; synthetic worlds only), "
                                                    "logp or cosine")] = "learned",
@@ -216,6 +217,8 @@ def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature or
            warm_beam: Annotated[int | None, typer.Option(help="VED's warm-start beam b0 (default: the preset's)")]
            = None,
            priority: Annotated[str | None, typer.Option(help="VED expansion rule: G, V or H (Table 3)")] = None,
+           rerank_width: Annotated[int | None, typer.Option(
+               help="b of the reranked decoder (default: the widest tree within the budget)")] = None,
            queries: Annotated[int | None, typer.Option(help="test users to decode (default: all)")] = None,
            policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
            data: Data = None, backbone: Backbone = None, as_json: AsJson = False, quiet: Quiet = False):
@@ -228,16 +231,18 @@ def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature or
     cfg, w = load(preset_name, mismatch, seed, data)
     say = say_to(quiet)
     cfg = decode_options(cfg, w, say, decoder=decoder, n_candidates=candidates, budget_x=budget_x,
-                         warm_beam=warm_beam, priority=priority).overlay(value={"inputs": value_inputs})
+                         warm_beam=warm_beam, priority=priority, rerank_width=rerank_width
+                         ).overlay(value={"inputs": value_inputs})
     test = test_split(w, queries)
-    scorer = make_value(value_kind, w, head=None) if decoder == "ved" and value_kind != "learned" else None
+    guided = decoder in VALUE_DECODERS
+    scorer = make_value(value_kind, w, head=None) if guided and value_kind != "learned" else None
     pol = sft_policy(w, cfg, policy, progress=not quiet, say=say, backbone=backbone)
-    if decoder == "ved" and value_kind == "learned":
+    if guided and value_kind == "learned":
         scorer = value_model(w, pol, cfg, policy, progress=not quiet, say=say)
     metrics, _ = evaluate(w, pol, test, cfg.decode, scorer)
     metrics["decoder"] = decoder
     metrics["n_candidates"] = cfg.decode.n_candidates
-    if decoder == "ved":
+    if guided:
         metrics["value"] = value_kind
     metrics["world"] = w.name
     if as_json:
@@ -261,8 +266,18 @@ def train(out: Annotated[Path, typer.Option(help="run directory: metrics.csv, ch
           beta: Annotated[float | None, typer.Option(help="beta of VED's UCB (Eq. 13)")] = None,
           inner_epochs: Annotated[int | None, typer.Option(help="policy-gradient passes per decoded batch")] = None,
           batch_queries: Annotated[int | None, typer.Option(help="training users per step")] = None,
-          reward: Annotated[str | None, typer.Option(help="hit, semantic, affinity (the oracle) or minionerec")]
-          = None,
+          reward: Annotated[str | None, typer.Option(help="hit, semantic, affinity (the oracle) or minionerec (the "
+                                                         "paper's public code)")] = None,
+          baseline: Annotated[str | None, typer.Option(
+              help="the group advantage's baseline: group (Eq. 2) or beam (the mean reward of the policy's own "
+                   "beam set)")] = None,
+          negatives: Annotated[str | None, typer.Option(
+              help="negative advantages of candidates the policy would not decode itself: keep, drop or topr")] = None,
+          group: Annotated[str | None, typer.Option(
+              help="the candidate group: decoder, or mix (half beam search, half --decoder)")] = None,
+          kl_estimator: Annotated[str | None, typer.Option(help="the KL estimate: k3, k1 or k2")] = None,
+          rerank_width: Annotated[int | None, typer.Option(
+              help="b of the reranked decoder (default: the widest tree within the budget)")] = None,
           queries: Annotated[int | None, typer.Option(help="test users scored at the end, by beam search "
                                                       "(default: all)")] = None,
           policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
@@ -291,9 +306,11 @@ def train(out: Annotated[Path, typer.Option(help="run directory: metrics.csv, ch
             quiet = quiet or not main
             say = say_to(quiet)
             cfg = decode_options(cfg, w, say, decoder=decoder, budget_x=budget_x, n_candidates=candidates, lam=lam,
-                                 beta=beta)
+                                 beta=beta, rerank_width=rerank_width)
             cfg = cfg.overlay(rl=dict(objective=objective, steps=steps, lr=lr, kl_coef=kl_coef,
-                                      inner_epochs=inner_epochs, batch_queries=batch_queries, reward=reward))
+                                      inner_epochs=inner_epochs, batch_queries=batch_queries, reward=reward,
+                                      baseline=baseline, negatives=negatives, group=group,
+                                      kl_estimator=kl_estimator))
             test = test_split(w, queries)
             with distributed.main_first():  # rank 0 trains and caches the SFT policy; the others load it
                 pol = copy.deepcopy(sft_policy(w, cfg, policy, progress=not quiet, say=say, backbone=backbone))

@@ -245,7 +245,8 @@ class ValueConfig:
 
 PRIORITIES = ("G", "V", "H")
 ROOT_GATES = ("open", "closed")
-DECODERS = ("beam", "topk", "temperature", "ved")
+DECODERS = ("beam", "topk", "temperature", "ved", "reranked")
+VALUE_DECODERS = ("ved", "reranked")  # the decoders that rank prefixes by a value
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,8 @@ class DecodeConfig:
     """Candidate construction: beam search, sampling and VED (Sec. 4.2)."""
 
     decoder: str = "ved"
-    """Which decoder builds C(x): one of beam, topk, temperature, ved."""
+    """Which decoder builds C(x): one of beam, topk, temperature, ved, reranked (the paper's public
+    code's reading of VED: a top-b tree reranked by the value, ``decoding/reranked.py``)."""
     n_candidates: int = 16
     """|C(x)|, the candidates per query, >= 1. Paper Sec. 5.1: 16 during training."""
     budget_x: float = 1.0
@@ -271,6 +273,10 @@ class DecodeConfig:
     """VED's gate at the root, which Eq. 14 leaves open (the root is alone at depth 0): "open" lets
     every walk add a level-1 branch while the root has unexpanded codes (the literal reading);
     "closed" keeps the warm start's level-1 branches and spends the expansions below them."""
+    rerank_width: int | None = None
+    """b of the reranked decoder: children kept per node, >= 1; its tree costs 1 + b + ... + b^(L-1)
+    forward tokens, which must fit the budget. None: the widest b that fits (5 at 1x for |C| = 16 and
+    L = 3; the public code's b = 8 needs budget_x >= 2.25)."""
     top_k: int = 4
     """K of top-K sampling (per-step candidates), >= 1."""
     temperature: float = 1.0
@@ -292,6 +298,8 @@ class DecodeConfig:
         _number_in(self, "beta", 0, 1e6)
         _one_of(self, "priority", PRIORITIES)
         _one_of(self, "root_gate", ROOT_GATES)
+        if self.rerank_width is not None:
+            _int_at_least(self, "rerank_width", 1)
         _int_at_least(self, "top_k", 1)
         _number_in(self, "temperature", 0, 100, lo_open=True)
         _int_at_least(self, "seed", 0)
@@ -301,6 +309,10 @@ OBJECTIVES = ("grpo", "sibling", "joint")
 SIBLING_NORMS = ("tokens", "candidates")
 OPTIMIZERS = ("adam", "adamw")
 REWARDS = ("hit", "semantic", "affinity", "minionerec")
+BASELINES = ("group", "beam")
+NEGATIVES = ("keep", "drop", "topr")
+GROUPS = ("decoder", "mix")
+KL_ESTIMATORS = ("k3", "k1", "k2")
 
 
 @dataclass(frozen=True)
@@ -318,12 +330,36 @@ class RLConfig:
     sibling_weight: float = 1.0
     """Weight of the Sibling-GRPO term in the joint objective, >= 0."""
     reward: str = "semantic"
-    """R(x, y): hit, semantic (cos to e(y*)), affinity (the oracle), or minionerec (hit + rank penalty)."""
+    """R(x, y): hit, semantic (cos to e(y*)), affinity (the oracle), or minionerec (the paper's public
+    code: 1 for the hit, else minus a rank penalty, so most groups carry no gradient)."""
+    baseline: str = "group"
+    """b(x) in the group advantage A = (R - b(x)) / (sigma_R + eps): "group", the group's mean reward
+    (Eq. 2 as written); or "beam", the policy's own expected reward for the query, estimated by the
+    learner's mean reward of the policy's beam-search set at 1x (a greedy/beam baseline as in ReMax,
+    arXiv 2310.10505). "beam" costs one more beam search per training query (1 + (L-1)|C| forward
+    tokens, no gradient; shared with ``negatives`` and the diagnostics) and equals Eq. 2 when the
+    group is that beam set. Sibling-GRPO keeps its own baseline, the parent's mean (Eq. 18)."""
+    negatives: str = "keep"
+    """What happens to negative advantages (Eq. 2 and Eq. 18) of candidates the policy would not have
+    decoded itself: "keep" (as written); "drop" (set to 0 unless the candidate, or for a node its
+    prefix, is in the policy's own beam-search set at 1x); or "topr" (tapered off-policy REINFORCE,
+    arXiv 2503.14286: negatives weighted by min(1, pi/mu), positives unchanged, with the group as the
+    behaviour distribution: mu = 1/|group|, pi renormalised on the group, i.e. the query's candidates
+    for Eq. 2 and a parent's child nodes for Eq. 18)."""
+    group: str = "decoder"
+    """The candidate group the update sees: "decoder" (the |C| candidates of ``DecodeConfig.decoder``)
+    or "mix" (|C|/2 by beam search and |C|/2 by the decoder, each at its own 1x budget, duplicates
+    removed and the set padded), so that one group contrasts the policy's own region with the
+    value's (the mixing of on- and off-policy outputs of LUFFY, arXiv 2504.14945)."""
     lr: float = 1e-4
     """Learning rate of the policy, in (0, 1]. 1e-4: chosen once on validation users for both arms
     (experiments/recipe.py, docs/results/recipe); the paper's 1e-5 is for a 1.5B backbone."""
     kl_coef: float = 1e-3
-    """KL coefficient to the frozen SFT reference (k3 estimator), >= 0. Paper Sec. 5.1: 1e-3."""
+    """KL coefficient to the frozen SFT reference, >= 0. Paper Sec. 5.1: 1e-3."""
+    kl_estimator: str = "k3"
+    """The per-token estimate of KL(pi_theta || pi_ref) (Schulman, "Approximating KL divergence"):
+    "k3" = exp(d) - d - 1 (unbiased, never negative; TRL's GRPO and DeepSeekMath), "k1" = -d
+    (unbiased, can be negative), "k2" = d^2 / 2 (biased, low variance), with d = log pi_ref - log pi_theta."""
     clip_eps: float = 0.2
     """PPO ratio clip epsilon, in [0, 1]; 0 turns clipping off."""
     adv_eps: float = 1e-4
@@ -362,6 +398,10 @@ class RLConfig:
         _number_in(self, "grpo_weight", 0, 1e6)
         _number_in(self, "sibling_weight", 0, 1e6)
         _one_of(self, "reward", REWARDS)
+        _one_of(self, "baseline", BASELINES)
+        _one_of(self, "negatives", NEGATIVES)
+        _one_of(self, "group", GROUPS)
+        _one_of(self, "kl_estimator", KL_ESTIMATORS)
         _number_in(self, "lr", 0, 1, lo_open=True)
         _number_in(self, "kl_coef", 0, 1e6)
         _number_in(self, "clip_eps", 0, 1)

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from vstar_toy.config import DecodeConfig, PolicyConfig, ValueConfig, WorldConfig, presets
 from vstar_toy.decoding import beam_search, budget_tokens, decode, sample, ved_decode
 from vstar_toy.decoding.ved import warm_start_cost
+from vstar_toy.decoding.tree import merge_sets
 from vstar_toy.policy.base import State
 from vstar_toy.policy.tiny import TinyPolicy
 from vstar_toy.policy.value import ValueHead
@@ -165,6 +166,10 @@ def run_decoder(name: str, case: Case, n_candidates: int, budget_x: float, data)
                       case.seed)
     if name == "temperature":
         return sample(policy, hist, n_candidates, data.draw(st.floats(0.05, 3.0)), None, case.seed)
+    if name == "reranked":
+        value = make_value_head(policy, case.seed) if data.draw(st.booleans()) else OracleValue(case.world)
+        cfg = DecodeConfig(decoder="reranked", n_candidates=n_candidates, budget_x=budget_x, warm_beam=1)
+        return decode(policy, hist, cfg, value.bind(case.queries))
     cfg = DecodeConfig(
         decoder="ved", n_candidates=n_candidates, budget_x=budget_x,
         warm_beam=data.draw(st.integers(1, n_candidates - 1)), lam=data.draw(st.floats(0.0, 1.0)),
@@ -179,7 +184,7 @@ def run_decoder(name: str, case: Case, n_candidates: int, budget_x: float, data)
 @SETTINGS
 @given(
     cases(),
-    st.sampled_from(["beam", "topk", "temperature", "ved"]),
+    st.sampled_from(["beam", "topk", "temperature", "ved", "reranked"]),
     st.integers(3, 12),
     st.sampled_from([1.0, 2.0, 4.0]),
     st.data(),
@@ -466,3 +471,65 @@ def test_sampling_at_low_temperature_returns_the_top_of_the_tempered_distributio
             assert got == {tuple(s) for s in case.catalog.sids[order[:m]].tolist()}
             if n_candidates == 1:  # the mode of q at T -> 0 is the greedy SID, beam search of width 1
                 assert got == valid_sets(greedy, b)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The public code's reranked top-b tree against brute force
+# ---------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(cases(max_items=40, max_queries=3), st.integers(1, 12), st.integers(1, 4))
+def test_reranked_equals_the_top_b_tree_ranked_by_the_parents_value(case, n_candidates, width):
+    """Written the obvious way for one query: every node above the leaves keeps its ``width`` most likely
+    children; the leaves are ranked by the oracle value of their parent, then by log pi; the best
+    |C| are returned, at a cost of one token per node above the leaves."""
+    n_candidates = min(n_candidates, case.catalog.n_items)
+    cat, L = case.catalog, case.levels
+    need = sum(width**lvl for lvl in range(L))
+    budget_x = max(1.0, (need - 1) / ((L - 1) * n_candidates))
+    cfg = DecodeConfig(decoder="reranked", n_candidates=n_candidates, budget_x=budget_x, warm_beam=1,
+                       rerank_width=width)
+    oracle = OracleValue(case.world)
+    cands = decode(case.policy, case.histories, cfg, oracle.bind(case.queries))
+    token_lp = all_token_logp(case.policy, case.histories)
+    table = oracle.table(case.queries).numpy()
+    for b in range(len(case.histories)):
+        logp = prefix_logp(cat, token_lp[b])
+        level, forwards = [()], 0
+        for lvl in range(L):
+            nxt = []
+            for parent in level:
+                kids = sorted({tuple(s[: lvl + 1]) for s in cat.sids.tolist() if tuple(s[:lvl]) == parent},
+                              key=lambda p: -logp[p])
+                nxt += kids[:width]
+            forwards += len(level)  # each node above the leaves is forwarded once
+            level = nxt
+        value = {leaf: table[b, cat.node_of(np.array([leaf[:-1]]))[0]] for leaf in level}
+        ranked = sorted(level, key=lambda leaf: (-value[leaf], -logp[leaf]))
+        got = [tuple(s) for s, ok in zip(cands.sids[b].tolist(), cands.valid[b].tolist()) if ok]
+        want = ranked[:n_candidates]
+        keys = [(round(float(value[x]), 5), round(logp[x], 4)) for x in ranked]
+        if len(set(keys)) == len(keys):  # no float near-ties in the ranking
+            assert got == want
+        assert int(cands.cost_tokens[b]) == forwards <= cands.budget_tokens
+
+
+@SETTINGS
+@given(cases(max_items=40), st.integers(2, 10), st.data())
+def test_a_mixed_group_holds_the_first_set_then_the_new_items_of_the_second(case, n_candidates, data):
+    """``RLConfig.group = "mix"``: beam search's candidates first, then VED's that are not among them,
+    no duplicates, padded to |C|; the start token counted once."""
+    n_candidates = min(n_candidates, case.catalog.n_items)
+    half = n_candidates // 2
+    first = beam_search(case.policy, case.histories, n_candidates - half)
+    second = beam_search(case.policy, case.histories, max(half, 1), data.draw(st.sampled_from([1.0, 3.0])))
+    mixed = merge_sets(first, second, n_candidates)
+    assert mixed.sids.shape[1] == n_candidates
+    for b in range(len(case.histories)):
+        got = [tuple(s) for s, ok in zip(mixed.sids[b].tolist(), mixed.valid[b].tolist()) if ok]
+        a = [tuple(s) for s, ok in zip(first.sids[b].tolist(), first.valid[b].tolist()) if ok]
+        extra = [s for s, ok in zip(second.sids[b].tolist(), second.valid[b].tolist()) if ok and tuple(s) not in a]
+        assert got == (a + [tuple(s) for s in extra])[:n_candidates]
+        assert not mixed.valid[b, len(got):].any()
+    np.testing.assert_array_equal(mixed.cost_tokens, first.cost_tokens + second.cost_tokens - 1)

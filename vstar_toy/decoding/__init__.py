@@ -1,4 +1,5 @@
-"""Decoders: constrained beam search, top-K / temperature sampling, and VED. All return CandidateSets.
+"""Decoders: constrained beam search, top-K / temperature sampling, VED, and the public code's
+value-reranked tree. All return CandidateSets.
 
 Every decoder is reached the same way: ``DECODERS[name](policy, histories, cfg, value_fn)``, or
 ``decode(policy, histories, cfg, value_fn)`` for ``cfg.decoder``. ``cfg`` is a ``DecodeConfig`` (its
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 from ..config import DecodeConfig
 from .beam import beam_search
+from .reranked import reranked_decode
 from .sampling import sample
 from .tree import CandidateSets, PrefixTree, budget_tokens
 from .ved import ved_decode
@@ -36,8 +38,14 @@ def _ved(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets:
     return ved_decode(policy, histories, value_fn, cfg)
 
 
+def _reranked(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets:
+    if value_fn is None:
+        raise ValueError("the reranked decoder needs a value (train a head with `vstar-toy value`, or use the oracle)")
+    return reranked_decode(policy, histories, value_fn, cfg.n_candidates, cfg.budget_x, cfg.rerank_width)
+
+
 DECODERS: dict[str, Callable[..., CandidateSets]] = {"beam": _beam, "topk": _topk, "temperature": _temperature,
-                                                     "ved": _ved}
+                                                     "ved": _ved, "reranked": _reranked}
 
 
 def decode(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets:
@@ -50,4 +58,5 @@ def decode(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets
     return DECODERS[cfg.decoder](policy, histories, cfg, value_fn)
 
 
-__all__ = ["CandidateSets", "DECODERS", "PrefixTree", "beam_search", "budget_tokens", "decode", "sample", "ved_decode"]
+__all__ = ["CandidateSets", "DECODERS", "PrefixTree", "beam_search", "budget_tokens", "decode", "reranked_decode",
+           "sample", "ved_decode"]

@@ -165,6 +165,8 @@ def candidates_from_trace(trace: BeamTrace, policy: SIDPolicy, n_candidates: int
         rank_key = cum
     order = rank_key.argsort(1, descending=True)[:, :c]
     rows = trace.table.gather(1, order)
+    if rows.shape[1] < c:  # fewer final beams than candidates (a narrow tree): the rest is padding
+        rows = torch.cat([rows, rows.new_full((q, c - rows.shape[1]), -1)], 1)
     ok = rows >= 0
     qi, ci = ok.nonzero(as_tuple=True)
     r = rows[qi, ci]

@@ -166,6 +166,42 @@ class CandidateSets:
         }
 
 
+def merge_sets(first: CandidateSets, second: CandidateSets, n_candidates: int) -> CandidateSets:
+    """One group of ``n_candidates`` per query from two decoders' sets of the same queries:
+    ``first``'s candidates, then ``second``'s that are not among them (duplicates removed), padded.
+    The start token is counted once (both decoders begin from the same prompt and root forward); the
+    trees are kept side by side (two roots per query). ``RLConfig.group = "mix"``.
+    """
+    L = first.sids.shape[-1]
+    sids = torch.cat([first.sids, second.sids], 1)
+    valid = torch.cat([first.valid, second.valid], 1)
+    items = torch.cat([first.items, second.items], 1)
+    dup = (items[:, :, None] == items[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    valid = valid & ~dup.tril(-1).any(-1)  # a later copy of an earlier candidate is dropped
+    order = torch.sort((~valid).int(), dim=1, stable=True).indices[:, :n_candidates]  # kept ones first
+    take = lambda x: x.gather(1, order if x.dim() == 2 else order[..., None].expand(-1, -1, L))  # noqa: E731
+    keep = take(valid)
+    nodes = {k: [getattr(first.tree, k), getattr(second.tree, k)] for k in PrefixTree.__dataclass_fields__}
+    parent = nodes["parent"][1]
+    nodes["parent"][1] = np.where(parent >= 0, parent + len(first.tree), -1)  # second's node ids follow first's
+    tree = PrefixTree(**{k: np.concatenate(v) for k, v in nodes.items()})
+    return CandidateSets(
+        sids=torch.where(keep[..., None], take(sids), -1),
+        items=torch.where(keep, take(items), -1),
+        valid=keep,
+        logp=torch.where(keep, take(torch.cat([first.logp, second.logp], 1)), float("-inf")),
+        token_logp=torch.where(keep[..., None], take(torch.cat([first.token_logp, second.token_logp], 1)), 0.0),
+        tree=tree,
+        cost_tokens=first.cost_tokens + second.cost_tokens - 1,
+        budget_tokens=first.budget_tokens + second.budget_tokens - 1,
+        decoder=f"{first.decoder}+{second.decoder}",
+        warmup_tokens=first.warmup_tokens + second.warmup_tokens - 1,
+        expansion_tokens=first.expansion_tokens + second.expansion_tokens,
+        seconds=first.seconds + second.seconds,
+        prefill_tokens=first.prefill_tokens + second.prefill_tokens,
+    )
+
+
 def budget_tokens(levels: int, n_candidates: int, budget_x: float) -> int:
     """The paper's budget (Sec. 5.5): kx = 1 + k * (L - 1) * |C| forward tokens (1x = 1 + 2B, 2x = 1 + 4B
     for L = 3), the start token plus k beams' worth of steps."""

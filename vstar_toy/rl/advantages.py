@@ -179,6 +179,143 @@ def grpo_advantages(rewards: torch.Tensor, eps: float = EPS, valid: torch.Tensor
     return torch.where(valid, adv, 0.0)
 
 
+def baseline_advantages(rewards: torch.Tensor, baseline: torch.Tensor, eps: float = EPS,
+                        valid: torch.Tensor | None = None, ddof: int = DDOF) -> torch.Tensor:
+    """(B, C) advantages against an outside baseline: A(x, y) = (R(x, y) - b(x)) / (sigma_R(x) + eps).
+
+    Eq. 2 with the group mean mu_R(x) replaced by ``baseline`` (B,) b(x), e.g. the policy's own expected
+    reward for the query (``RLConfig.baseline = "beam"``: the mean reward of its beam-search set, a
+    ReMax-style baseline). sigma_R stays the group's, so with b = mu_R this is Eq. 2 exactly. Unlike Eq. 2
+    the advantages need not sum to 0: a group that is better than what the policy decodes itself is
+    pushed up as a whole. Padding gets 0; a non-finite baseline raises.
+
+    >>> baseline_advantages(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.tensor([1.0]), eps=1e-6, ddof=0)
+    tensor([[0.0000, 0.8944, 1.7889, 2.6833]])
+    """
+    rewards, valid = _check_rewards(rewards, valid, eps)
+    _check_ddof(ddof)
+    if baseline.shape != rewards.shape[:1] or not bool(torch.isfinite(baseline).all()):
+        raise ValueError(f"baseline must be a finite (B,) = ({rewards.shape[0]},) tensor, got "
+                         f"{tuple(baseline.shape)} {baseline.tolist()[:4]}")
+    _, sigma, _ = _masked_stats(rewards, valid, ddof)
+    adv = (rewards - baseline[:, None].to(rewards.dtype)) / (sigma[:, None] + eps)
+    return torch.where(valid, adv, 0.0)
+
+
+def taper_negatives(adv: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``adv`` with every negative entry multiplied by ``weight`` (same shape, in [0, 1]); positives as
+    they are. ``weight`` 0/1 drops the negatives of some candidates (``RLConfig.negatives = "drop"``),
+    ``topr_weights`` tapers them (``"topr"``).
+
+    >>> taper_negatives(torch.tensor([[-1.0, -2.0, 3.5]]), torch.tensor([[0.25, 0.5, 0.0]]))
+    tensor([[-0.2500, -1.0000,  3.5000]])
+    """
+    if weight.shape != adv.shape:
+        raise ValueError(f"weight must have the shape of adv {tuple(adv.shape)}, got {tuple(weight.shape)}")
+    return torch.where(adv < 0, adv * weight.to(adv.dtype), adv)
+
+
+def topr_weights(logp: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C) TOPR's taper min(1, pi(y) / mu(y)) with the group as the behaviour distribution.
+
+    TOPR (Le Roux et al., arXiv 2503.14286) keeps positive advantages as they are and weights negative
+    ones by the importance ratio truncated to [0, 1]. A set decoder (beam search, VED) has no sampling
+    probability mu(y); here mu is uniform over the group, 1/n, and pi is the policy renormalised on the
+    group, so w = min(1, n * softmax(logp)): a candidate the policy finds at least as likely as an
+    average member keeps its full negative advantage, one it finds unlikely is pushed down in proportion
+    to how likely it is. ``logp`` (B, C): log pi(y | x) under the behaviour policy. Padding gets 0.
+
+    >>> topr_weights(torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])))
+    tensor([[1.0000, 1.0000, 0.6000, 0.2000]])
+    """
+    if valid is None:
+        valid = torch.ones(logp.shape, dtype=torch.bool, device=logp.device)
+    n = valid.sum(-1, keepdim=True).to(logp.dtype)
+    share = torch.softmax(torch.where(valid, logp, -math.inf), -1).nan_to_num(0.0)  # pi renormalised on the group
+    return torch.where(valid, (n * share).clamp(max=1.0), 0.0)
+
+
+def sibling_topr_weights(sids: torch.Tensor, token_logp: torch.Tensor, valid: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    """(B, C, L) the TOPR taper of every node on each candidate's path, with a parent's child nodes S(h)
+    (Eq. 16) as the group: w(v | h) = min(1, |S(h)| * pi(v | x, h) / sum_{v' in S(h)} pi(v' | x, h)).
+    ``token_logp`` (B, C, L): log pi(y_l | x, y_<l). A parent with one child gives that child weight 1.
+
+    >>> s = torch.tensor([[[0, 0], [0, 1], [1, 0]]])
+    >>> lp = torch.log(torch.tensor([[[0.6, 0.9], [0.6, 0.1], [0.2, 1.0]]]))
+    >>> sibling_topr_weights(s, lp)
+    tensor([[[1.0000, 1.0000],
+             [1.0000, 0.2000],
+             [0.5000, 1.0000]]])
+    """
+    if valid is None:
+        valid = torch.ones(sids.shape[:2], dtype=torch.bool, device=sids.device)
+    out = []
+    for lv in range(1, sids.shape[-1] + 1):
+        same_node = _pair_mask(same_prefix(sids, lv), valid)
+        same_parent = _pair_mask(same_prefix(sids, lv - 1), valid)
+        child = same_parent & _first_of_group(same_node)[:, None, :]  # (B, C, C): j is a child node of i's parent
+        p = token_logp[..., lv - 1].exp()
+        total = torch.where(child, p[:, None, :], 0.0).sum(-1)  # sum of pi over S(h)
+        n = child.sum(-1).to(p.dtype)
+        w = (n * p / total.clamp_min(1e-30)).clamp(max=1.0)
+        out.append(torch.where(valid, w, 0.0))
+    return torch.stack(out, -1)
+
+
+def own_prefixes(sids: torch.Tensor, own: torch.Tensor, valid: torch.Tensor | None = None,
+                 own_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, L) bool: the depth-(l + 1) prefix of candidate i is a prefix of one of the query's ``own``
+    (B, C', L) SIDs, e.g. the policy's own beam-search set: the nodes the policy would have decoded
+    itself (``RLConfig.negatives = "drop"``). Entry [..., L - 1] says the candidate itself is in the set.
+
+    >>> own_prefixes(torch.tensor([[[0, 1], [0, 2], [1, 1]]]), torch.tensor([[[0, 1]]])).int()
+    tensor([[[1, 1],
+             [1, 0],
+             [0, 0]]], dtype=torch.int32)
+    """
+    if valid is None:
+        valid = torch.ones(sids.shape[:2], dtype=torch.bool, device=sids.device)
+    if own_valid is None:
+        own_valid = own[..., 0] >= 0
+    match = sids[:, :, None, :] == own[:, None, :, :]  # (B, C, C', L)
+    prefix_match = match.int().cumprod(-1).bool() & own_valid[:, None, :, None]
+    return prefix_match.any(2) & valid[..., None]
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = EPS, valid: torch.Tensor | None = None, ddof: int = DDOF,
+                     baseline: torch.Tensor | None = None, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C) the advantage of GRPO's term under the update's options (``RLConfig``): Eq. 2
+    (``grpo_advantages``) or, with ``baseline`` (B,), ``baseline_advantages``; then negative entries
+    weighted by ``negatives`` (B, C) (``taper_negatives``). With neither it is Eq. 2 exactly.
+
+    >>> group_advantages(torch.tensor([[1.0, 3.0]]), eps=1e-6, ddof=0, negatives=torch.tensor([[0.5, 1.0]]))
+    tensor([[-0.5000,  1.0000]])
+    """
+    adv = grpo_advantages(rewards, eps, valid, ddof) if baseline is None else \
+        baseline_advantages(rewards, baseline, eps, valid, ddof)
+    return adv if negatives is None else taper_negatives(adv, negatives)
+
+
+def negative_weights(kind: str, sids: torch.Tensor, token_logp: torch.Tensor, valid: torch.Tensor,
+                     own: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The weights of negative advantages for ``RLConfig.negatives`` = ``kind``: None for "keep"; else
+    ((B, C) for GRPO's term, (B, C, L) for Sibling-GRPO's nodes). "drop": 1 where the candidate (a node:
+    its prefix) is in the policy's own set, ``own`` = ``own_prefixes(...)`` (B, C, L), else 0; "topr":
+    ``topr_weights`` of the candidates' log pi and ``sibling_topr_weights`` of the nodes'.
+    ``token_logp`` (B, C, L): log pi(y_l | x, y_<l) under the behaviour policy."""
+    if kind == "keep":
+        return None
+    if kind == "drop":
+        if own is None:
+            raise ValueError("negatives = 'drop' needs own: which candidates the policy would decode itself")
+        return own[..., -1].to(token_logp.dtype), own.to(token_logp.dtype)
+    if kind == "topr":
+        seq = torch.where(valid[..., None], token_logp, 0.0).sum(-1)
+        return topr_weights(seq, valid), sibling_topr_weights(sids.clamp_min(0), token_logp, valid)
+    raise ValueError(f"negatives = {kind!r} is invalid: expected keep, drop or topr")
+
+
 def reward_range(rewards: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) within-group reward range Delta_R(x) of Eq. 3 over the valid candidates (NaN if none).
 

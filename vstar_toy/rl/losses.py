@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import torch
 
-from .advantages import DDOF, EPS, grpo_advantages, sibling_node_advantages
-
-SIBLING_NORMS = ("tokens", "candidates")
+from ..config import KL_ESTIMATORS, SIBLING_NORMS
+from .advantages import DDOF, EPS, group_advantages, sibling_node_advantages, taper_negatives
 
 
 def _drop_padding(valid: torch.Tensor, *logps: torch.Tensor) -> list[torch.Tensor]:
@@ -48,28 +47,35 @@ def _surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, cl
     return torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
 
 
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean per-token KL(pi_theta || pi_ref) by the k3 estimator, exp(d) - d - 1 with d = log pi_ref -
-    log pi_theta: unbiased on samples of pi_theta, never negative.
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, valid: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Mean per-token KL(pi_theta || pi_ref), with d = log pi_ref - log pi_theta, by ``estimator``
+    (``RLConfig.kl_estimator``): "k3" = exp(d) - d - 1 (unbiased on samples of pi_theta, never
+    negative), "k1" = -d (unbiased, can be negative), "k2" = d^2 / 2 (biased, low variance).
 
-    >>> round(float(kl_penalty(torch.tensor([[[0.0]]]), torch.tensor([[[0.0]]]), torch.tensor([[True]]))), 6)
-    0.0
+    >>> lp, ref, ok = torch.tensor([[[-1.0]]]), torch.tensor([[[-2.0]]]), torch.tensor([[True]])
+    >>> [round(float(kl_penalty(lp, ref, ok, e)), 4) for e in ("k3", "k1", "k2")]
+    [0.3679, 1.0, 0.5]
     """
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"estimator = {estimator!r} is invalid: expected one of {', '.join(KL_ESTIMATORS)}")
     logp, ref_logp = _drop_padding(valid, logp, ref_logp)
     d = ref_logp.detach() - logp
-    k3 = torch.exp(d) - d - 1.0
-    w = valid[..., None].expand_as(k3).to(k3.dtype)
-    return (k3 * w).sum() / w.sum().clamp_min(1.0)
+    k = {"k3": lambda: torch.exp(d) - d - 1.0, "k1": lambda: -d, "k2": lambda: 0.5 * d.square()}[estimator]()
+    w = valid[..., None].expand_as(k).to(k.dtype)
+    return (k * w).sum() / w.sum().clamp_min(1.0)
 
 
 def grpo_loss(
     logp: torch.Tensor, old_logp: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor,
-    clip_eps: float = 0.2, eps: float = EPS, ddof: int = DDOF,
+    clip_eps: float = 0.2, eps: float = EPS, ddof: int = DDOF, baseline: torch.Tensor | None = None,
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """-J_GRPO: the group advantage A(x, y) of Eq. 2 on every token of y, token-level ratios,
-    averaged over the valid tokens of the batch."""
+    averaged over the valid tokens of the batch. ``baseline`` (B,) replaces the group mean
+    (``advantages.baseline_advantages``); ``negatives`` (B, C) in [0, 1] weights the negative
+    advantages (``advantages.taper_negatives``: 0 drops one, TOPR's weights taper it)."""
     logp, old_logp = _drop_padding(valid, logp, old_logp)
-    adv = grpo_advantages(rewards, eps, valid, ddof).detach()  # (B, C), Eq. 2
+    adv = group_advantages(rewards, eps, valid, ddof, baseline, negatives).detach()  # (B, C), Eq. 2
     surr = _surrogate(logp, old_logp, adv[..., None].expand_as(logp), clip_eps)
     w = valid[..., None].expand_as(surr).to(surr.dtype)
     return -(surr * w).sum() / w.sum().clamp_min(1.0)
@@ -78,6 +84,7 @@ def grpo_loss(
 def sibling_loss(
     logp: torch.Tensor, old_logp: torch.Tensor, sids: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor,
     clip_eps: float = 0.2, eps: float = EPS, ddof: int = DDOF, norm: str = "tokens",
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """-J_sib of Eq. 19, averaged over queries.
 
@@ -86,12 +93,15 @@ def sibling_loss(
     Eq. 19 read literally; the module docstring says why they differ). A node is counted once however
     many candidates pass through it (the ``first`` mask of ``sibling_node_advantages``); the token v's
     log-prob is the same on all of them, so the first candidate's carries it. Parents with a single
-    child node give 0.
+    child node give 0. ``negatives`` (B, C, L) in [0, 1] weights negative node advantages, as in
+    ``grpo_loss``.
     """
     if norm not in SIBLING_NORMS:
         raise ValueError(f"norm = {norm!r} is invalid: expected one of {', '.join(SIBLING_NORMS)}")
     logp, old_logp = _drop_padding(valid, logp, old_logp)
     adv, first = sibling_node_advantages(sids.clamp_min(0), rewards, eps, valid, ddof)  # Eq. 18, (B, C, L)
+    if negatives is not None:
+        adv = taper_negatives(adv, negatives)
     surr = _surrogate(logp, old_logp, adv.detach(), clip_eps) * first.to(logp.dtype)
     per_query = valid.sum(1).clamp_min(1).to(logp.dtype)  # |C(x)|
     if norm == "tokens":
@@ -102,25 +112,30 @@ def sibling_loss(
 def policy_loss(
     objective: str, logp, old_logp, ref_logp, sids, rewards, valid, *, grpo_weight: float = 1.0,
     sibling_weight: float = 1.0, kl_coef: float = 1e-3, clip_eps: float = 0.2, eps: float = EPS, ddof: int = DDOF,
-    sibling_norm: str = "tokens",
+    sibling_norm: str = "tokens", kl_estimator: str = "k3", baseline: torch.Tensor | None = None,
+    negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of ``objective`` ("grpo", "sibling" or "joint") plus kl_coef * KL to the reference.
 
-    joint = grpo_weight * (-J_GRPO) + sibling_weight * (-J_sib) (Sec. 4.4). Returns the loss and its
-    parts (floats, for logging).
+    joint = grpo_weight * (-J_GRPO) + sibling_weight * (-J_sib) (Sec. 4.4). ``baseline`` (B,) replaces
+    GRPO's group mean; ``negatives`` = (the (B, C) weights of GRPO's negative advantages, the (B, C, L)
+    weights of Sibling-GRPO's), as ``rl/train.py: estimator_inputs`` makes them from ``RLConfig``.
+    Returns the loss and its parts (floats, for logging).
     """
+    grpo_neg, sibling_neg = negatives if negatives is not None else (None, None)
     parts: dict[str, torch.Tensor] = {}
     if objective in ("grpo", "joint"):
-        parts["grpo"] = grpo_loss(logp, old_logp, rewards, valid, clip_eps, eps, ddof)
+        parts["grpo"] = grpo_loss(logp, old_logp, rewards, valid, clip_eps, eps, ddof, baseline, grpo_neg)
     if objective in ("sibling", "joint"):
-        parts["sibling"] = sibling_loss(logp, old_logp, sids, rewards, valid, clip_eps, eps, ddof, sibling_norm)
+        parts["sibling"] = sibling_loss(logp, old_logp, sids, rewards, valid, clip_eps, eps, ddof, sibling_norm,
+                                        sibling_neg)
     if not parts:
         raise ValueError(f"objective = {objective!r} is invalid: expected grpo, sibling or joint")
     weights = {"grpo": grpo_weight if objective == "joint" else 1.0,
                "sibling": sibling_weight if objective == "joint" else 1.0}
     loss = sum(weights[k] * v for k, v in parts.items())
     if kl_coef > 0:
-        parts["kl"] = kl_penalty(logp, ref_logp, valid)
+        parts["kl"] = kl_penalty(logp, ref_logp, valid, kl_estimator)
         loss = loss + kl_coef * parts["kl"]
     return loss, {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
 
@@ -129,4 +144,5 @@ def loss_kwargs(rl) -> dict:
     """The keyword arguments of ``policy_loss`` that an ``RLConfig`` sets (one place for train, the
     benchmarks and the tutorials)."""
     return dict(grpo_weight=rl.grpo_weight, sibling_weight=rl.sibling_weight, kl_coef=rl.kl_coef,
-                clip_eps=rl.clip_eps, eps=rl.adv_eps, ddof=rl.adv_ddof, sibling_norm=rl.sibling_norm)
+                clip_eps=rl.clip_eps, eps=rl.adv_eps, ddof=rl.adv_ddof, sibling_norm=rl.sibling_norm,
+                kl_estimator=rl.kl_estimator)

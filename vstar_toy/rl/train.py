@@ -49,14 +49,22 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import fingerprint, load_tensors, load_weights
-from ..config import Config
-from ..decoding import decode
+from ..config import VALUE_DECODERS, Config
+from ..decoding import beam_search, decode
+from ..decoding.tree import merge_sets
 from ..evaluate import evaluate, scorers, true_reward_kind, value_quality
 from ..files import atomic_save, atomic_write_text, run_lock
 from ..world import World
 from ..world.rewards import rewards
 from . import distributed
-from .advantages import reward_range, sibling_contrast, sibling_signal_share
+from .advantages import (
+    group_advantages,
+    negative_weights,
+    own_prefixes,
+    reward_range,
+    sibling_contrast,
+    sibling_signal_share,
+)
 from .losses import loss_kwargs, policy_loss
 from .value_learning import td_update
 
@@ -141,8 +149,11 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
     with the same arguments; ``cfg.rl.batch_queries`` must be divisible by the number of processes.
     """
     rl, dcfg = cfg.rl, cfg.decode
-    if dcfg.decoder == "ved" and value_head is None and decode_value is None:
-        raise ValueError("training with the ved decoder needs a value head (see pipeline.value_model)")
+    if dcfg.decoder in VALUE_DECODERS and value_head is None and decode_value is None:
+        raise ValueError(f"training with the {dcfg.decoder} decoder needs a value head (see pipeline.value_model)")
+    if rl.group == "mix" and dcfg.decoder == "beam":
+        raise ValueError("RLConfig.group = 'mix' mixes beam search with another decoder: pass decoder ved, reranked, "
+                         "topk or temperature")
     rank, world_size = distributed.rank_and_size()
     distributed.check_batch(rl.batch_queries, world_size)
     main = rank == 0
@@ -216,56 +227,123 @@ def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: t
                decode_value=None) -> dict:
     """One step of the loop; returns its log row. ``model`` computes the update's log-probs: the DDP
     wrapper of ``st.policy`` under torchrun (its backward averages gradients over ranks), else the policy."""
-    rl, dcfg, policy = cfg.rl, cfg.decode, st.policy
+    rl, policy = cfg.rl, st.policy
     seed = _step_seed(rl.seed, step)
     q = distributed.shard(world.queries("train", n=rl.batch_queries, seed=seed))  # this rank's share
-    # 1. decode with the behaviour policy
+    # 1. decode with the behaviour policy: the group, and the policy's own beam-search set (what it would
+    #    decode itself at test time: the "beam" baseline, "drop"'s test, and the diagnostics read it)
     policy.eval()
     with torch.no_grad():
         guide = decode_value if decode_value is not None else st.value_head
-        cands = decode(policy, q.histories, dataclasses.replace(dcfg, seed=distributed.rank_seed(seed % (2**31))),
-                       guide.bind(q) if guide is not None else None)
+        cands, own = candidate_group(policy, q, cfg, guide, distributed.rank_seed(seed % (2**31)))
+        level1_before = policy.start(q.histories).logp.float().cpu()  # (B, K_1) log pi(y_1 | x)
     items, valid = cands.items.numpy(), cands.valid
     # 2. rewards: what the learner sees, and (for the log) the truth
     r = torch.as_tensor(rewards(world, rl.reward, q.users, q.targets, items, cands.logp.numpy()), dtype=torch.float32)
     r_true = rewards(world, true_reward_kind(world), q.users, q.targets, items)
+    baseline = None
+    if rl.baseline == "beam":  # the learner's reward of the policy's own set: its expected reward for x
+        r_own = rewards(world, rl.reward, q.users, q.targets, own.items.numpy(), own.logp.numpy())
+        baseline = torch.as_tensor(np.where(own.valid, r_own, 0).sum(1) / own.valid.sum(1).clamp_min(1).numpy(),
+                                   dtype=torch.float32)
+    own_mask = own_prefixes(cands.sids.clamp_min(0), own.sids, valid, own.valid)  # (B, C, L)
     # 3. value TD (Eq. 9)
     v_loss = math.nan
     if st.value_head is not None and st.vopt is not None:
         for _ in range(rl.value_updates):
             v_loss = td_update(policy, st.value_head, st.vopt, world, q, cands, cfg.value)
     # 4. policy update
-    parts, grad_norm = policy_update(st, q.histories, cands.sids, r, valid, cfg, seed, model)
+    parts, grad_norm, adv = policy_update(st, q.histories, cands.sids, r, valid, cfg, seed, model, baseline, own_mask)
+    with torch.no_grad():
+        level1_after = policy.start(q.histories).logp.float().cpu()
+        sft_top = st.reference.start(q.histories).logp.float().cpu().argmax(-1)
+    shift = mass_shift(level1_before, level1_after, cands.sids[..., 0], adv, valid,
+                       {"sft_top": sft_top, "oracle_best": best_code(world, q)})
     return distributed.mean_scalars({
         "step": step + 1, **diagnostics(cands, r, r_true, q.targets, cfg), "value_loss": v_loss,
-        "grad_norm": grad_norm, "lr": st.scheduler.get_last_lr()[0], **parts,
+        "grad_norm": grad_norm, "lr": st.scheduler.get_last_lr()[0], **parts, **shift,
+        "beam_overlap": float(own_mask[..., -1].sum() / own.valid.sum().clamp_min(1)),
     })
 
 
+def candidate_group(policy, q, cfg: Config, guide, seed: int):
+    """(the group the update sees, the policy's own beam-search set at 1x |C|) for queries ``q``.
+
+    ``RLConfig.group`` "decoder": ``cfg.decode``'s decoder; "mix": ceil(|C|/2) by beam search and the
+    rest by that decoder, each at its own 1x budget (VED's b0 scaled with it), duplicates removed
+    (``tree.merge_sets``). The own set is the group itself when the group is beam search at 1x."""
+    dcfg, n = dataclasses.replace(cfg.decode, seed=seed), cfg.decode.n_candidates
+    value_fn = guide.bind(q) if guide is not None else None
+    own_is_group = cfg.rl.group == "decoder" and dcfg.decoder == "beam" and dcfg.budget_x == 1.0
+    own = beam_search(policy, q.histories, n, 1.0)
+    if own_is_group:
+        return own, own
+    if cfg.rl.group == "decoder":
+        return decode(policy, q.histories, dcfg, value_fn), own
+    half = n // 2
+    first = beam_search(policy, q.histories, n - half, 1.0)
+    other = dataclasses.replace(dcfg, n_candidates=half, warm_beam=max(1, min(half - 1, dcfg.warm_beam * half // n)))
+    return merge_sets(first, decode(policy, q.histories, other, value_fn), n), own
+
+
+def best_code(world: World, q) -> torch.Tensor:
+    """(B,) the level-1 code of the user's best item: by true affinity in a synthetic world; on real data
+    (no tastes) the code of the logged next item, the one the semantic reward rates highest."""
+    best = world.affinity(q.users).argmax(1) if world.tastes is not None else q.targets
+    return torch.as_tensor(world.catalog.sids[best, 0])
+
+
+def mass_shift(before: torch.Tensor, after: torch.Tensor, codes: torch.Tensor, adv: torch.Tensor,
+               valid: torch.Tensor, marked: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The squeezing diagnostics of one update, for each marked level-1 code c(x) (B,) (the SFT
+    policy's top code, the user's best code): ``p_NAME``, pi(c | x) before the update; ``dp_NAME``, how
+    much probability the update moved onto it; ``adv_NAME``, the signed advantage mass of the group on
+    that branch, sum of A over the candidates whose first code is c, divided by |C(x)| (GRPO's
+    advantages sum to 0 over the group, not over a branch: this is the push that survives the mean).
+    Means over queries. ``before``/``after``: (B, K_1) level-1 log-probs; ``codes``: (B, C) first codes."""
+    out = {}
+    n = valid.sum(1).clamp_min(1).to(adv.dtype)
+    for name, c in marked.items():
+        p0 = before.gather(1, c[:, None]).exp().squeeze(1)
+        p1 = after.gather(1, c[:, None]).exp().squeeze(1)
+        on = (codes == c[:, None]) & valid
+        out[f"p_{name}"] = float(p0.mean())
+        out[f"dp_{name}"] = float((p1 - p0).mean())
+        out[f"adv_{name}"] = float((torch.where(on, adv, 0.0).sum(1) / n).mean())
+    return out
+
+
 def policy_update(st: TrainingState, histories, sids: torch.Tensor, r: torch.Tensor, valid: torch.Tensor,
-                  cfg: Config, seed: int, model: torch.nn.Module | None = None) -> tuple[dict, float]:
+                  cfg: Config, seed: int, model: torch.nn.Module | None = None, baseline: torch.Tensor | None = None,
+                  own: torch.Tensor | None = None) -> tuple[dict, float, torch.Tensor]:
     """``inner_epochs`` passes of the objective over one decoded batch; the importance ratios are
-    against the behaviour policy (pi_theta_old, frozen before the first pass). Returns the loss parts
-    and the mean gradient norm before clipping. Padding candidates (-1 codes) get log-prob 0, no loss."""
+    against the behaviour policy (pi_theta_old, frozen before the first pass). ``baseline`` (B,) and
+    ``own`` (B, C, L; ``advantages.own_prefixes``) feed ``RLConfig.baseline`` and ``negatives``.
+    Returns the loss parts, the mean gradient norm before clipping, and GRPO's (B, C) advantages as
+    used (for the diagnostics). Padding candidates (-1 codes) get log-prob 0, no loss."""
     rl, policy = cfg.rl, st.policy
     with torch.no_grad():  # pi_theta_old in eval mode, as it decoded
         old = policy.logprobs(histories, sids)
         ref = st.reference.logprobs(histories, sids)
+    negatives = negative_weights(rl.negatives, sids, old.float().cpu(), valid, own)
+    adv = group_advantages(r, rl.adv_eps, valid, rl.adv_ddof, baseline, negatives[0] if negatives else None)
     torch.manual_seed(seed)
     policy.train()
     parts, norms = {}, []
     for _ in range(rl.inner_epochs):
         new = (policy if model is None else model)(histories, sids)  # forward = logprobs
         dev = new.device  # decoders and rewards live on the CPU; a GPU policy's loss on its GPU
-        loss, parts = policy_loss(rl.objective, new, old, ref, sids.to(dev), r.to(dev), valid.to(dev),
-                                  **loss_kwargs(rl))
+        loss, parts = policy_loss(
+            rl.objective, new, old, ref, sids.to(dev), r.to(dev), valid.to(dev), **loss_kwargs(rl),
+            baseline=None if baseline is None else baseline.to(dev),
+            negatives=None if negatives is None else tuple(w.to(dev) for w in negatives))
         st.opt.zero_grad()
         loss.backward()
         norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.max_grad_norm)))
         st.opt.step()
     st.scheduler.step()
     policy.eval()
-    return parts, float(np.mean(norms))
+    return parts, float(np.mean(norms)), adv
 
 
 def diagnostics(cands, r: torch.Tensor, r_true: np.ndarray, targets: np.ndarray, cfg: Config) -> dict:
