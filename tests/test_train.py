@@ -195,7 +195,8 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for s in o.values() for k, v in s.items()))
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for s in o.values() for k, v in
+                                                                   s.items()))
 def test_each_update_option_trains_and_logs_the_diagnostics(sft, option):
     world, policy, head = fresh(sft)
     start = copy.deepcopy(policy)

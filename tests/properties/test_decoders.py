@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from vstar_toy.config import DecodeConfig, PolicyConfig, ValueConfig, WorldConfig, presets
 from vstar_toy.decoding import beam_search, budget_tokens, decode, sample, ved_decode
-from vstar_toy.decoding.ved import warm_start_cost
 from vstar_toy.decoding.tree import merge_sets
+from vstar_toy.decoding.ved import warm_start_cost
 from vstar_toy.policy.base import State
 from vstar_toy.policy.tiny import TinyPolicy
 from vstar_toy.policy.value import ValueHead
