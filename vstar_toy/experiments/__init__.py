@@ -67,7 +67,8 @@ def _run_claims(claims: list[int], runner: Runner, label: str) -> dict:
                     "comparisons": [{k: clean(v) for k, v in c.items()} for c in a["comparisons"]],
                     "comparisons_truth": [{k: clean(v) for k, v in c.items()} for c in a["comparisons_truth"]]}
                    for a in (df.attrs for df in frames)],
-        "training": {", ".join(str(k) for k in key if k is not None): diagnostics(key) for key in runner.train_logs},
+        "training": {arm.label + ("" if m is None else f"; m = {m}"): diagnostics((arm, m))
+                     for arm, m in runner.train_logs},
         "test_users": len(runner.test_queries(0)), "seeds": settings.seeds, "quick": settings.quick,
         "seconds": round(seconds, 1), "report": str(report),
     }

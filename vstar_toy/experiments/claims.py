@@ -26,15 +26,14 @@ import pandas as pd
 
 from ..evaluate import scorers, value_quality
 from ..metrics import mean_ci
-from .runner import Runner
+from .runner import SFT, Arm, Runner
 from .stats import FAILS, HOLDS, UNSURE, combine, compare, not_worse
 
 RANKING = ("hr@3", "hr@5", "hr@10", "ndcg@3", "ndcg@5", "ndcg@10")
 TRUTH = ("mean_reward", "top1_reward", "max_reward", "reachability")
 BEAM = {"decoder": "beam"}  # decoding settings are laid over the preset's DecodeConfig (Runner.score)
-VSTAR = ("rl", "ved", "joint", 1.0)
-BEAM_GRPO = ("rl", "beam", "grpo", 1.0)
-SFT = ("sft",)
+VSTAR = Arm("ved", "joint")
+BEAM_GRPO = Arm("beam", "grpo")
 
 
 def _frame(claim: int, title: str, per_seed: dict[str, dict[str, list[float]]], judge: Callable[[str], list[dict]],
@@ -48,7 +47,9 @@ def _frame(claim: int, title: str, per_seed: dict[str, dict[str, list[float]]], 
             rows.append({"claim": claim, "arm": arm, "metric": metric, "mean": mean, "ci_low": low, "ci_high": high,
                          "n_seeds": len(vals)})
     comps, comps_truth = judge(paper), judge(truth)
-    verdict, verdict_truth = combine([c["verdict"] for c in comps]), combine([c["verdict"] for c in comps_truth])
+    # a comparison marked "reported" is shown beside the verdict but takes no part in it
+    verdict, verdict_truth = (combine([c["verdict"] for c in cs if not c.get("reported")])
+                              for cs in (comps, comps_truth))
     df = pd.DataFrame(rows)
     df["verdict"] = verdict
     df["verdict_truth"] = verdict_truth
@@ -60,13 +61,13 @@ def _frame(claim: int, title: str, per_seed: dict[str, dict[str, list[float]]], 
 
 
 def _collect(runner: Runner, arms: dict[str, Callable[[int], dict]], metrics) -> dict[str, dict[str, list[float]]]:
-    """per_seed[arm][metric] = [value for each seed]."""
-    out = {arm: {m: [] for m in metrics} for arm in arms}
+    """per_seed[arm][metric] = [value for each seed]; ``metrics`` None: every metric the arm returns."""
+    out: dict[str, dict[str, list[float]]] = {arm: {} for arm in arms}
     for seed in range(runner.settings.seeds):
         for arm, fn in arms.items():
             res = fn(seed)
-            for m in metrics:
-                out[arm][m].append(float(res[m]))
+            for m in (res if metrics is None else metrics):
+                out[arm].setdefault(m, []).append(float(res[m]))
     return out
 
 
@@ -131,7 +132,7 @@ def claim_3(runner: Runner) -> pd.DataFrame:
 def claim_4(runner: Runner) -> pd.DataFrame:
     """Table 4: with candidates from VED, joint > Sibling-GRPO > GRPO (test: beam search). Paper: NDCG@10.
     Truth: the candidates' mean true reward."""
-    arms = {name: (lambda s, o=obj: runner.score(("rl", "ved", o, 1.0), s, BEAM))
+    arms = {name: (lambda s, o=obj: runner.score(Arm("ved", o), s, BEAM))
             for name, obj in [("joint", "joint"), ("Sibling-GRPO", "sibling"), ("GRPO", "grpo")]}
     per_seed = _collect(runner, arms, ("ndcg@10", "hr@10") + TRUTH)
     return _frame(4, "Table 4: joint > Sibling-GRPO > GRPO", per_seed,
@@ -170,7 +171,7 @@ def claim_6(runner: Runner) -> pd.DataFrame:
             if key == SFT:
                 policy, head = runner.sft(seed), runner.value(seed)
             else:
-                policy, head = runner.trained(seed, *key[1:])
+                policy, head = runner.trained(seed, key)
             q = runner.test_queries(seed).take(slice(0, 200))
             r = value_quality(w, policy, q, {**scorers(w), "value": head}, n_candidates=64, seed=seed)
             out = {f"{k}_l{i + 1}": r[k][i] for k in r for i in range(levels)}
@@ -204,11 +205,11 @@ def claim_7(runner: Runner) -> pd.DataFrame:
     budgets = runner.settings.budgets
     arms = {}
     for k in budgets:
-        arms[f"VED {k:g}x"] = lambda s, k=k: runner.score(("rl", "ved", "joint", k), s, BEAM)
-        arms[f"beam {k:g}x"] = lambda s, k=k: runner.score(("rl", "beam", "joint", k), s, BEAM)
+        arms[f"VED {k:g}x"] = lambda s, k=k: runner.score(Arm("ved", "joint", k), s, BEAM)
+        arms[f"beam {k:g}x"] = lambda s, k=k: runner.score(Arm("beam", "joint", k), s, BEAM)
         if k == budgets[0] or not runner.settings.quick:  # --quick: the oracle arm at the first budget only
             arms = _with_oracle(runner, arms, f"VED+oracle {k:g}x",
-                                lambda s, k=k: runner.score(("rl", "ved", "joint", k, "oracle"), s, BEAM))
+                                lambda s, k=k: runner.score(Arm("ved", "joint", k, "oracle"), s, BEAM))
     per_seed = _collect(runner, arms, ("ndcg@10", "hr@10") + TRUTH)
     top = budgets[-1]
 
@@ -259,8 +260,96 @@ def claim_8(runner: Runner) -> pd.DataFrame:
                       "part of a verdict)" if with_oracle else "; --quick leaves out the oracle arm"))
 
 
+def why_arms(runner: Runner) -> dict[str, Arm]:
+    """Claim 9's arms, fixed before any run: beam search + GRPO, V-STAR as written, and V-STAR with one
+    change each (``RLConfig``'s update options, the learner's reward, the candidate decoder). "true
+    reward" lets the learner see the oracle affinity (synthetic worlds only): it tells the reward from the
+    estimator, and is never chosen as the corrected arm. "public decoder" is the paper's public code's
+    value-reranked top-8 tree, at the budget its 73 tokens need (2.25x for |C| = 16, L = 3)."""
+    from ..decoding.reranked import tree_cost
+
+    levels, n = runner.base.world.levels, runner.base.decode.n_candidates
+    public_x = max(1.0, (tree_cost(8, levels) - 1) / ((levels - 1) * n))
+    arms = {"beam+GRPO": BEAM_GRPO, "V-STAR": VSTAR,
+            "negatives dropped": VSTAR.where(negatives="drop"), "TOPR": VSTAR.where(negatives="topr"),
+            "beam baseline": VSTAR.where(baseline="beam"), "mixed group": VSTAR.where(group="mix"),
+            "paper reward": VSTAR.where(reward="minionerec"),
+            "public decoder": Arm("reranked", "joint", public_x, decode=(("rerank_width", 8),))}
+    if runner.world_loader is None:
+        arms["true reward"] = VSTAR.where(reward="affinity")
+    if runner.settings.quick:  # within the 15 minutes: the two arms of claim 1 and the winner of the full run
+        arms = {k: arms[k] for k in ("beam+GRPO", "V-STAR", *QUICK_WHY)}
+    return arms
+
+
+QUICK_WHY = ("beam baseline",)  # the arm that won the full run (docs/results/why); --quick keeps it alone
+WHY_LRS = (None, 3e-4)  # the recipe's learning rate (RLConfig.lr) and the larger one where V-STAR fell below SFT
+WHY_MEASURES = ("mean_reward", "ndcg@10", "hr@10", "max_reward")
+WHY_DIAGNOSTICS = ("p_sft_top", "dp_sft_top", "adv_sft_top", "p_oracle_best", "dp_oracle_best", "adv_oracle_best",
+                   "beam_overlap", "loss_kl")
+
+
+def _why_seed(runner: Runner, arm: Arm, seed: int) -> dict:
+    """One trained arm of claim 9 on one seed: test users by beam search (the verdicts) and by VED,
+    validation users by beam search (the choice of the corrected arm), and its training diagnostics: the
+    level-1 mass on the SFT top code and on the user's best code at the last step, the mass each moved
+    over the run (sum of the per-step shifts), and means of the rest."""
+    out = {k: v for k, v in runner.score(arm, seed, BEAM).items() if k in WHY_MEASURES}
+    out |= {f"VED {k}": v for k, v in runner.score(arm, seed, {"decoder": "ved"}).items() if k in WHY_MEASURES}
+    out["valid mean_reward"] = runner.score(arm, seed, BEAM, split="valid")["mean_reward"]
+    log = runner.train_logs[(arm, None)][seed]
+    for col in WHY_DIAGNOSTICS:
+        if col.startswith("dp_"):
+            out[f"moved {col[3:]}"] = float(log[col].sum())
+        elif col.startswith("p_"):
+            out[f"last {col}"] = float(log[col].iloc[-1])
+        else:
+            out[f"mean {col}"] = float(log[col].mean())
+    return out
+
+
+def claim_9(runner: Runner) -> pd.DataFrame:
+    """Beyond the paper: why training on VED's candidates does not make a better policy for beam search,
+    and an update that makes it pay. Every arm of ``why_arms`` at the recipe's learning rate and at 3e-4,
+    tested by beam search (and reported by VED). Each arm is compared with beam+GRPO and with V-STAR as
+    written at the same learning rate. The verdict: the value-guided arm with the best validation mean
+    true reward (chosen on validation users; never "true reward") against beam+GRPO at its own best
+    validation learning rate. Paper: NDCG@10. Truth: the candidates' mean true reward."""
+    arms = {}
+    for lr in WHY_LRS[:1] if runner.settings.quick else WHY_LRS:
+        at = runner.base.rl.lr if lr is None else lr
+        for name, arm in why_arms(runner).items():
+            key = arm if lr is None else arm.where(lr=lr)
+            arms[f"{name} @ {at:g}"] = lambda s, k=key: _why_seed(runner, k, s)
+    per_seed = _collect(runner, arms, None)
+    valid = {arm: float(np.mean(m["valid mean_reward"])) for arm, m in per_seed.items()}
+    beam_best = max((a for a in valid if a.startswith("beam+GRPO")), key=valid.get)
+    guided = [a for a in valid if not a.startswith(("beam+GRPO", "true reward"))]
+    chosen = max(guided, key=valid.get)
+
+    def judge(metric):
+        lrs = sorted({a.split(" @ ")[1] for a in per_seed})
+        comps = [{**_pair(per_seed, chosen, beam_best, metric), "metric": f"{metric} (chosen on validation)"}]
+        for lr in lrs:
+            for arm in per_seed:
+                name, at = arm.split(" @ ")
+                if at == lr and not name.startswith("beam+GRPO"):
+                    comps.append({**_pair(per_seed, arm, f"beam+GRPO @ {lr}", metric), "reported": True})
+                    if name != "V-STAR":
+                        comps.append({**_pair(per_seed, arm, f"V-STAR @ {lr}", metric), "reported": True})
+        return comps
+
+    df = _frame(9, "Beyond the paper: why the learning half fails, and an update that pays", per_seed, judge,
+                "ndcg@10", "mean_reward",
+                note=f"chosen on validation users: {chosen} (validation mean true reward {valid[chosen]:.4f}) against "
+                     f"{beam_best} ({valid[beam_best]:.4f}); the verdict is that comparison, the others are reported "
+                     "(verdict in parentheses)")
+    df.attrs.update(chosen=chosen, beam_best=beam_best, valid=valid)
+    return df
+
+
 CLAIMS: dict[int, Callable[[Runner], pd.DataFrame]] = {
-    1: claim_1, 2: claim_2, 3: claim_3, 4: claim_4, 5: claim_5, 6: claim_6, 7: claim_7, 8: claim_8,
+    1: claim_1, 2: claim_2, 3: claim_3, 4: claim_4, 5: claim_5, 6: claim_6, 7: claim_7, 8: claim_8, 9: claim_9,
 }
 
 __all__ = ["CLAIMS", "FAILS", "HOLDS", "UNSURE"] + [f"claim_{i}" for i in CLAIMS]

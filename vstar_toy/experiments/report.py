@@ -24,7 +24,7 @@ from ..evaluate import evaluate
 from ..files import atomic_write_text
 from ..rl.advantages import sibling_contrast
 from ..world.rewards import rewards
-from .runner import Runner
+from .runner import Arm, Runner
 
 
 def _fmt(x: float) -> str:
@@ -49,7 +49,8 @@ def comparison_table(df: pd.DataFrame) -> str:
         rows += [("truth", c) for c in df.attrs["comparisons_truth"]]
     return head + "".join(
         f"| {kind} | {c['a']} > {c['b']} | {c['metric']} | {_fmt(c['diff'])} [{_fmt(c['low'])}, {_fmt(c['high'])}] "
-        f"| {_fmt(c.get('detectable'))} | {c['verdict']} |\n" for kind, c in rows)
+        f"| {_fmt(c.get('detectable'))} | {'(' + c['verdict'] + ')' if c.get('reported') else c['verdict']} |\n"
+        for kind, c in rows)
 
 
 def _ci_err(df: pd.DataFrame) -> np.ndarray:
@@ -119,7 +120,7 @@ def fig_mismatch(df: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-CURVES = {"beam+GRPO": ("beam", "grpo", 1.0, "learned", None), "V-STAR": ("ved", "joint", 1.0, "learned", None)}
+CURVES = {"beam+GRPO": (Arm("beam", "grpo"), None), "V-STAR": (Arm("ved", "joint"), None)}  # (arm, mismatch)
 DIAGNOSTICS = ("reward", "zero_var_share", "sibling_signal_share", "loss_kl", "grad_norm", "entropy_l1", "value_loss")
 
 
@@ -162,7 +163,7 @@ def diagnostics_table(runner: Runner) -> str:
     the KL over the last 10 steps."""
     if not runner.train_logs:
         return ""
-    head = "| RL arm (decoder, objective, budget, value, m) | " + " | ".join(DIAGNOSTICS) + " |\n|---|" + \
+    head = "| RL arm (decoder, budget, value, objective, options; m) | " + " | ".join(DIAGNOSTICS) + " |\n|---|" + \
         "---|" * len(DIAGNOSTICS) + "\n"
     lines = []
     for key, per_seed in runner.train_logs.items():
@@ -171,7 +172,8 @@ def diagnostics_table(runner: Runner) -> str:
             vals = [(log[col].tail(10) if col == "loss_kl" else log[col]).mean() for log in per_seed.values()
                     if col in log]
             cells.append(_fmt(float(np.mean(vals))) if vals else "")
-        name = ", ".join(str(k) for k in key if k is not None)
+        arm, mismatch = key
+        name = arm.label + ("" if mismatch is None else f"; m = {mismatch}")
         lines.append(f"| {name} ({len(per_seed)} seeds) | " + " | ".join(cells) + " |\n")
     return head + "".join(lines)
 

@@ -67,6 +67,36 @@ def quick_config(cfg: Config) -> Config:
     )
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One RL-trained policy of a reproduction: RL from the seed's SFT policy with candidates from
+    ``decoder`` at ``budget_x`` and the loss ``objective``; a value decoder guided by ``value``
+    ("learned": V_phi; "oracle": the world's true prefix value, while the head still learns by TD); and
+    ``rl`` / ``decode``: more fields laid over the preset's RLConfig / DecodeConfig as sorted
+    (field, value) pairs (hashable: an arm keys the caches), e.g. ``(("baseline", "beam"),)``."""
+
+    decoder: str
+    objective: str
+    budget_x: float = 1.0
+    value: str = "learned"
+    rl: tuple[tuple[str, object], ...] = ()
+    decode: tuple[tuple[str, object], ...] = ()
+
+    def where(self, **rl) -> Arm:
+        """This arm with more RLConfig fields set: ``VSTAR.where(baseline="beam")``."""
+        return dataclasses.replace(self, rl=tuple(sorted({**dict(self.rl), **rl}.items())))
+
+    @property
+    def label(self) -> str:
+        """The arm in a run folder's name: ``ved1x-joint``, ``ved1x-oracle-joint``, ``ved1x-grpo-baseline=beam``."""
+        guide = "" if self.value == "learned" else f"-{self.value}"
+        extra = "".join(f"-{k}={v:g}" if isinstance(v, float) else f"-{k}={v}" for k, v in self.decode + self.rl)
+        return f"{self.decoder}{self.budget_x:g}x{guide}-{self.objective}{extra}"
+
+
+SFT = "sft"  # the policy key of the seed's SFT policy, beside the Arms
+
+
 class Runner:
     """Builds and caches the artefacts of one reproduction (see the module docstring)."""
 
@@ -81,8 +111,8 @@ class Runner:
         self.world_loader = world_loader  # real data: a function () -> World (mismatch does not apply)
         self.backbone = backbone  # None: the tiny transformer; else a Qwen2 backbone (pipeline.make_policy)
         self._memo: dict = {}
-        self.train_logs: dict[tuple, dict[int, pd.DataFrame]] = {}  # (decoder, objective, budget_x, value,
-        # mismatch) -> {seed: the run's per-step log}, for the report's learning curves and diagnostics
+        self.train_logs: dict[tuple[Arm, float | None], dict[int, pd.DataFrame]] = {}  # (arm, mismatch) ->
+        # {seed: the run's per-step log}, for the report's learning curves and diagnostics
 
     # -- configs and worlds ----------------------------------------------------------------------
     def config(self, seed: int, mismatch: float | None = None, **stages) -> Config:
@@ -124,43 +154,40 @@ class Runner:
                                         self.config(seed, mismatch), progress=self.progress, say=self.say)
         return self._cached(("value", seed, mismatch), make)
 
-    def trained(self, seed: int, decoder: str, objective: str, budget_x: float = 1.0,
-                mismatch: float | None = None, value: str = "learned"):
-        """(policy, value head) after RL from this seed's SFT policy and pre-trained head. ``value``
-        "oracle": VED decodes the training candidates with the world's oracle value instead of the head
-        (an upper bound for what a better value would give; the head still learns by TD)."""
+    def trained(self, seed: int, arm: Arm, mismatch: float | None = None):
+        """(policy, value head) after RL from this seed's SFT policy and pre-trained head (``Arm``)."""
         def make():
-            cfg = self.config(seed, mismatch, decode={"decoder": decoder, "budget_x": budget_x},
-                              rl={"objective": objective})
+            cfg = self.config(seed, mismatch,
+                              decode={"decoder": arm.decoder, "budget_x": arm.budget_x, **dict(arm.decode)},
+                              rl={"objective": arm.objective, **dict(arm.rl)})
             where = f"m{cfg.world.mismatch}-" if self.world_loader is None else ""  # real data: no knob
-            guide = "" if value == "learned" else f"-{value}"
-            name = f"s{seed}-{where}{decoder}{budget_x:g}x{guide}-{objective}"
+            name = f"s{seed}-{where}{arm.label}"
             self.say(f"RL run {name}")
             policy = copy.deepcopy(self.sft(seed, mismatch))
             head = copy.deepcopy(self.value(seed, mismatch))
-            guide_value = None if value == "learned" else make_value(value, self.world(seed, mismatch))
+            guide_value = None if arm.value == "learned" else make_value(arm.value, self.world(seed, mismatch))
             res = train(self.world(seed, mismatch), policy, cfg, head, run_dir=self.out / "runs" / name,
                         progress=self.progress, say=self.say, decode_value=guide_value)
-            self.train_logs.setdefault((decoder, objective, budget_x, value, mismatch), {})[seed] = res.log
+            self.train_logs.setdefault((arm, mismatch), {})[seed] = res.log
             return res.policy, res.value_head
-        return self._cached(("rl", seed, decoder, objective, budget_x, mismatch, value), make)
+        return self._cached(("rl", seed, arm, mismatch), make)
 
     # -- scores ------------------------------------------------------------------------------------
-    def score(self, policy_key: tuple, seed: int, decode: dict, mismatch: float | None = None,
-              value: str = "learned") -> dict:
-        """Test metrics of the policy named by ``policy_key`` ("sft",) or ("rl", decoder, objective,
-        budget_x[, value]) decoded with the preset's DecodeConfig and ``decode``'s fields laid over it;
-        VED ranks prefixes by ``value`` ("learned": the policy's head; "oracle": the world's truth,
-        ``vstar_toy.values``)."""
+    def score(self, policy: Arm | str, seed: int, decode: dict, mismatch: float | None = None,
+              value: str = "learned", split: str = "test") -> dict:
+        """Test metrics of ``policy`` (``SFT`` or an ``Arm``) decoded with the preset's DecodeConfig and
+        ``decode``'s fields laid over it; a value decoder ranks prefixes by ``value`` ("learned": the
+        policy's head; "oracle": the world's truth, ``vstar_toy.values``). ``split`` "valid": on all the
+        validation users instead (for choices made before a test, as claim 9's)."""
         def make():
-            if policy_key[0] == "sft":
-                policy, head = self.sft(seed, mismatch), self.value(seed, mismatch)
+            if policy == SFT:
+                pol, head = self.sft(seed, mismatch), self.value(seed, mismatch)
             else:
-                decoder, objective, budget_x, *guide = policy_key[1:]
-                policy, head = self.trained(seed, decoder, objective, budget_x, mismatch=mismatch,
-                                            value=guide[0] if guide else "learned")
+                pol, head = self.trained(seed, policy, mismatch=mismatch)
             cfg = self.config(seed, mismatch, decode={**decode, "seed": seed}).decode
             scorer = head if value == "learned" else make_value(value, self.world(seed, mismatch))
-            m, _ = evaluate(self.world(seed, mismatch), policy, self.test_queries(seed, mismatch), cfg, scorer)
+            w = self.world(seed, mismatch)
+            q = self.test_queries(seed, mismatch) if split == "test" else w.queries(split)
+            m, _ = evaluate(w, pol, q, cfg, scorer)
             return m
-        return self._cached(("score", policy_key, seed, tuple(sorted(decode.items())), mismatch, value), make)
+        return self._cached(("score", policy, seed, tuple(sorted(decode.items())), mismatch, value, split), make)
