@@ -8,6 +8,7 @@
                                                   the self-evolving RL loop (Sec. 4.4)
     vstar-toy reproduce --quick --out runs/reproduce --json
                                                   the paper's claims, verdicts and report.md
+    vstar-toy why     --out runs/why              why the learning half fails, and the update that pays
     vstar-toy demo    --out runs/demo             the whole story in a few minutes
 
 ``--data amazon18-office`` (or a MiniOneRec-format directory) runs sft, value, decode, train and
@@ -382,6 +383,20 @@ def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figure
             print(f"claim {c['id']}: paper ({c['metric']}) {c['verdict']:<14} truth ({c['metric_truth']}) "
                   f"{c['verdict_truth']:<14} {vals}")
         print(f"report: {summary['report']}")
+
+
+@app.command()
+def why(out: Annotated[Path, typer.Option(help="report.md, claim_9.csv and the runs go here")] = Path("runs/why"),
+        seeds: Annotated[int, typer.Option(help="seeds per arm (confidence intervals need >= 2)")] = 3,
+        quick: Annotated[bool, typer.Option(help="the smaller world of reproduce --quick, three arms")] = False,
+        test_queries: Annotated[int | None, typer.Option(
+            help="test users scored per seed (default 0: the whole test split)")] = None,
+        preset_name: Preset = "cpu_demo", data: Data = None, as_json: AsJson = False, quiet: Quiet = False):
+    """Why training on VED's candidates does not make a better policy for beam search, and which update
+    does (claim 9, `experiments/claims.py: claim_9`): every update option against beam search + GRPO and
+    V-STAR as written, at the recipe's learning rate and at 3e-4, tested by beam search and by VED."""
+    reproduce(out=out, claims="9", seeds=seeds, quick=quick, test_queries=test_queries, preset_name=preset_name,
+              data=data, backbone=None, as_json=as_json, quiet=quiet)
 
 
 @app.command()

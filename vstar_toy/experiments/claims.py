@@ -262,7 +262,9 @@ def claim_8(runner: Runner) -> pd.DataFrame:
 
 def why_arms(runner: Runner) -> dict[str, Arm]:
     """Claim 9's arms, fixed before any run: beam search + GRPO, V-STAR as written, and V-STAR with one
-    change each (``RLConfig``'s update options, the learner's reward, the candidate decoder). "true
+    change each (``RLConfig``'s update options, the learner's reward, the candidate decoder), and the two
+    changes that answer the two causes named in issue 20 together (the beam baseline against the group
+    mean inside a concentrated set; dropped negatives against the squeezing of unlikely items). "true
     reward" lets the learner see the oracle affinity (synthetic worlds only): it tells the reward from the
     estimator, and is never chosen as the corrected arm. "public decoder" is the paper's public code's
     value-reranked top-8 tree, at the budget its 73 tokens need (2.25x for |C| = 16, L = 3)."""
@@ -272,7 +274,9 @@ def why_arms(runner: Runner) -> dict[str, Arm]:
     public_x = max(1.0, (tree_cost(8, levels) - 1) / ((levels - 1) * n))
     arms = {"beam+GRPO": BEAM_GRPO, "V-STAR": VSTAR,
             "negatives dropped": VSTAR.where(negatives="drop"), "TOPR": VSTAR.where(negatives="topr"),
-            "beam baseline": VSTAR.where(baseline="beam"), "mixed group": VSTAR.where(group="mix"),
+            "beam baseline": VSTAR.where(baseline="beam"),
+            "beam baseline, negatives dropped": VSTAR.where(baseline="beam", negatives="drop"),
+            "mixed group": VSTAR.where(group="mix"),
             "paper reward": VSTAR.where(reward="minionerec"),
             "public decoder": Arm("reranked", "joint", public_x, decode=(("rerank_width", 8),))}
     if runner.world_loader is None:
