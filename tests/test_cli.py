@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vstar_toy.cli import app
+from vstar_toy.experiments.claims import VSTAR_PLUS
 
 
 @pytest.fixture()
@@ -61,10 +62,11 @@ def test_reproduce_claim_1_quick(run, tmp_path):
     (claim,) = out["claims"]
     assert claim["id"] == 1 and claim["verdict"] == claim["verdict_truth"] == "inconclusive"  # one seed: no interval
     assert (claim["metric"], claim["metric_truth"]) == ("ndcg@10", "mean_reward")
-    assert set(claim["values"]) == set(claim["values_truth"]) == {"SFT", "beam+GRPO", "V-STAR", "SFT, VED-decoded",
-                                                                  "beam+GRPO, VED-decoded", "V-STAR, VED-decoded"}
-    assert set(out["training"]) == {"beam, grpo, 1.0, learned", "ved, joint, 1.0, learned"}
-    assert 0.0 <= out["training"]["beam, grpo, 1.0, learned"]["zero_var_share"] <= 1.0
+    assert set(claim["values"]) == set(claim["values_truth"]) == {
+        "SFT", "beam+GRPO", "V-STAR", "V-STAR+", "SFT, VED-decoded", "beam+GRPO, VED-decoded", "V-STAR, VED-decoded",
+        "V-STAR+, VED-decoded"}
+    assert set(out["training"]) == {"beam1x-grpo", "ved1x-joint", VSTAR_PLUS.label}  # V-STAR+: the corrected update
+    assert 0.0 <= out["training"]["beam1x-grpo"]["zero_var_share"] <= 1.0
     report = (tmp_path / "rep" / "report.md").read_text()
     assert report.count("Claim 1") == 1 and "Training diagnostics" in report and "learning_curves.png" in report
     assert (tmp_path / "rep" / "learning_curves.png").exists()
@@ -73,7 +75,7 @@ def test_reproduce_claim_1_quick(run, tmp_path):
 @pytest.mark.slow
 def test_reproduce_all_claims_two_seeds(run, tmp_path):
     out = _json(run("reproduce", "--preset", "tiny", "--seeds", "2", "--quick", "--out", tmp_path / "rep", "--json"))
-    assert [c["id"] for c in out["claims"]] == list(range(1, 9))
+    assert [c["id"] for c in out["claims"]] == list(range(1, 10))
     assert all(c[v] in ("holds", "does not hold", "inconclusive") for c in out["claims"] for v in ("verdict",
                                                                                                 "verdict_truth"))
 
@@ -81,7 +83,7 @@ def test_reproduce_all_claims_two_seeds(run, tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["world", "--preset", "nope"], "preset"),
     (["world", "--mismatch", "1.5"], "mismatch"),
-    (["reproduce", "--claims", "1,9", "--quick", "--out", "{tmp}"], "claims"),
+    (["reproduce", "--claims", "1,10", "--quick", "--out", "{tmp}"], "claims"),
     (["decode", "--data", "amazon18-office", "--mismatch", "0.5"], "--data"),
 ])
 def test_bad_input_exits_2_with_one_line(args, words, tmp_path):

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from ..config import UPDATES
 from ..evaluate import scorers, value_quality
 from ..metrics import mean_ci
 from .runner import SFT, Arm, Runner
@@ -33,6 +34,7 @@ RANKING = ("hr@3", "hr@5", "hr@10", "ndcg@3", "ndcg@5", "ndcg@10")
 TRUTH = ("mean_reward", "top1_reward", "max_reward", "reachability")
 BEAM = {"decoder": "beam"}  # decoding settings are laid over the preset's DecodeConfig (Runner.score)
 VSTAR = Arm("ved", "joint")
+VSTAR_PLUS = VSTAR.where(**UPDATES["vstar+"])  # the corrected V-STAR (claim 9), beside the paper's form
 BEAM_GRPO = Arm("beam", "grpo")
 
 
@@ -94,17 +96,21 @@ def claim_1(runner: Runner) -> pd.DataFrame:
     """Table 1: V-STAR (VED + joint loss) > beam search + GRPO > SFT (test users, every policy decoded by
     beam search, so that only training differs). Paper: NDCG@10. Truth: the candidates' mean true reward.
     The same policies decoded by VED are reported beside them."""
-    policies = {"SFT": SFT, "beam+GRPO": BEAM_GRPO, "V-STAR": VSTAR}
+    policies = {"SFT": SFT, "beam+GRPO": BEAM_GRPO, "V-STAR": VSTAR, "V-STAR+": VSTAR_PLUS}
     arms = {name: (lambda s, k=key: runner.score(k, s, BEAM)) for name, key in policies.items()}
     # reported outside the verdict: the same policies decoded by VED, to see whether a training effect
     # depends on the decoder it is tested with
     arms |= {f"{name}, VED-decoded": (lambda s, k=key: runner.score(k, s, {"decoder": "ved"}))
              for name, key in policies.items()}
     per_seed = _collect(runner, arms, RANKING + TRUTH)
-    return _frame(1, "Table 1: V-STAR > beam+GRPO > SFT", per_seed,
-                  lambda m: _chain(per_seed, ["V-STAR", "beam+GRPO", "SFT"], m), "ndcg@10", "mean_reward",
-                  note="the 'VED-decoded' arms test the same policies with VED instead of beam search (not part of "
-                       "a verdict)")
+
+    def judge(m):
+        plus = [{**_pair(per_seed, "V-STAR+", b, m), "reported": True} for b in ("beam+GRPO", "V-STAR")]
+        return _chain(per_seed, ["V-STAR", "beam+GRPO", "SFT"], m) + plus
+
+    return _frame(1, "Table 1: V-STAR > beam+GRPO > SFT", per_seed, judge, "ndcg@10", "mean_reward",
+                  note="the 'VED-decoded' arms test the same policies with VED instead of beam search; V-STAR+ is "
+                       "the corrected update of claim 9 (config.UPDATES['vstar+']); neither is part of a verdict")
 
 
 def claim_2(runner: Runner) -> pd.DataFrame:
@@ -132,11 +138,20 @@ def claim_3(runner: Runner) -> pd.DataFrame:
 def claim_4(runner: Runner) -> pd.DataFrame:
     """Table 4: with candidates from VED, joint > Sibling-GRPO > GRPO (test: beam search). Paper: NDCG@10.
     Truth: the candidates' mean true reward."""
-    arms = {name: (lambda s, o=obj: runner.score(Arm("ved", o), s, BEAM))
-            for name, obj in [("joint", "joint"), ("Sibling-GRPO", "sibling"), ("GRPO", "grpo")]}
+    objectives = [("joint", "joint"), ("Sibling-GRPO", "sibling"), ("GRPO", "grpo")]
+    arms = {name: (lambda s, o=obj: runner.score(Arm("ved", o), s, BEAM)) for name, obj in objectives}
+    if not runner.settings.quick:  # the same three with the corrected update (claim 9), reported beside
+        arms |= {f"{name}+": (lambda s, o=obj: runner.score(Arm("ved", o).where(**UPDATES["vstar+"]), s, BEAM))
+                 for name, obj in objectives}
     per_seed = _collect(runner, arms, ("ndcg@10", "hr@10") + TRUTH)
-    return _frame(4, "Table 4: joint > Sibling-GRPO > GRPO", per_seed,
-                  lambda m: _chain(per_seed, ["joint", "Sibling-GRPO", "GRPO"], m), "ndcg@10", "mean_reward")
+
+    def judge(m):
+        plus = [{**c, "reported": True} for c in _chain(per_seed, ["joint+", "Sibling-GRPO+", "GRPO+"], m)] \
+            if "joint+" in per_seed else []
+        return _chain(per_seed, ["joint", "Sibling-GRPO", "GRPO"], m) + plus
+
+    return _frame(4, "Table 4: joint > Sibling-GRPO > GRPO", per_seed, judge, "ndcg@10", "mean_reward",
+                  note="the '+' arms train with the corrected update of claim 9 (reported, not part of a verdict)")
 
 
 def claim_5(runner: Runner) -> pd.DataFrame:
@@ -207,6 +222,9 @@ def claim_7(runner: Runner) -> pd.DataFrame:
     for k in budgets:
         arms[f"VED {k:g}x"] = lambda s, k=k: runner.score(Arm("ved", "joint", k), s, BEAM)
         arms[f"beam {k:g}x"] = lambda s, k=k: runner.score(Arm("beam", "joint", k), s, BEAM)
+        if not runner.settings.quick:  # the corrected update of claim 9, reported beside
+            arms[f"VED+ {k:g}x"] = lambda s, k=k: runner.score(Arm("ved", "joint", k).where(**UPDATES["vstar+"]),
+                                                              s, BEAM)
         if k == budgets[0] or not runner.settings.quick:  # --quick: the oracle arm at the first budget only
             arms = _with_oracle(runner, arms, f"VED+oracle {k:g}x",
                                 lambda s, k=k: runner.score(Arm("ved", "joint", k, "oracle"), s, BEAM))
@@ -215,12 +233,15 @@ def claim_7(runner: Runner) -> pd.DataFrame:
 
     def judge(metric):
         comps = [_pair(per_seed, f"VED {k:g}x", f"beam {k:g}x", metric) for k in budgets]
+        plus = [{**_pair(per_seed, f"VED+ {k:g}x", f"beam {k:g}x", metric), "reported": True}
+                for k in budgets if f"VED+ {k:g}x" in per_seed]
         return comps + [{**_pair(per_seed, "VED 1x", f"beam {top:g}x", metric, not_worse),
-                         "metric": f"{metric} (not worse)"}]
+                         "metric": f"{metric} (not worse)"}] + plus
 
     return _frame(7, "Fig. 4: VED beats beam at matched budgets; VED 1x matches beam at the top budget", per_seed,
                   judge, "ndcg@10", "mean_reward",
-                  note="both arms train with the joint loss, so only the candidate construction differs")
+                  note="both arms train with the joint loss, so only the candidate construction differs; the 'VED+' arms "
+                       "train with the corrected update of claim 9 (reported, not part of a verdict)")
 
 
 def claim_8(runner: Runner) -> pd.DataFrame:

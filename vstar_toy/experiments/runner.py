@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import pipeline
-from ..config import Config
+from ..config import Config, RLConfig
 from ..evaluate import evaluate
 from ..rl.train import train
 from ..values import make_value
@@ -83,8 +83,12 @@ class Arm:
     decode: tuple[tuple[str, object], ...] = ()
 
     def where(self, **rl) -> Arm:
-        """This arm with more RLConfig fields set: ``VSTAR.where(baseline="beam")``."""
-        return dataclasses.replace(self, rl=tuple(sorted({**dict(self.rl), **rl}.items())))
+        """This arm with more RLConfig fields set: ``VSTAR.where(baseline="beam")``. A field set to
+        RLConfig's default is left out, so that one arm has one name."""
+        fields = {**dict(self.rl), **rl}
+        default = RLConfig()
+        return dataclasses.replace(self, rl=tuple(sorted((k, v) for k, v in fields.items()
+                                                         if getattr(default, k) != v)))
 
     @property
     def label(self) -> str:
