@@ -240,8 +240,8 @@ def claim_7(runner: Runner) -> pd.DataFrame:
 
     return _frame(7, "Fig. 4: VED beats beam at matched budgets; VED 1x matches beam at the top budget", per_seed,
                   judge, "ndcg@10", "mean_reward",
-                  note="both arms train with the joint loss, so only the candidate construction differs; the 'VED+' arms "
-                       "train with the corrected update of claim 9 (reported, not part of a verdict)")
+                  note="both arms train with the joint loss, so only the candidate construction differs; the 'VED+' "
+                       "arms train with the corrected update of claim 9 (reported, not part of a verdict)")
 
 
 def claim_8(runner: Runner) -> pd.DataFrame:
