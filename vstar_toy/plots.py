@@ -429,6 +429,14 @@ TRAINING_PANELS: dict[str, list[tuple[str, str]]] = {
     "Spearman rho(log pi, prefix reward)": [("rho_logp_l{l}", "level {l}")],
     "value TD loss (Eq. 9)": [("value_loss", "")],
 }
+SQUEEZING_PANELS = {  # what the update does to level-1 mass (issue 20; rl/train.py: mass_shift)
+    "level-1 mass on the SFT policy's top code": [("p_sft_top", "")],
+    "level-1 mass on the user's best code": [("p_oracle_best", "")],
+    "advantage mass on that branch (per |C|)": [("adv_sft_top", "SFT top code"),
+                                                ("adv_oracle_best", "user's best code")],
+    "policy's own beam set inside the group": [("beam_overlap", "")],
+}
+TRAINING_PANELS |= SQUEEZING_PANELS
 
 
 def training_curves(logs: dict[str, pd.DataFrame], panels: dict[str, list[tuple[str, str]]] | None = None,

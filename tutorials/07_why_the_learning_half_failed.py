@@ -1,0 +1,193 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Why the learning half failed, and what fixes it
+#
+# VED decodes better candidate sets than beam search at the same budget (notebook 03, claims 2, 5, 8).
+# The paper's second half says that *training* on those sets also makes a better policy. In this
+# toolkit it did not: trained on VED's candidates with GRPO + Sibling-GRPO as written (V-STAR), the
+# policy ended *worse* for beam search than one trained on beam search's own candidates (full
+# reproduction: mean true reward 0.284 against 0.335, from 0.254 at SFT), and training on the oracle
+# reward made it worse still. This notebook takes the failure apart:
+#
+# 1. the **squeezing effect** in one softmax: pushing down an unlikely token moves its mass onto the
+#    tokens the policy already prefers;
+# 2. **where GRPO's group mean sits** in a VED group: inside the user's region, so half of VED's
+#    good-but-unlikely items get negative advantages, while against what the policy would decode itself
+#    (its own beam set) nearly all of them are better;
+# 3. **the update that pays**: the same VED candidates, the group advantage measured against the
+#    policy's own beam set (`RLConfig.baseline = "beam"`, the "vstar+" update), trained beside V-STAR as
+#    written and beam search + GRPO, with the per-step diagnostics that tell the story;
+# 4. the **study** behind it (claim 9, `vstar-toy why`): every option, 3 seeds, two learning rates.
+
+# %%
+import copy
+import json
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+import vstar_toy
+from vstar_toy import plots
+from vstar_toy.config import UPDATES, preset
+from vstar_toy.decoding import beam_search, decode
+from vstar_toy.pipeline import build_world, sft_policy, value_model
+from vstar_toy.rl.advantages import baseline_advantages, grpo_advantages, own_prefixes
+from vstar_toy.rl.train import train
+from vstar_toy.world.rewards import rewards
+
+PRESET = os.environ.get("VSTAR_TOY_TUTORIAL_PRESET", "cpu_demo")  # the test suite runs every tutorial on "tiny"
+cfg = preset(PRESET)
+world = build_world(cfg.world)
+sft = sft_policy(world, cfg, progress=False)  # trained on the first run of a preset, then cached on disk
+head = value_model(world, sft, cfg, progress=False)
+print(world.name, f"| {world.catalog.n_items} items | |C| = {cfg.decode.n_candidates}")
+
+# %% [markdown]
+# ## 1. The squeezing effect in one softmax
+#
+# Take the level-1 distribution of one user under the SFT policy, and one candidate whose first code
+# is unlikely. The policy-gradient step on it is `A * grad log pi(y)`. With respect to the logits,
+# `grad log pi(y) = e_y - pi`: a positive `A` raises `y` and takes the mass from every code in
+# proportion to its probability; a **negative** `A` lowers `y` and gives its mass back to every code in
+# proportion to its probability, i.e. mostly to the codes the policy already prefers (Ren & Sutherland,
+# *Learning Dynamics of LLM Finetuning*, ICLR 2025, call it the squeezing effect). For a popular-item
+# policy those are the popular branches, exactly what beam search already returns.
+
+# %%
+q = world.queries("train", n=64, seed=1)
+with torch.no_grad():
+    pi = sft.start(q.histories[:1]).logp[0].exp().double()  # (K_1,) level-1 distribution of one user
+order = torch.argsort(pi, descending=True)
+y = int(order[len(order) // 2])  # a code in the middle of the ranking: unlikely, not impossible
+logits = pi.log().clone().requires_grad_(True)
+fig, axes = plt.subplots(1, 2, figsize=(9, 2.8), sharey=True)
+for ax, a in zip(axes, (-1.0, 1.0)):
+    logits.grad = None
+    (-a * torch.log_softmax(logits, -1)[y]).backward()  # the loss of one candidate with advantage a
+    new = torch.softmax(logits.detach() - 0.5 * logits.grad, -1)  # one gradient step
+    delta = (new - pi)[order].numpy()
+    ax.bar(range(len(delta)), delta, color=["C3" if int(c) == y else "C0" for c in order])
+    ax.set_title(f"A = {a:+.0f} on code {y} (red): where the mass goes", fontsize=9)
+    ax.set_xlabel("level-1 codes, most likely first")
+axes[0].set_ylabel("change in pi")
+top = int(order[0])
+print(f"pi(top code) = {pi[top]:.3f}, pi(y) = {pi[y]:.3f}: pushing y down gives the top code "
+      f"{pi[top] / (1 - pi[y]):.0%} of what y loses")
+
+# %% [markdown]
+# ## 2. Where the group mean sits in a VED group
+#
+# Decode one batch of training users with VED (the value's candidates) and with beam search (the
+# policy's own candidates, what it returns at test time), and reward both with the learner's reward.
+# GRPO's advantage (Eq. 2) measures each VED candidate against the **VED group's mean**. That mean is
+# high: VED concentrated the set in the user's region. So about half the group gets a negative
+# advantage, and most of those negatives fall on candidates the policy would not decode itself. Against
+# the mean reward of the policy's **own beam set**, nearly all of them are better than what it decodes.
+
+# %%
+n = cfg.decode.n_candidates
+with torch.no_grad():
+    ved = decode(sft, q.histories, cfg.decode, head.bind(q))
+    own = beam_search(sft, q.histories, n, 1.0)
+r_ved = torch.as_tensor(rewards(world, cfg.rl.reward, q.users, q.targets, ved.items.numpy()), dtype=torch.float32)
+r_own = rewards(world, cfg.rl.reward, q.users, q.targets, own.items.numpy())
+b_own = torch.as_tensor((r_own * own.valid.numpy()).sum(1) / own.valid.numpy().sum(1), dtype=torch.float32)
+eq2 = grpo_advantages(r_ved, cfg.rl.adv_eps, ved.valid)
+vs_own = baseline_advantages(r_ved, b_own, cfg.rl.adv_eps, ved.valid)
+mine = own_prefixes(ved.sids.clamp_min(0), own.sids, ved.valid, own.valid)[..., -1]  # in the policy's own set
+v = ved.valid
+table = pd.DataFrame({
+    "share of VED's candidates": {
+        "with a negative advantage, Eq. 2 (group mean)": float((eq2[v] < 0).float().mean()),
+        "... of which the policy would not decode itself": float(((eq2 < 0) & ~mine)[v].float().mean()),
+        "with a negative advantage against the own beam set": float((vs_own[v] < 0).float().mean()),
+        "in the policy's own beam set": float(mine[v].float().mean()),
+    }})
+print(f"mean reward: VED group {float(r_ved[v].mean()):.3f}, the policy's own beam set {float(b_own.mean()):.3f}")
+table.round(3)
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3))
+lp = ved.logp[v].numpy()
+ax.scatter(lp, eq2[v].numpy(), s=8, label="Eq. 2: against the VED group's mean", alpha=0.6)
+ax.scatter(lp, vs_own[v].numpy(), s=8, label="against the policy's own beam set", alpha=0.6)
+ax.axhline(0, color="k", lw=0.6)
+ax.set_xlabel("log pi(y | x) of the VED candidate (SFT policy)")
+ax.set_ylabel("advantage")
+ax.legend(fontsize=7)
+ax.set_title("The same candidates, two baselines", fontsize=9)
+
+# %% [markdown]
+# ## 3. The update that pays: three runs from one start
+#
+# Beam search + GRPO, V-STAR as written (VED + GRPO + Sibling-GRPO, `update = "paper"`), and V-STAR+
+# (the same, `update = "vstar+"`: `RLConfig.baseline = "beam"`). All three share the SFT policy, the
+# value head, the training users of every step and the learning rate. Every step logs the squeezing
+# diagnostics (`rl/train.py: mass_shift`, README "Training diagnostics"): the level-1 probability of the
+# SFT policy's top code and of the user's best code, the advantage mass the group puts on those branches
+# (Eq. 2 sums to 0 over the group, not over a branch), and how much of the policy's own beam set the
+# group holds.
+
+# %%
+STEPS = 6 if PRESET == "tiny" else 40
+arms = {"beam + GRPO": cfg.replace(decode={"decoder": "beam"}, rl={"objective": "grpo"}),
+        "V-STAR (paper)": cfg.replace(decode={"decoder": "ved"}, rl={"objective": "joint", **UPDATES["paper"]}),
+        "V-STAR+ (vstar+)": cfg.replace(decode={"decoder": "ved"}, rl={"objective": "joint", **UPDATES["vstar+"]})}
+logs, policies = {}, {}
+for name, c in arms.items():
+    c = c.replace(rl={"steps": STEPS, "eval_every": max(2, STEPS // 4), "lr": 3e-4})
+    res = train(world, copy.deepcopy(sft), c, copy.deepcopy(head), progress=False)
+    logs[name], policies[name] = res.log, res.policy
+fig = plots.training_curves(logs, panels={**plots.SQUEEZING_PANELS,
+                                          "validation mean true reward, beam search": [("valid_mean_reward", "")]},
+                            ncols=5, title=f"{world.name}: {STEPS} steps at lr 3e-4")
+
+# %%
+pd.DataFrame({name: {"level-1 mass moved onto the SFT top code": log["dp_sft_top"].sum(),
+                     "level-1 mass moved onto the user's best code": log["dp_oracle_best"].sum(),
+                     "mean advantage mass on the SFT top branch": log["adv_sft_top"].mean(),
+                     "own beam set inside the group": log["beam_overlap"].mean(),
+                     "validation mean true reward (last)": log["valid_mean_reward"].dropna().iloc[-1]}
+              for name, log in logs.items()}).round(4)
+
+# %% [markdown]
+# One short run on one seed shows the mechanism, not a verdict: the numbers move with the batch. The
+# study below is what can decide.
+#
+# ## 4. The study (claim 9)
+#
+# `vstar-toy why --out runs/why` (`experiments/claims.py: claim_9`) trains, from one SFT policy per seed
+# and 3 seeds, beam search + GRPO, V-STAR as written, and V-STAR with one change each: the learner sees
+# the true reward; negatives of candidates outside the policy's own beam set dropped; TOPR's taper; the
+# beam-set baseline; both of those two; a mixed group (half beam search, half VED); the paper's public
+# code's reward; the public code's decoder (a value-reranked top-8 tree). Each at the recipe's learning
+# rate and at 3e-4, tested by beam search (and by VED) on every test user. The corrected arm is chosen on
+# validation users, and then compared with beam search + GRPO on the test users. The committed run:
+
+# %%
+results = Path(vstar_toy.__file__).resolve().parents[1] / "docs" / "results" / "why"
+if (results / "claim_9.csv").exists():
+    study = pd.read_csv(results / "claim_9.csv")
+    keep = ["mean_reward", "VED mean_reward", "valid mean_reward", "moved sft_top", "mean beam_overlap"]
+    wide = study[study.metric.isin(keep)].pivot(index="arm", columns="metric", values="mean")[keep]
+    print(json.loads((results / "summary.json").read_text())["claims"][0]["comparisons_truth"][0])
+    display_table = wide.sort_values("valid mean_reward", ascending=False).round(4)
+else:
+    display_table = "run `vstar-toy why --out runs/why` to make the study's table"
+display_table
