@@ -181,12 +181,13 @@ pd.DataFrame({name: {"level-1 mass moved onto the SFT top code": log["dp_sft_top
 
 # %%
 results = Path(vstar_toy.__file__).resolve().parents[1] / "docs" / "results" / "why"
+keep = ["mean_reward", "VED mean_reward", "valid mean_reward", "moved sft_top", "mean beam_overlap"]
 if (results / "claim_9.csv").exists():
     study = pd.read_csv(results / "claim_9.csv")
-    keep = ["mean_reward", "VED mean_reward", "valid mean_reward", "moved sft_top", "mean beam_overlap"]
     wide = study[study.metric.isin(keep)].pivot(index="arm", columns="metric", values="mean")[keep]
+    wide = wide.sort_values("valid mean_reward", ascending=False)
     print(json.loads((results / "summary.json").read_text())["claims"][0]["comparisons_truth"][0])
-    display_table = wide.sort_values("valid mean_reward", ascending=False).round(4)
 else:
-    display_table = "run `vstar-toy why --out runs/why` to make the study's table"
-display_table
+    print("run `vstar-toy why --out runs/why` to make the study's table")
+    wide = pd.DataFrame(columns=keep)
+wide.round(4)
