@@ -14,6 +14,9 @@ import torch
 # run dozens of times slower on a busy machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Real data embeds its titles with TF-IDF in the tests (fast, no sentence encoder needed); the sentence
+# encoder has its own test in test_amazon.py.
+os.environ.setdefault("VSTAR_TOY_ENCODER", "tfidf")
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]

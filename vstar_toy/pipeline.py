@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 from . import checkpoint, files
 from .config import Config, WorldConfig
+from .files import cache_root
 from .policy.base import SIDPolicy
 from .policy.tiny import TinyPolicy
 from .policy.value import ValueHead
@@ -34,10 +34,6 @@ from .rl.value_learning import pretrain_value
 from .world import World
 
 CACHE_VERSION = 4  # part of every cache key: bump it when a model's architecture or training changes
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("VSTAR_TOY_CACHE", ".cache/vstar_toy"))
 
 
 @functools.lru_cache(maxsize=16)

