@@ -193,6 +193,7 @@ class SFTConfig:
 
 
 VALUE_INPUTS = ("semantic", "backbone")
+VALUE_USERS = ("mean", "mean+last")
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,12 @@ class ValueConfig:
     embeddings: the history's mean and the centroid of the items under the prefix; the toy's stand-in
     for an LLM that knows items by their text) or "backbone" (the backbone's states and the head's own
     code embeddings only, the paper's literal head on an id-only backbone; kept to measure the gap)."""
+    user: str = "mean"
+    """How the semantic head sees the user: "mean" (the mean embedding of the history's items) or
+    "mean+last" (and, beside it, the latest history item's embedding with its own cosine to the prefix:
+    on real data, whose histories are ordered, the latest item says more about the next one than the
+    mean does; a synthetic world's histories are unordered draws of one taste). Chosen on validation
+    users (README, "Amazon Office")."""
     hidden: int = 64
     """Width of the head's hidden layers, >= 4."""
     gamma: float = 0.99
@@ -226,6 +233,7 @@ class ValueConfig:
 
     def __post_init__(self) -> None:
         _one_of(self, "inputs", VALUE_INPUTS)
+        _one_of(self, "user", VALUE_USERS)
         _int_at_least(self, "hidden", 4)
         _number_in(self, "gamma", 0, 1, lo_open=True)
         w = self.step_weights

@@ -9,7 +9,8 @@ state, and neither forwards it (``decoding/ved.py`` counts the budget by that ru
 Two variants (``ValueConfig.inputs``), so that what the items' meaning adds stays measurable:
 
 - ``"semantic"`` (the default): the items' semantics beside the backbone. The user's side is the mean
-  embedding of the history items; the prefix's side is the centroid of the catalog items below
+  embedding of the history items (and with ``ValueConfig.user = "mean+last"`` the latest item's
+  embedding beside it); the prefix's side is the centroid of the catalog items below
   y_<=l (the catalog-wide version of Eq. 7's prefix embedding; a full SID's centroid is its item's
   embedding). An MLP reads both, their product and cosine, the depth, and the parent's backbone state
   (a projection initialised to zero: the head starts from the semantics and learns what the backbone
@@ -61,6 +62,9 @@ class ValueHead(nn.Module):
             self.register_buffer("child", torch.as_tensor(catalog.child), persistent=False)
             self.register_buffer("centroid", torch.as_tensor(catalog.node_centroids), persistent=False)
             n_in = 3 * catalog.embeddings.shape[1] + 2 + self.levels  # u, c, u * c, cos, |c|, one-hot depth
+            if cfg.user == "mean+last":
+                n_in += 2 * catalog.embeddings.shape[1] + 1  # the latest item: e, e * c, cos
+                self.last_scale = nn.Parameter(torch.zeros(self.levels))  # a per-depth term in cos(e_last, c)
             self.inp = nn.Linear(n_in, d)
             nn.init.zeros_(self.proj.weight)  # start from the semantics; learn what the backbone adds
             self.mlp = nn.Sequential(nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
@@ -133,11 +137,16 @@ class ValueHead(nn.Module):
         c = self.centroid[node]  # (N, D)
         cn = F.normalize(c, dim=-1)
         cos = (user * cn).sum(-1, keepdim=True)
-        x = torch.cat([user, cn, user * cn, cos, c.norm(dim=-1, keepdim=True),
-                       F.one_hot(depth - 1, self.levels).float()], -1)
-        z = self.inp(x) + self.proj(h_parent.detach().float())
+        parts = [user, cn, user * cn, cos, c.norm(dim=-1, keepdim=True), F.one_hot(depth - 1, self.levels).float()]
         li = depth - 1
-        return self.mlp(z).squeeze(-1) + self.cos_scale[li] * cos.squeeze(-1) + self.cos_bias[li]
+        extra = 0.0
+        if self.cfg.user == "mean+last":  # the latest history item (histories are left-padded: the last column)
+            last = F.normalize(self.item_emb[ctx.items[:, -1].to(self.item_emb.device).clamp_min(0)], dim=-1)[query]
+            cos_last = (last * cn).sum(-1, keepdim=True)
+            parts += [last, last * cn, cos_last]
+            extra = self.last_scale[li] * cos_last.squeeze(-1)
+        z = self.inp(torch.cat(parts, -1)) + self.proj(h_parent.detach().float())
+        return self.mlp(z).squeeze(-1) + self.cos_scale[li] * cos.squeeze(-1) + self.cos_bias[li] + extra
 
     def _backbone(self, before, tokens, query, ctx, depth):
         n, L = tokens.shape
