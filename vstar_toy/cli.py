@@ -130,12 +130,15 @@ def sft(out: Annotated[Path, typer.Option(help="checkpoint directory to write")]
 ValueInputs = Annotated[str | None, typer.Option(
     "--value-inputs", help="what V_phi reads besides the backbone: semantic (the items' embeddings; default) or "
     "backbone (the backbone's states only)")]
+ValueUser = Annotated[str | None, typer.Option(
+    "--value-user", help="how the semantic V_phi sees the user: mean (of the history's embeddings) or mean+last "
+    "(and the latest item's)")]
 
 
 @app.command()
 def value(policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
           data: Data = None, steps: Annotated[int | None, typer.Option(help="TD steps")] = None,
-          value_inputs: ValueInputs = None,
+          value_inputs: ValueInputs = None, value_user: ValueUser = None,
           queries: Annotated[int, typer.Option(help="validation users of the Spearman measurement")] = 256,
           as_json: AsJson = False, quiet: Quiet = False):
     """Pre-train the value head V_phi by TD (Eq. 9) and measure it (Fig. 3's protocol on validation users):
@@ -152,8 +155,7 @@ def value(policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: 
     cfg, w = load(preset_name, mismatch, seed, data)
     if steps is not None:
         cfg = cfg.replace(value={"pretrain_steps": steps})
-    if value_inputs is not None:
-        cfg = cfg.replace(value={"inputs": value_inputs})
+    cfg = cfg.overlay(value={"inputs": value_inputs, "user": value_user})
     say = say_to(quiet)
     if policy is not None:
         pol = checkpoint.load_policy(policy, w)
@@ -169,7 +171,8 @@ def value(policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: 
         head = value_model(w, pol, cfg, None, progress=not quiet, say=lambda m: (notes.append(m), say(m)))
         seconds, trained = time.perf_counter() - t0, not any("reusing" in n for n in notes)
     rho = value_quality(w, pol, w.queries("valid", n=queries), scorers(w, head))
-    out = {"world": w.name, "inputs": cfg.value.inputs, "pretrain_steps": cfg.value.pretrain_steps,
+    out = {"world": w.name, "embedding": w.embedding, "inputs": cfg.value.inputs, "user": cfg.value.user,
+           "pretrain_steps": cfg.value.pretrain_steps,
            "trained": trained, "seconds": round(seconds, 1), "queries": queries,
            "spearman": {k: [round(x, 4) for x in v] for k, v in rho.items()}}
     if as_json:
@@ -219,7 +222,7 @@ def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature, v
            value_kind: Annotated[str, typer.Option("--value", help="what VED ranks prefixes by: learned (V_phi), "
                                                    "oracle (the world's true prefix value; synthetic worlds only), "
                                                    "logp or cosine")] = "learned",
-           value_inputs: ValueInputs = None,
+           value_inputs: ValueInputs = None, value_user: ValueUser = None,
            candidates: Annotated[int | None, typer.Option(help="|C|, candidates per query (default: the preset's)")]
            = None,
            budget_x: Annotated[float | None, typer.Option(
@@ -242,7 +245,7 @@ def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature, v
     say = say_to(quiet)
     cfg = decode_options(cfg, w, say, decoder=decoder, n_candidates=candidates, budget_x=budget_x,
                          warm_beam=warm_beam, priority=priority, rerank_width=rerank_width
-                         ).overlay(value={"inputs": value_inputs})
+                         ).overlay(value={"inputs": value_inputs, "user": value_user})
     test = test_split(w, queries)
     guided = decoder in VALUE_DECODERS
     scorer = make_value(value_kind, w, head=None) if guided and value_kind != "learned" else None

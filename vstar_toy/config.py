@@ -150,6 +150,10 @@ class PolicyConfig:
     """Attention heads, >= 1."""
     dropout: float = 0.0
     """Dropout in [0, 0.9); 0 keeps SFT deterministic and fast."""
+    item_text: bool = False
+    """Add each history item's text embedding (the catalog's, frozen, through a learned projection) to
+    its SID tokens: the toy's version of an LLM that reads the items' titles in the prompt. False: the
+    policy knows items by their SID tokens only. Chosen on validation users (README, "Amazon Office")."""
     seed: int = 0
     """Seed of the initial weights, >= 0."""
 
@@ -160,6 +164,8 @@ class PolicyConfig:
         if self.d_model % self.n_heads:
             _fail(self, "n_heads", f"a divisor of d_model = {self.d_model}")
         _number_in(self, "dropout", 0, 0.9, hi_open=True)
+        if not isinstance(self.item_text, bool):
+            _fail(self, "item_text", "True or False")
         _int_at_least(self, "seed", 0)
 
 

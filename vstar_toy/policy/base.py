@@ -142,8 +142,10 @@ class SIDPolicy(nn.Module):
     # -- pieces a backbone supplies ----------------------------------------------------------------
     hidden_size: int
 
-    def _encode(self, tokens, levels, slots, mask) -> tuple[torch.Tensor, object]:
-        """Causal pass over (B, T) tokens; returns hidden (B, T, d) and the per-layer cache."""
+    def _encode(self, tokens, levels, slots, mask, items=None) -> tuple[torch.Tensor, object]:
+        """Causal pass over (B, T) tokens; returns hidden (B, T, d) and the per-layer cache. ``items``
+        (B, T): the catalog item each token belongs to (-1 for none), for a backbone that reads the
+        items' text (``PolicyConfig.item_text``); others ignore it."""
         raise NotImplementedError
 
     def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots):
@@ -197,6 +199,10 @@ class SIDPolicy(nn.Module):
         flat = (lambda t: t.reshape(b, h * (self.levels + 1)))  # noqa: E731
         return flat(tokens), flat(levels), flat(slots), flat(mask), real.sum(1)
 
+    def token_items(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, H * (L+1)) the item of every token of ``item_tokens``' layout (-1 at padding)."""
+        return items.repeat_interleave(self.levels + 1, dim=1)
+
     # -- restricted log-probabilities --------------------------------------------------------------
     def restricted_logp(self, hidden: torch.Tensor, level: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
         """(N, K_max) log pi(code | prefix) over valid children of ``node``; -inf elsewhere.
@@ -227,7 +233,7 @@ class SIDPolicy(nn.Module):
         """The prompt prefill: a causal pass over the contexts (B, H item ids, -1 left-padded)."""
         items = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=self.device)
         tokens, levels, slots, mask, next_slot = self.item_tokens(items)
-        ctx_hidden, kv = self._encode(tokens, levels, slots, mask)
+        ctx_hidden, kv = self._encode(tokens, levels, slots, mask, self.token_items(items))
         return Context(kv=kv, mask=mask, next_slot=next_slot, hidden=ctx_hidden, items=items)
 
     def start(self, histories: np.ndarray | torch.Tensor) -> State:

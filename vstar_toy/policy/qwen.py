@@ -273,7 +273,7 @@ class QwenPolicy(SIDPolicy):
     def _dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
 
-    def _encode(self, tokens, levels, slots, mask):
+    def _encode(self, tokens, levels, slots, mask, items=None):  # the backbone reads SID tokens only
         t = tokens.shape[1]
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)  # real tokens only; pads sit at 0
         causal = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()

@@ -63,6 +63,11 @@ class TinyPolicy(SIDPolicy):
         self.blocks = nn.ModuleList([Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, self.n_codes, bias=False)  # the code rows of all levels
+        self.text_proj = None
+        if cfg.item_text:  # the history items' frozen text embeddings, projected into the token space
+            self.register_buffer("item_text", torch.as_tensor(catalog.embeddings, dtype=torch.float32),
+                                 persistent=False)
+            self.text_proj = nn.Linear(catalog.embeddings.shape[1], d, bias=False)
         self.apply(self._init)
 
     @staticmethod
@@ -72,13 +77,17 @@ class TinyPolicy(SIDPolicy):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def _embed(self, tokens, levels, slots) -> torch.Tensor:
-        return self.tok_emb(tokens) + self.level_emb(levels) + self.slot_emb(slots.clamp_max(MAX_SLOTS - 1))
+    def _embed(self, tokens, levels, slots, items=None) -> torch.Tensor:
+        x = self.tok_emb(tokens) + self.level_emb(levels) + self.slot_emb(slots.clamp_max(MAX_SLOTS - 1))
+        if self.text_proj is not None and items is not None:  # every token of a history item: + its text
+            text = self.text_proj(self.item_text[items.clamp_min(0)])
+            x = x + torch.where(items[..., None] >= 0, text, 0.0)
+        return x
 
     # -- backbone pieces -------------------------------------------------------------------------
-    def _encode(self, tokens, levels, slots, mask):
+    def _encode(self, tokens, levels, slots, mask, items=None):
         b, t = tokens.shape
-        x = self._embed(tokens, levels, slots)
+        x = self._embed(tokens, levels, slots, items)
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         att_mask = causal[None] & mask[:, None, :]  # (B, T, T): causal, padding keys hidden
         att_mask = att_mask | torch.eye(t, dtype=torch.bool, device=x.device)[None]  # pads see themselves
@@ -165,7 +174,8 @@ def naive_logprobs(policy: SIDPolicy, histories, sids: torch.Tensor) -> torch.Te
     pad = (sids < 0).any(-1).reshape(n)  # (N,)
     flat = torch.where(pad[:, None], policy.item_sids[0], sids.reshape(n, L))  # (N, L)
     # 1. one row per candidate: its own copy of the prompt, then [SEP, y_1 .. y_{L-1}]
-    tokens, levels, slots, mask, next_slot = policy.item_tokens(items.repeat_interleave(c, 0))  # (N, T)
+    prompt_items = items.repeat_interleave(c, 0)
+    tokens, levels, slots, mask, next_slot = policy.item_tokens(prompt_items)  # (N, T)
     lv = torch.arange(L, device=policy.device)
     gen = torch.cat([torch.full((n, 1), SEP, device=policy.device), policy.code_token(lv[:-1], flat[:, :-1])], 1)
     tokens = torch.cat([tokens, gen], 1)  # (N, T + L)
@@ -173,7 +183,8 @@ def naive_logprobs(policy: SIDPolicy, histories, sids: torch.Tensor) -> torch.Te
     slots = torch.cat([slots, next_slot[:, None].expand(-1, L)], 1)
     mask = torch.cat([mask, torch.ones(n, L, dtype=torch.bool, device=policy.device)], 1)
     # 2. one causal pass over every row; the last L positions predict y_1 .. y_L
-    hidden, _ = policy._encode(tokens, levels, slots, mask)
+    token_items = torch.cat([policy.token_items(prompt_items), torch.full((n, L), -1, device=policy.device)], 1)
+    hidden, _ = policy._encode(tokens, levels, slots, mask, token_items)
     hidden = hidden[:, -L:]  # (N, L, d)
     # 3. restricted log-probs along each path, as logprobs computes them
     node = torch.zeros(n, dtype=torch.long, device=policy.device)

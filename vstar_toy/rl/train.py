@@ -125,8 +125,12 @@ def training_state(policy: torch.nn.Module, cfg: Config, value_head=None) -> Tra
 
 def _identity(cfg_json: str) -> dict:
     """What makes two runs the same run: the config and world, but not rl.steps, so that a finished
-    run can be extended with more steps."""
+    run can be extended with more steps. A field that the stored config lacks (written before the
+    field existed) counts as its default, which is what that run ran with."""
     run = json.loads(cfg_json)
+    for stage, fields in run["config"].items():
+        defaults = {f.name: f.default for f in dataclasses.fields(Config.__dataclass_fields__[stage].default_factory)}
+        run["config"][stage] = {**json.loads(json.dumps(defaults, default=str)), **fields}
     run["config"]["rl"].pop("steps", None)
     return run
 
