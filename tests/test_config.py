@@ -106,6 +106,13 @@ BAD = [
     (RLConfig, "eval_every", 0, "an integer >= 1"),
     (RLConfig, "eval_queries", 0, "an integer >= 1"),
     (RLConfig, "seed", -1, "an integer >= 0"),
+    (RLConfig, "baseline", "median", "one of group, beam"),
+    (RLConfig, "negatives", "clip", "one of keep, drop, topr"),
+    (RLConfig, "group", "both", "one of decoder, mix"),
+    (RLConfig, "kl_estimator", "k4", "one of k3, k1, k2"),
+    (DecodeConfig, "rerank_width", 0, "an integer >= 1"),
+    (ValueConfig, "user", "last", "one of mean, mean+last"),
+    (PolicyConfig, "item_text", 1, "True or False"),
 ]
 
 
