@@ -129,7 +129,7 @@ def _identity(cfg_json: str) -> dict:
     field existed) counts as its default, which is what that run ran with."""
     run = json.loads(cfg_json)
     for stage, fields in run["config"].items():
-        defaults = {f.name: f.default for f in dataclasses.fields(Config.__dataclass_fields__[stage].default_factory)}
+        defaults = dataclasses.asdict(Config.__dataclass_fields__[stage].default_factory())  # e.g. RLConfig()
         run["config"][stage] = {**json.loads(json.dumps(defaults, default=str)), **fields}
     run["config"]["rl"].pop("steps", None)
     return run
