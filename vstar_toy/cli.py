@@ -258,6 +258,7 @@ def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature, v
     if guided:
         metrics["value"] = value_kind
     metrics["world"] = w.name
+    metrics["embedding"] = w.embedding
     if as_json:
         print(json.dumps(metrics))
     else:

@@ -48,7 +48,8 @@ def _run_claims(claims: list[int], runner: Runner, label: str) -> dict:
         runner.say(f"claim {c}: {df.attrs['verdict']}")
     seconds = time.perf_counter() - t0
     header = (f"{label or 'synthetic world'}; policy: {backbone or 'tiny transformer'}; {settings.seeds} seed(s); "
-              f"{'quick' if settings.quick else 'full'} settings: {settings}.")
+              f"{'quick' if settings.quick else 'full'} settings: {settings}. Item embeddings (what the semantic "
+              f"reward and the value read): {runner.world(0).embedding}.")
     report = write_report(frames, runner, out, header, seconds)
 
     def clean(v):
