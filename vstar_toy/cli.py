@@ -69,7 +69,7 @@ def load(preset_name: str, mismatch: float | None, seed: int | None, data: str |
         return cfg, build_world(cfg.world)
     if mismatch is not None or seed is not None:
         raise ValueError("--mismatch and --seed shape the synthetic world; they do not apply with --data")
-    return cfg, load_data(data)
+    return cfg.for_real_data(), load_data(data)
 
 
 def say_to(quiet: bool):

@@ -468,6 +468,13 @@ class Config:
         changed = {name: dataclasses.replace(getattr(self, name), **kw) for name, kw in stages.items()}
         return dataclasses.replace(self, **changed)
 
+    def for_real_data(self) -> Config:
+        """This config with the choices made for real data on its validation users (``REAL_DATA``): how
+        the value sees the user and whether the policy reads the items' text. Real histories are ordered
+        and real items have titles; a synthetic world's histories are unordered draws of one taste, and
+        its policy is meant to know items by their ids alone, so the presets leave both off."""
+        return self.replace(**REAL_DATA)
+
     def overlay(self, **stages: dict) -> Config:
         """``replace`` with the fields given as None left as they are: how the command line, the
         explorer and the experiments lay the options a user gave over a preset (an option not given
@@ -477,6 +484,11 @@ class Config:
         8
         """
         return self.replace(**{name: {k: v for k, v in kw.items() if v is not None} for name, kw in stages.items()})
+
+
+REAL_DATA: dict[str, dict] = {}
+"""The stages' fields that ``Config.for_real_data`` sets (README, "Amazon Office": chosen on Office's
+validation users)."""
 
 
 class presets:  # noqa: N801  (a namespace of named constructors, read as `presets.paper()`)

@@ -108,6 +108,8 @@ class Runner:
                  say: Callable[[str], None] | None = None, world_loader: Callable | None = None,
                  backbone: str | None = None):
         self.base = quick_config(base) if settings.quick else base
+        if world_loader is not None:
+            self.base = self.base.for_real_data()
         self.settings = settings
         self.out = Path(out)
         self.progress = progress
