@@ -9,6 +9,7 @@
     vstar-toy reproduce --quick --out runs/reproduce --json
                                                   the paper's claims, verdicts and report.md
     vstar-toy why     --out runs/why              why the learning half fails, and the update that pays
+    vstar-toy baselines --data amazon18-office    popular, content-NN, transitions, SFT: what to beat
     vstar-toy demo    --out runs/demo             the whole story in a few minutes
 
 ``--data amazon18-office`` (or a MiniOneRec-format directory) runs sft, value, decode, train and
@@ -414,6 +415,29 @@ def why(out: Annotated[Path, typer.Option(help="report.md, claim_9.csv and the r
     V-STAR as written, at the recipe's learning rate and at 3e-4, tested by beam search and by VED."""
     reproduce(out=out, claims="9", seeds=seeds, quick=quick, test_queries=test_queries, preset_name=preset_name,
               data=data, backbone=None, as_json=as_json, quiet=quiet)
+
+
+@app.command()
+def baselines(data: Data = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
+              policy: PolicyDir = None, queries: Annotated[int | None, typer.Option(help="test users (default: all)")]
+              = None, as_json: AsJson = False, quiet: Quiet = False):
+    """Non-generative baselines on the test split (most popular, the latest item's content nearest
+    neighbours, item-to-item transitions) beside the SFT policy by beam search: HR@K and NDCG@K with 95%
+    intervals over users (vstar_toy/baselines.py). What a trained policy should at least beat."""
+    from .baselines import KS, baselines_table
+    from .pipeline import sft_policy
+
+    cfg, w = load(preset_name, mismatch, seed, data)
+    test = test_split(w, queries)
+    pol = sft_policy(w, cfg, policy, progress=not quiet, say=say_to(quiet))
+    table = baselines_table(w, test, pol, cfg.decode)
+    if as_json:
+        print(json.dumps({"world": w.name, "embedding": w.embedding, "queries": len(test),
+                          "rows": table.to_dict(orient="records")}, default=float))
+        return
+    cols = [f"{m}@{k}" for m in ("hr", "ndcg") for k in KS]
+    print(f"{w.name}, {len(test)} test users; item embeddings: {w.embedding}")
+    print(table[["baseline", *cols]].round(4).to_string(index=False))
 
 
 @app.command()

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..baselines import KS, baselines_table
 from ..config import DecodeConfig
 from ..decoding import decode
 from ..evaluate import evaluate
@@ -225,6 +226,21 @@ NOT_COMPARABLE = (
     "reward in place of the paper's. What can be compared is the ordering of the arms and its confidence.")
 
 
+def baselines_section(runner: Runner) -> str:
+    """Markdown: the non-generative baselines and seed 0's SFT policy by beam search on the test users
+    (``vstar_toy/baselines.py``), mean [95% interval over users]."""
+    w, test = runner.world(0), runner.test_queries(0)
+    table = baselines_table(w, test, runner.sft(0), runner.config(0).decode)
+    cols = [f"{m}@{k}" for m in ("hr", "ndcg") for k in KS]
+    head = ("\n## Baselines on the same split\n\nEvery catalog item ranked for each of the "
+            f"{len(test)} test users, history items excluded (`vstar-toy baselines`; item embeddings: {w.embedding}); "
+            "the SFT policy is seed 0's, by beam search at 1x with |C| = 10. Mean [95% interval over users].\n\n"
+            "| baseline | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n")
+    return head + "".join(
+        f"| {r['baseline']} | " + " | ".join(f"{_fmt(r[c])} [{_fmt(r[c + '_low'])}, {_fmt(r[c + '_high'])}]"
+                                             for c in cols) + " |\n" for r in table.to_dict(orient="records"))
+
+
 def paper_section(frames: list[pd.DataFrame]) -> str:
     """The paper's Office rows for the claims in ``frames`` that it reports, as markdown."""
     lines = ["\n## The paper on Office, for reference\n\n" + NOT_COMPARABLE + "\n"]
@@ -284,6 +300,8 @@ def write_report(frames: list[pd.DataFrame], runner: Runner, out: Path, header: 
                      "Sibling-GRPO's (seed 0, SFT policy, training reward). Means: "
                      + "; ".join(f"{d}: global {_fmt(m['global'])}, sibling {_fmt(m['sibling'])}"
                                  for d, m in means.items()) + ".\n\n![](advantage_spread.png)\n")
+    if runner.world_loader is not None:  # real data: what a policy should beat, on the same test users
+        lines.append(baselines_section(runner))
     if runner.world_loader is not None and "office" in runner.world(0).name.lower():  # the paper reports Office
         lines.append(paper_section(frames))
     path = out / "report.md"
