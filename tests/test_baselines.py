@@ -50,3 +50,21 @@ def test_the_table_scores_every_baseline_on_the_same_users(world):
     assert df.baseline.tolist() == list(baselines.RANKERS)
     row = df.set_index("baseline").loc["transitions (latest item)"]
     assert row["hr@3"] == 1.0 and row["ndcg@3"] == pytest.approx((1 / np.log2(3) + 1 / np.log2(2)) / 2)
+
+
+def test_the_command_scores_the_baselines_of_any_minionerec_folder(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_amazon import tiny_dir  # noqa: I001  (pytest puts tests/ on sys.path)
+
+    root = tiny_dir(tmp_path / "Toy")
+    res = subprocess.run([sys.executable, "-m", "vstar_toy.cli", "baselines", "--data", str(root), "--json", "--quiet"],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "VSTAR_TOY_CACHE": str(tmp_path / "cache")})
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert [r["baseline"] for r in out["rows"]] == [*baselines.RANKERS, "SFT policy, beam search"]
+    assert out["queries"] == 2 and "TF-IDF" in out["embedding"]
