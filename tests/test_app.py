@@ -14,6 +14,8 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from vstar_toy.config import UPDATES, RLConfig  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "explorer.py"
 
@@ -217,6 +219,15 @@ def test_training_page_trains_and_compares_two_runs(open_page, runs_dir):
     configs = frame_with(at, "decode.decoder")
     assert configs.loc["decode.decoder"].tolist() == ["ved", "beam"]
     assert configs.loc["rl.objective"].tolist() == ["joint", "grpo"]
+    # the corrected update (claim 9): its own run, its options listed where they differ
+    at.radio(key="update").set_value("vstar+")
+    at.multiselect(key="compare").set_value([vstar])
+    ok(at.button(key="train").click().run())
+    plus = f"{vstar}-vstar+"
+    assert (runs_dir / plus / "metrics.csv").exists()
+    configs = frame_with(at, "decode.decoder")
+    changed = {k: v for k, v in UPDATES["vstar+"].items() if getattr(RLConfig(), k) != v}
+    assert changed and all(configs.loc[f"rl.{k}"].tolist() == [v, getattr(RLConfig(), k)] for k, v in changed.items())
 
 
 def test_training_page_opens_a_saved_run(open_page, runs_dir):

@@ -30,7 +30,7 @@ import streamlit as st
 import torch
 
 from vstar_toy import metrics, plots
-from vstar_toy.config import Config, preset
+from vstar_toy.config import UPDATES, Config, preset
 from vstar_toy.decoding import beam_search, decode
 from vstar_toy.evaluate import scorers, value_quality
 from vstar_toy.pipeline import build_world, sft_policy, value_model
@@ -308,11 +308,13 @@ class TrainSpec:
     """The policy's Adam learning rate."""
     seed: int
     """Seed of the batches and of decoding."""
+    update: str = "paper"
+    """The update's estimator, a name of ``config.UPDATES``: paper (Eq. 2 and 19 as written) or vstar+."""
 
     def name(self) -> str:
         """The run directory's name: a run is a function of its config, so equal knobs find the same run."""
         return (f"{self.decoder}-{self.objective}-{self.steps}steps-eval{self.eval_every}-b{self.batch_queries}-"
-                f"{self.reward}-lr{self.lr:g}-s{self.seed}")
+                f"{self.reward}-lr{self.lr:g}-s{self.seed}" + ("" if self.update == "paper" else f"-{self.update}"))
 
 
 def runs_root() -> Path:
@@ -329,7 +331,8 @@ def train_config(preset_name: str, spec: TrainSpec) -> Config:
     return config(preset_name).replace(
         decode={"decoder": spec.decoder},
         rl={"objective": spec.objective, "steps": spec.steps, "eval_every": spec.eval_every,
-            "batch_queries": spec.batch_queries, "reward": spec.reward, "lr": spec.lr, "seed": spec.seed})
+            "batch_queries": spec.batch_queries, "reward": spec.reward, "lr": spec.lr, "seed": spec.seed,
+            **UPDATES[spec.update]})
 
 
 def train_run(preset_name: str, spec: TrainSpec, on_step, say) -> pd.DataFrame:

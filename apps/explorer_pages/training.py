@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from vstar_toy import files, plots
-from vstar_toy.config import REWARDS
+from vstar_toy.config import REWARDS, UPDATES
 from vstar_toy.evaluate import value_quality
 from vstar_toy.rl import train as rl_train
 from vstar_toy.rl.advantages import sibling_contrast
@@ -66,9 +66,12 @@ def training_ui(settings: Settings) -> TrainingView:
                               help="what the learner sees; affinity is the oracle")
         lr = k4.select_slider("learning rate", sorted({*LEARNING_RATES, cfg.rl.lr}), value=cfg.rl.lr, key="lr")
         seed = k5.number_input("seed", 0, 10_000, cfg.rl.seed, key="train_seed")
+        update = st.radio("update", list(UPDATES), horizontal=True, key="update",
+                          help="paper: GRPO's group mean as the baseline (Eq. 2, as written); vstar+: the corrected "
+                               "V-STAR of claim 9 (tutorial 07)")
     compare = st.multiselect("compare with saved runs", saved, key="compare")
     spec = data.TrainSpec(decoder=decoder, objective=objective, steps=int(steps), eval_every=int(eval_every),
-                          batch_queries=int(batch), reward=reward, lr=float(lr), seed=int(seed))
+                          batch_queries=int(batch), reward=reward, lr=float(lr), seed=int(seed), update=update)
     return TrainingView(mode, spec, compare)
 
 
