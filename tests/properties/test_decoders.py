@@ -16,6 +16,7 @@ rankings; a sharp head makes them well separated, as a trained policy's are.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -533,3 +534,24 @@ def test_a_mixed_group_holds_the_first_set_then_the_new_items_of_the_second(case
         assert got == (a + [tuple(s) for s in extra])[:n_candidates]
         assert not mixed.valid[b, len(got):].any()
     np.testing.assert_array_equal(mixed.cost_tokens, first.cost_tokens + second.cost_tokens - 1)
+
+
+@SETTINGS
+@given(cases(max_items=40), st.integers(3, 10), st.sampled_from(["ved", "reranked"]))
+def test_ranking_by_log_pi_reorders_the_same_set(case, n_candidates, decoder):
+    """``DecodeConfig.rank = "logp"``: the value decoder's set, its cost and its log-probs are unchanged;
+    only the order is, most likely first."""
+    n_candidates = min(n_candidates, case.catalog.n_items)
+    value = OracleValue(case.world).bind(case.queries)
+    cfg = DecodeConfig(decoder=decoder, n_candidates=n_candidates, warm_beam=max(1, n_candidates // 2),
+                       seed=case.seed)
+    by_value = decode(case.policy, case.histories, cfg, value)
+    by_logp = decode(case.policy, case.histories, dataclasses.replace(cfg, rank="logp"), value)
+    np.testing.assert_array_equal(by_value.cost_tokens, by_logp.cost_tokens)
+    for b in range(len(case.histories)):
+        a, lp_a = valid_sets(by_value, b)
+        c, lp_c = valid_sets(by_logp, b)
+        assert a == c
+        got = by_logp.logp[b][by_logp.valid[b]].numpy()
+        assert (np.diff(got) <= 1e-6).all()  # most likely first
+        assert not by_logp.valid[b, int(by_logp.valid[b].sum()):].any()  # padding last

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import DecodeConfig
+from ..config import VALUE_DECODERS, DecodeConfig
 from .beam import beam_search
 from .reranked import reranked_decode
 from .sampling import sample
@@ -55,7 +55,8 @@ def decode(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets
         raise ValueError(
             f"n_candidates = {cfg.n_candidates} is invalid: the catalog holds only {policy.catalog.n_items} items"
         )
-    return DECODERS[cfg.decoder](policy, histories, cfg, value_fn)
+    out = DECODERS[cfg.decoder](policy, histories, cfg, value_fn)
+    return out.ranked_by_logp() if cfg.rank == "logp" and cfg.decoder in VALUE_DECODERS else out
 
 
 __all__ = ["CandidateSets", "DECODERS", "PrefixTree", "beam_search", "budget_tokens", "decode", "reranked_decode",

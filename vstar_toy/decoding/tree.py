@@ -8,6 +8,7 @@ it, Sibling-GRPO groups over the candidate SIDs it produced, and ``to_frame`` sh
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,6 +155,16 @@ class CandidateSets:
     @property
     def n_candidates(self) -> int:
         return self.sids.shape[1]
+
+    def ranked_by_logp(self) -> CandidateSets:
+        """The same sets, each ranked by log pi(y|x), most likely first (padding last): how the value
+        decoders rank their candidates with ``DecodeConfig.rank = "logp"``. The sets, their trees and
+        their costs are unchanged; only the order that HR@K and NDCG@K read is."""
+        order = torch.sort(torch.where(self.valid, self.logp, float("-inf")), dim=1, descending=True,
+                           stable=True).indices
+        take = lambda x: x.gather(1, order if x.dim() == 2 else order[..., None].expand_as(x))  # noqa: E731
+        return dataclasses.replace(self, sids=take(self.sids), items=take(self.items), valid=take(self.valid),
+                                   logp=take(self.logp), token_logp=take(self.token_logp))
 
     def stats(self) -> dict[str, float]:
         """Budget bookkeeping as the CLI prints it."""

@@ -1,10 +1,16 @@
-"""Issue 21 measurements on Office validation users: embedding x item_text for SFT; value user mean vs mean+last."""
-import json, sys, time
-import numpy as np
-from vstar_toy.config import preset, DecodeConfig
-from vstar_toy.world.amazon import load_world
-from vstar_toy.pipeline import sft_policy, value_model
+"""The choices of issue 21 on Office's validation users (choices.md): per title embedding, the SFT policy
+with and without the items' text, and per policy the value seeing the history's mean, or the mean and the
+latest item: Spearman per level (Fig. 3's protocol) and VED at 1x. `python measure.py minilm,tfidf`."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from vstar_toy.config import DecodeConfig, preset
 from vstar_toy.evaluate import evaluate, scorers, value_quality
+from vstar_toy.pipeline import sft_policy, value_model
+from vstar_toy.world.amazon import load_world
 
 out = {}
 cfg0 = preset("cpu_demo")
@@ -27,4 +33,4 @@ for enc in sys.argv[1].split(","):
             out[key][f"value {user}"] = {"rho": {k: [round(x, 4) for x in v] for k, v in rho.items()},
                                          "ved_valid_hr@10": vm["hr@10"], "ved_valid_ndcg@10": vm["ndcg@10"]}
             print(key, user, out[key][f"value {user}"], flush=True)
-json.dump(out, open(f"/tmp/office/measure_{sys.argv[1].replace(',', '_')}.json", "w"), indent=1)
+json.dump(out, open(Path(__file__).with_name("measure.json"), "w"), indent=1)
