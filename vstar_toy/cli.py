@@ -233,6 +233,9 @@ def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature, v
            priority: Annotated[str | None, typer.Option(help="VED expansion rule: G, V or H (Table 3)")] = None,
            rerank_width: Annotated[int | None, typer.Option(
                help="b of the reranked decoder (default: the widest tree within the budget)")] = None,
+           rank: Annotated[str | None, typer.Option(
+               help="how ved and reranked rank their set: value (the paper) or logp (default: the preset's; "
+                    "logp on real data)")] = None,
            queries: Annotated[int | None, typer.Option(help="test users to decode (default: all)")] = None,
            policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
            data: Data = None, backbone: Backbone = None, as_json: AsJson = False, quiet: Quiet = False):
@@ -245,7 +248,7 @@ def decode(decoder: Annotated[str, typer.Option(help="beam, topk, temperature, v
     cfg, w = load(preset_name, mismatch, seed, data)
     say = say_to(quiet)
     cfg = decode_options(cfg, w, say, decoder=decoder, n_candidates=candidates, budget_x=budget_x,
-                         warm_beam=warm_beam, priority=priority, rerank_width=rerank_width
+                         warm_beam=warm_beam, priority=priority, rerank_width=rerank_width, rank=rank
                          ).overlay(value={"inputs": value_inputs, "user": value_user})
     test = test_split(w, queries)
     guided = decoder in VALUE_DECODERS
