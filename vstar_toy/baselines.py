@@ -105,7 +105,8 @@ RANKERS = {"popular": most_popular, "content-NN (latest item)": content_nn, "tra
 
 def baselines_table(world: World, queries: Queries, policy=None, decode_cfg=None) -> pd.DataFrame:
     """One row per baseline (and the SFT policy by beam search when ``policy`` is given): HR@K and
-    NDCG@K for K in 3, 5, 10, each the mean over ``queries`` with its 95% interval over users."""
+    NDCG@K for K in 3, 5, 10, each the mean over ``queries`` with its 95% interval over users; with a
+    policy, also the SFT policy's HR@10 and NDCG@10 minus the baseline's, paired by user."""
     ranked = {name: fn(world, queries, max(KS)) for name, fn in RANKERS.items()}
     if policy is not None:
         import dataclasses
@@ -118,12 +119,19 @@ def baselines_table(world: World, queries: Queries, policy=None, decode_cfg=None
         _, sets = evaluate(world, policy, queries, cfg)
         ranked["SFT policy, beam search"] = np.concatenate([c.items.numpy() for c in sets])
     rows = []
+    sft = ranked.get("SFT policy, beam search")
     for name, items in ranked.items():
         row = {"baseline": name}
         for k in KS:
             for metric, fn in (("hr", hit_rate), ("ndcg", ndcg)):
                 mean, low, high = mean_ci(fn(items, queries.targets, k))
                 row |= {f"{metric}@{k}": mean, f"{metric}@{k}_low": low, f"{metric}@{k}_high": high}
+        if sft is not None:  # the SFT policy minus this baseline, paired by user
+            for metric, fn in (("hr", hit_rate), ("ndcg", ndcg)):
+                diff = fn(sft, queries.targets, 10) - fn(items, queries.targets, 10)
+                mean, low, high = mean_ci(diff)
+                row |= {f"SFT - it, {metric}@10": mean, f"SFT - it, {metric}@10_low": low,
+                        f"SFT - it, {metric}@10_high": high}
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -438,9 +438,10 @@ def baselines(data: Data = None, preset_name: Preset = "cpu_demo", mismatch: Mis
         print(json.dumps({"world": w.name, "embedding": w.embedding, "queries": len(test),
                           "rows": table.to_dict(orient="records")}, default=float))
         return
-    cols = [f"{m}@{k}" for m in ("hr", "ndcg") for k in KS]
+    cols = [f"{m}@{k}" for m in ("hr", "ndcg") for k in KS] + ["SFT - it, hr@10", "SFT - it, ndcg@10"]
     print(f"{w.name}, {len(test)} test users; item embeddings: {w.embedding}")
     print(table[["baseline", *cols]].round(4).to_string(index=False))
+    print("'SFT - it': the SFT policy's score minus the baseline's, paired by user (its 95% interval in --json)")
 
 
 @app.command()

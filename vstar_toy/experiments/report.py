@@ -231,10 +231,11 @@ def baselines_section(runner: Runner) -> str:
     (``vstar_toy/baselines.py``), mean [95% interval over users]."""
     w, test = runner.world(0), runner.test_queries(0)
     table = baselines_table(w, test, runner.sft(0), runner.config(0).decode)
-    cols = [f"{m}@{k}" for m in ("hr", "ndcg") for k in KS]
+    cols = [f"{m}@{k}" for m in ("hr", "ndcg") for k in KS] + ["SFT - it, hr@10", "SFT - it, ndcg@10"]
     head = ("\n## Baselines on the same split\n\nEvery catalog item ranked for each of the "
             f"{len(test)} test users, history items excluded (`vstar-toy baselines`; item embeddings: {w.embedding}); "
-            "the SFT policy is seed 0's, by beam search at 1x with |C| = 10. Mean [95% interval over users].\n\n"
+            "the SFT policy is seed 0's, by beam search at 1x with |C| = 10. Mean [95% interval over users]; "
+            "'SFT - it': the SFT policy's score minus the baseline's, paired by user.\n\n"
             "| baseline | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n")
     return head + "".join(
         f"| {r['baseline']} | " + " | ".join(f"{_fmt(r[c])} [{_fmt(r[c + '_low'])}, {_fmt(r[c + '_high'])}]"
