@@ -19,17 +19,19 @@
 # toolkit it did not: trained on VED's candidates with GRPO + Sibling-GRPO as written (V-STAR), the
 # policy ended *worse* for beam search than one trained on beam search's own candidates (full
 # reproduction: mean true reward 0.284 against 0.335, from 0.254 at SFT), and training on the oracle
-# reward made it worse still. This notebook takes the failure apart:
+# reward made it worse still. This notebook takes the failure apart, with two suspects in mind:
 #
-# 1. the **squeezing effect** in one softmax: pushing down an unlikely token moves its mass onto the
-#    tokens the policy already prefers;
-# 2. **where GRPO's group mean sits** in a VED group: inside the user's region, so half of VED's
-#    good-but-unlikely items get negative advantages, while against what the policy would decode itself
-#    (its own beam set) nearly all of them are better;
-# 3. **the update that pays**: the same VED candidates, the group advantage measured against the
-#    policy's own beam set (`RLConfig.baseline = "beam"`, the "vstar+" update), trained beside V-STAR as
-#    written and beam search + GRPO, with the per-step diagnostics that tell the story;
-# 4. the **study** behind it (claim 9, `vstar-toy why`): every option, 3 seeds, two learning rates.
+# 1. the **squeezing effect** (Ren & Sutherland, *Learning Dynamics of LLM Finetuning*, ICLR 2025): pushing
+#    down an unlikely token of a softmax moves its mass onto the tokens the policy already prefers, i.e. onto
+#    the popular branches beam search already returns;
+# 2. **where GRPO's group mean sits** in a VED group: inside the user's region. Eq. 2's advantages sum to 0
+#    over the group, so a group that lies almost wholly in the user's best branch puts almost no net push on
+#    that branch: it can say "this item beats that one", not "this region beats what you would decode".
+#
+# Then the update that pays: the same VED candidates, the group advantage measured against the policy's
+# own beam set (`RLConfig.baseline = "beam"`, the "vstar+" update), trained beside V-STAR as written and
+# beam search + GRPO, with the per-step diagnostics that tell the two suspects apart; and the study behind
+# it (claim 9, `vstar-toy why`): every option, 3 seeds, two learning rates.
 
 # %%
 import copy
@@ -58,15 +60,14 @@ head = value_model(world, sft, cfg, progress=False)
 print(world.name, f"| {world.catalog.n_items} items | |C| = {cfg.decode.n_candidates}")
 
 # %% [markdown]
-# ## 1. The squeezing effect in one softmax
+# ## 1. Suspect one: the squeezing effect in one softmax
 #
 # Take the level-1 distribution of one user under the SFT policy, and one candidate whose first code
 # is unlikely. The policy-gradient step on it is `A * grad log pi(y)`. With respect to the logits,
 # `grad log pi(y) = e_y - pi`: a positive `A` raises `y` and takes the mass from every code in
 # proportion to its probability; a **negative** `A` lowers `y` and gives its mass back to every code in
-# proportion to its probability, i.e. mostly to the codes the policy already prefers (Ren & Sutherland,
-# *Learning Dynamics of LLM Finetuning*, ICLR 2025, call it the squeezing effect). For a popular-item
-# policy those are the popular branches, exactly what beam search already returns.
+# proportion to its probability, i.e. mostly to the codes the policy already prefers. Whether this is
+# what happens in training is a question for the diagnostics of section 3 (`dp_sft_top`).
 
 # %%
 q = world.queries("train", n=64, seed=1)
@@ -90,7 +91,7 @@ print(f"pi(top code) = {pi[top]:.3f}, pi(y) = {pi[y]:.3f}: pushing y down gives 
       f"{pi[top] / (1 - pi[y]):.0%} of what y loses")
 
 # %% [markdown]
-# ## 2. Where the group mean sits in a VED group
+# ## 2. Suspect two: where the group mean sits in a VED group
 #
 # Decode one batch of training users with VED (the value's candidates) and with beam search (the
 # policy's own candidates, what it returns at test time), and reward both with the learner's reward.
@@ -141,7 +142,9 @@ ax.set_title("The same candidates, two baselines", fontsize=9)
 # diagnostics (`rl/train.py: mass_shift`, README "Training diagnostics"): the level-1 probability of the
 # SFT policy's top code and of the user's best code, the advantage mass the group puts on those branches
 # (Eq. 2 sums to 0 over the group, not over a branch), and how much of the policy's own beam set the
-# group holds.
+# group holds. Suspect one predicts that V-STAR moves mass onto the SFT top code; suspect two, that its
+# advantage mass on the user's best branch is near 0 and that it moves little mass there, while V-STAR+
+# puts a large positive mass on that branch and moves probability onto it.
 
 # %%
 STEPS = 6 if PRESET == "tiny" else 40
