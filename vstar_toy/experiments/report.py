@@ -122,7 +122,8 @@ def fig_mismatch(df: pd.DataFrame, path: Path) -> None:
 
 
 CURVES = {"beam+GRPO": (Arm("beam", "grpo"), None), "V-STAR": (Arm("ved", "joint"), None)}  # (arm, mismatch)
-DIAGNOSTICS = ("reward", "zero_var_share", "sibling_signal_share", "loss_kl", "grad_norm", "entropy_l1", "value_loss")
+DIAGNOSTICS = ("reward", "zero_var_share", "sibling_signal_share", "loss_kl", "grad_norm", "entropy_l1", "value_loss",
+               "dp_sft_top", "dp_oracle_best", "adv_oracle_best", "beam_overlap")
 
 
 def fig_learning_curves(runner: Runner, path: Path) -> bool:
@@ -293,7 +294,10 @@ def write_report(frames: list[pd.DataFrame], runner: Runner, out: Path, header: 
                      "(rl/train.py, README 'Training diagnostics'): the learner's reward, the share of GRPO groups "
                      "with no reward variance (no gradient from Eq. 2), the share of sibling groups with a contrast "
                      "(a term in Eq. 19), the KL to the SFT policy (k3, last 10 steps), the gradient norm before "
-                     "clipping, the level-1 entropy and the value loss.\n\n" + diagnostics_table(runner))
+                     "clipping, the level-1 entropy and the value loss; then the squeezing diagnostics of claim 9: "
+                     "level-1 mass moved per step onto the SFT policy's top code and onto the user's best code, the "
+                     "group's advantage mass on the best code's branch, and the share of the policy's own beam set "
+                     "inside the group.\n\n" + diagnostics_table(runner))
     if any(c in by_id for c in (1, 4)):
         means = fig_advantage_spread(runner, out / "advantage_spread.png")
         lines.append("\n## Advantage compression (Eq. 3-4, Sec. 4.3)\n\nWithin every parent with two or more "
