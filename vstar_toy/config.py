@@ -336,12 +336,12 @@ GROUPS = ("decoder", "mix")
 KL_ESTIMATORS = ("k3", "k1", "k2")
 UPDATES: dict[str, dict[str, str]] = {
     "paper": {"baseline": "group", "negatives": "keep", "group": "decoder"},
-    "vstar+": {"baseline": "beam", "negatives": "keep", "group": "decoder"},
+    "vstar+": {"baseline": "group", "negatives": "drop", "group": "decoder"},
 }
 """Named update estimators (``RLConfig.baseline``, ``negatives``, ``group``), laid over a config by
 ``vstar-toy train --update NAME``: "paper" is Eq. 2 and Eq. 19 as written (the defaults); "vstar+" is the
-corrected V-STAR, the arm that claim 9 chose on validation users (docs/results/why): the group
-advantage measured against the policy's own beam set instead of the group mean."""
+corrected V-STAR, the arm that claim 9 chose on validation users (docs/results/why): a candidate, or a
+node, that the policy would not decode itself keeps its positive advantage and loses its negative one."""
 
 
 @dataclass(frozen=True)

@@ -307,7 +307,7 @@ def why_arms(runner: Runner) -> dict[str, Arm]:
     return arms
 
 
-QUICK_WHY = ("beam baseline",)  # the arm that won the full run (docs/results/why); --quick keeps it alone
+QUICK_WHY = ("negatives dropped",)  # the arm the full run chose on validation (docs/results/why); --quick keeps it
 WHY_LRS = (None, 3e-4)  # the recipe's learning rate (RLConfig.lr) and the larger one where V-STAR fell below SFT
 WHY_MEASURES = ("mean_reward", "ndcg@10", "hr@10", "max_reward")
 WHY_DIAGNOSTICS = ("p_sft_top", "dp_sft_top", "adv_sft_top", "p_oracle_best", "dp_oracle_best", "adv_oracle_best",
