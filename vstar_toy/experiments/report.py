@@ -223,8 +223,9 @@ NOT_COMPARABLE = (
     "The absolute numbers are not comparable with ours: the paper fine-tunes a Qwen2.5 LLM on MiniOneRec's "
     "training split (titles in the prompt, full histories), while this toolkit trains a small transformer from "
     "scratch on the SID tokens of the shipped copy, with training windows rebuilt from the valid / test "
-    "histories (the training split is not in the data), at most 10 history items, and a TF-IDF + SVD semantic "
-    "reward in place of the paper's. What can be compared is the ordering of the arms and its confidence.")
+    "histories (the training split is not in the data), at most 10 history items, and a semantic reward in "
+    "the title embedding named above in place of the paper's. What can be compared is the ordering of the arms "
+    "and its confidence.")
 
 
 def baselines_section(runner: Runner) -> str:
