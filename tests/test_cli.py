@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -70,6 +71,19 @@ def test_reproduce_claim_1_quick(run, tmp_path):
     report = (tmp_path / "rep" / "report.md").read_text()
     assert report.count("Claim 1") == 1 and "Training diagnostics" in report and "learning_curves.png" in report
     assert (tmp_path / "rep" / "learning_curves.png").exists()
+
+
+def test_why_runs_claim_9_quick_and_chooses_on_validation(run, tmp_path):
+    """`vstar-toy why --quick` on the tiny preset: claim 9's three quick arms, the corrected arm chosen among
+    the value-guided ones on validation users, its diagnostics in the table."""
+    out = _json(run("why", "--preset", "tiny", "--seeds", "1", "--quick", "--out", tmp_path / "why", "--json"))
+    (claim,) = out["claims"]
+    assert claim["id"] == 9 and set(claim["values"]) == {"beam+GRPO @ 0.0001", "V-STAR @ 0.0001",
+                                                        "negatives dropped @ 0.0001"}
+    chosen = claim["comparisons_truth"][0]
+    assert chosen["a"] in ("V-STAR @ 0.0001", "negatives dropped @ 0.0001") and chosen["b"] == "beam+GRPO @ 0.0001"
+    table = pd.read_csv(tmp_path / "why" / "claim_9.csv")
+    assert {"valid mean_reward", "moved sft_top", "mean beam_overlap", "VED mean_reward"} <= set(table.metric)
 
 
 @pytest.mark.slow
