@@ -553,17 +553,18 @@ def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> No
         scores.append({"policy": name, **_test_row(w, res.policy, q, cfg),
                        "train_reward_last10": float(res.log["reward"].tail(10).mean()),
                        "adv_spread_global": float(res.log["adv_spread_global"].mean()),
-                       "moved_sft_top": float(res.log["dp_sft_top"].sum())})
+                       "adv_on_best": float(res.log["adv_oracle_best"].mean()),
+                       "moved_to_best": float(res.log["dp_oracle_best"].sum())})
     plots.save(plots.training_curves(logs), out / "training.png")
     trained = pd.DataFrame(scores)
     trained.to_csv(out / "training.csv", index=False)
     print("      test users, every policy decoded by beam search (one seed: see `vstar-toy reproduce` for intervals):")
     print(trained.round(4).to_string(index=False))
-    print("      V-STAR and V-STAR+ train on the same VED candidates; V-STAR's GRPO term measures each against the "
-          "group's mean,\n      which sits inside the user's region, so half its good-but-unlikely items are "
-          "pushed down and their mass\n      moves to the codes the policy already prefers (moved_sft_top); "
-          "V-STAR+ measures them against the policy's own\n      beam set instead (README, 'Why the learning "
-          "half failed').")
+    print("      V-STAR and V-STAR+ train on the same VED candidates. Eq. 2 measures each against the group's mean;\n"
+          "      inside VED's concentrated group, which the policy would mostly not decode itself, that leaves little\n"
+          "      advantage on the branch of the user's best item (adv_on_best) and moves little probability onto it\n"
+          "      (moved_to_best, level 1). V-STAR+ keeps the positive advantage of a candidate outside the policy's own\n"
+          "      beam set and drops its negative one (README, 'Why the learning half failed').")
     print(f"done in {time.perf_counter() - t0:.0f} s; tables and figures in {out}/")
 
 
