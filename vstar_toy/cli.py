@@ -563,8 +563,8 @@ def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> No
     print("      V-STAR and V-STAR+ train on the same VED candidates. Eq. 2 measures each against the group's mean;\n"
           "      inside VED's concentrated group, which the policy would mostly not decode itself, that leaves little\n"
           "      advantage on the branch of the user's best item (adv_on_best) and moves little probability onto it\n"
-          "      (moved_to_best, level 1). V-STAR+ keeps the positive advantage of a candidate outside the policy's own\n"
-          "      beam set and drops its negative one (README, 'Why the learning half failed').")
+          "      (moved_to_best, level 1). V-STAR+ keeps the positive advantage of a candidate outside the policy's\n"
+          "      own beam set and drops its negative one (README, 'Why the learning half failed').")
     print(f"done in {time.perf_counter() - t0:.0f} s; tables and figures in {out}/")
 
 
