@@ -187,3 +187,24 @@ def test_default_world_spearman_at_the_extremes():
     high = World.build(WorldConfig(mismatch=0.9)).spearman_exposure_reward()
     assert low[0] > 0.8, low
     assert high[0] < 0.3, high
+
+
+def test_with_mismatch_measures_what_a_rebuilt_world_does(world, rho_by_seed):
+    """The knob is turned without re-running k-means: only the logging distribution depends on m."""
+    for m in MISMATCHES:
+        turned = world.with_mismatch(m)
+        assert turned.spearman_exposure_reward() == rho_by_seed[0, m]
+        assert turned.name == f"synthetic(m={m:g}, seed=0)"
+        assert turned.catalog is world.catalog
+    table = world.mismatch_table(MISMATCHES)
+    assert list(table.columns) == ["mismatch", "level", "spearman"]
+    assert table[table["mismatch"] == 0.9]["spearman"].tolist() == rho_by_seed[0, 0.9]
+
+
+def test_with_mismatch_refuses_a_knob_outside_0_1_and_real_data(world):
+    with pytest.raises(ValueError, match=r"mismatch = 1.5 is invalid"):
+        world.with_mismatch(1.5)
+    real = World(world.catalog, world.histories, world.targets, world.split, world.train_histories,
+                 world.train_targets, name="real")
+    with pytest.raises(ValueError, match="no latent tastes"):
+        real.with_mismatch(0.5)

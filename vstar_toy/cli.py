@@ -478,7 +478,6 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
 
 def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> None:
     import copy
-    import dataclasses
 
     import numpy as np
     import pandas as pd
@@ -487,6 +486,7 @@ def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> No
     from .evaluate import evaluate, scorers, value_quality
     from .pipeline import build_world, sft_policy, value_model
     from .rl.train import train as run_training
+    from .world import sid_str
 
     t0 = time.perf_counter()
     cfg = preset(preset_name)
@@ -496,13 +496,7 @@ def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> No
     print(f"      {s['items']} items, SIDs of {s['levels']} codes {s['codebook_sizes']}, {s['users']} users; "
           f"mismatch m = {s['mismatch']}")
     plots.save(plots.world_tree(w, user=int(w.queries("test", n=1).users[0])), out / "sid_tree.png")
-    rows = []
-    for m in (0.0, 0.25, 0.5, 0.75, 0.9):
-        # only the logging distribution depends on m: the same catalog, tastes and truth, another knob
-        at_m = dataclasses.replace(w, config=dataclasses.replace(w.config, mismatch=m))
-        rho = at_m.spearman_exposure_reward()
-        rows += [{"mismatch": m, "level": lvl + 1, "spearman": r} for lvl, r in enumerate(rho)]
-    knob = pd.DataFrame(rows)
+    knob = w.mismatch_table()  # only the logging distribution depends on m: the same catalog, tastes, truth
     plots.save(plots.mismatch_curve(knob, mark=cfg.world.mismatch), out / "mismatch_knob.png")
     knob.to_csv(out / "mismatch_knob.csv", index=False)
     print("      rho(logged log-prob, true reward) per level as m grows:")
@@ -520,7 +514,7 @@ def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> No
 
     print("[4/5] Decoding the test users at the same budget (1x = 1 + 2|C| forward tokens):")
     q = test_split(w, queries)
-    tsid = "-".join(map(str, w.catalog.sids[q.targets[0]]))
+    tsid = sid_str(w.catalog.sids[q.targets[0]])
     table = []
     for name, decoder, budget_x in [("beam", "beam", 1.0), ("topk", "topk", 1.0), ("ved", "ved", 1.0),
                                     ("ved 2x", "ved", 2.0), ("beam 2x", "beam", 2.0)]:

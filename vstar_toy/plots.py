@@ -13,7 +13,7 @@ from matplotlib.collections import PatchCollection
 from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 
-from .world import World
+from .world import World, sid_str
 
 
 def _fig_ax(ax, figsize):
@@ -350,7 +350,7 @@ def candidate_tree(sids, node_values, ax=None, title: str = "", label: str = "",
             k = tuple(s[i].tolist())
             ax.annotate(str(leaf_text[i]), (x[k], -L), xytext=(0, -16), textcoords="offset points", fontsize=7,
                         ha="center", rotation=90 if c > 12 else 0, va="top")
-    ax.set_xticks([x[k] for k in leaf_keys], ["-".join(map(str, k)) for k in leaf_keys], rotation=90, fontsize=7)
+    ax.set_xticks([x[k] for k in leaf_keys], [sid_str(k) for k in leaf_keys], rotation=90, fontsize=7)
     ax.set_yticks(-np.arange(L + 1), ["root"] + [f"depth {d}" for d in range(1, L + 1)])
     ax.set_xlim(-0.6, len(leaf_keys) - 0.2)
     ax.set_ylim(-L - (1.2 if leaf_text is not None else 0.4), 0.4)

@@ -37,7 +37,7 @@ from vstar_toy.pipeline import build_world, sft_policy, value_model
 from vstar_toy.rl import advantages as adv
 from vstar_toy.rl.train import train
 from vstar_toy.values import make_value
-from vstar_toy.world import World
+from vstar_toy.world import World, sid_str
 from vstar_toy.world.rewards import rewards as reward_fn
 
 # ----------------------------------------------------------------------------------------------
@@ -56,15 +56,8 @@ def load_world(preset_name: str) -> World:
 
 @st.cache_resource(show_spinner="Setting the mismatch knob...")
 def world_at(preset_name: str, mismatch: float) -> World:
-    """The preset's world with the logs' mismatch knob set to ``mismatch``.
-
-    Only the logging distribution P_log (users.py) depends on m: the catalog, the tastes, the
-    popularity and the ground truth are drawn before it from the same seed, so the world is rebuilt
-    by changing its config and no k-means is re-run. (tests/test_app.py checks that this world's
-    measured mismatch equals that of ``build_world`` at the same m.)
-    """
-    w = load_world(preset_name)
-    return dataclasses.replace(w, config=dataclasses.replace(w.config, mismatch=float(mismatch)))
+    """The preset's world with the logs' mismatch knob set to ``mismatch`` (``World.with_mismatch``)."""
+    return load_world(preset_name).with_mismatch(mismatch)
 
 
 @dataclass
@@ -94,10 +87,6 @@ def test_users(preset_name: str) -> list[int]:
     return load_world(preset_name).queries("test").users.tolist()
 
 
-def sid_str(sid) -> str:
-    return "-".join(str(int(t)) for t in sid if t >= 0)
-
-
 # ----------------------------------------------------------------------------------------------
 # World page
 
@@ -110,11 +99,8 @@ def spearman_at(preset_name: str, mismatch: float) -> list[float]:
 
 @st.cache_data(show_spinner="Measuring the mismatch over the knob's range...")
 def mismatch_table(preset_name: str, grid: tuple[float, ...]) -> pd.DataFrame:
-    """Columns mismatch, level, spearman: the curve of ``plots.mismatch_curve``."""
-    rows = []
-    for m in grid:
-        rows += [{"mismatch": m, "level": lvl + 1, "spearman": r} for lvl, r in enumerate(spearman_at(preset_name, m))]
-    return pd.DataFrame(rows)
+    """Columns mismatch, level, spearman: the curve of ``plots.mismatch_curve`` (``World.mismatch_table``)."""
+    return load_world(preset_name).mismatch_table(grid)
 
 
 @st.cache_data(show_spinner=False)
@@ -274,7 +260,7 @@ def advantage_report(sids: tuple[tuple[int, ...], ...], rewards: tuple[float, ..
     scores = adv.sibling_node_scores(s, r)
     bounds = {k: float(v[0]) for k, v in adv.advantage_bounds(r, eps, ddof=ddof).items()}
     contrast = {k: float(v[0]) for k, v in adv.sibling_contrast(s, r, eps, ddof=ddof).items()}
-    table = pd.DataFrame({"SID": ["-".join(map(str, x)) for x in sids], "reward": rewards,
+    table = pd.DataFrame({"SID": [sid_str(x) for x in sids], "reward": rewards,
                           "A GRPO (Eq. 2)": a_grpo[0].numpy()})
     for lvl in range(s.shape[-1]):
         table[f"R-bar depth {lvl + 1} (Eq. 17)"] = scores[0, :, lvl].numpy()

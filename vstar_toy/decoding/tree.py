@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..world.catalog import sid_str
+
 
 @dataclass
 class PrefixTree:
@@ -50,7 +52,7 @@ class PrefixTree:
         cols = {k: v for k, v in self.__dict__.items() if k != "sid"}
         df = pd.DataFrame(cols)
         df.insert(0, "node", np.arange(len(self)))
-        df["sid"] = ["-".join(str(t) for t in row if t >= 0) for row in self.sid]
+        df["sid"] = [sid_str(row) for row in self.sid]
         if query is not None:
             df = df[df["query"] == query].reset_index(drop=True)
         return df

@@ -116,6 +116,12 @@ def _nearest_free_parent(e: np.ndarray, books: list[np.ndarray], sizes: tuple[in
 # the catalog and its trie
 
 
+def sid_str(sid) -> str:
+    """A SID (or prefix) as text, its codes joined by dashes: (3, 0, 7) -> "3-0-7"; -1 padding is left out.
+    Every table, tree picture and page writes SIDs this way (``plots`` reads "1-2" as a prefix of "1-2-3")."""
+    return "-".join(str(int(t)) for t in sid if t >= 0)
+
+
 class InvalidSIDError(ValueError):
     """A SID that is not in the catalog; the message names the offending token."""
 

@@ -8,9 +8,11 @@ affinity, the measured mismatch) need ``tastes``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy.stats import rankdata
 
 from ..config import WorldConfig
@@ -96,6 +98,27 @@ class World:
             train_histories=histories[train], train_targets=logged[train], tastes=tastes, log_pop=log_pop,
             config=cfg, name=f"synthetic(m={cfg.mismatch:g}, seed={cfg.seed})", collisions_resolved=moved,
         )
+
+    def with_mismatch(self, mismatch: float) -> World:
+        """This world with the logs' mismatch knob set to ``mismatch``: the same catalog, tastes,
+        popularity and ground truth, another logging distribution P_log (``users.logged_logprobs``).
+
+        Only P_log depends on m, and ``build`` draws everything else before it from the same seed, so
+        no k-means is re-run; the histories and logged next items kept are this world's (the oracle
+        quantities, ``logged_logprobs`` and ``spearman_exposure_reward``, read m from the config).
+        ``tests/test_world.py`` checks that the measured mismatch equals ``build``'s at the same m."""
+        self._need_truth()
+        if not 0.0 <= mismatch <= 1.0:
+            raise ValueError(f"mismatch = {mismatch} is invalid: expected a value in [0, 1]")
+        cfg = dataclasses.replace(self.config, mismatch=float(mismatch))
+        return dataclasses.replace(self, config=cfg, name=f"synthetic(m={cfg.mismatch:g}, seed={cfg.seed})")
+
+    def mismatch_table(self, grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9)) -> pd.DataFrame:
+        """Columns mismatch, level, spearman: ``spearman_exposure_reward`` of ``with_mismatch(m)`` for each
+        m of ``grid`` (the curve of ``plots.mismatch_curve``)."""
+        rows = [{"mismatch": m, "level": lvl + 1, "spearman": r}
+                for m in grid for lvl, r in enumerate(self.with_mismatch(m).spearman_exposure_reward())]
+        return pd.DataFrame(rows)
 
     # -- queries ----------------------------------------------------------------------------------
     def queries(self, split: str = "test", n: int | None = None, seed: int = 0) -> Queries:
