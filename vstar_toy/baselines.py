@@ -114,7 +114,7 @@ def baselines_table(world: World, queries: Queries, policy=None, decode_cfg=None
         from .evaluate import evaluate
 
         n = min(max(KS), world.catalog.n_items)
-        cfg = dataclasses.replace(decode_cfg, decoder="beam", budget_x=1.0, n_candidates=n,
+        cfg = dataclasses.replace(decode_cfg.beam_at_1x(), n_candidates=n,
                                   warm_beam=min(decode_cfg.warm_beam, max(1, n - 1)))
         _, sets = evaluate(world, policy, queries, cfg)
         ranked["SFT policy, beam search"] = np.concatenate([c.items.numpy() for c in sets])

@@ -29,7 +29,7 @@ from typing import Annotated
 
 import typer
 
-from .config import PRESETS, UPDATES, VALUE_DECODERS, Config, DecodeConfig, preset
+from .config import PRESETS, UPDATES, VALUE_DECODERS, Config, preset
 from .files import check_output_dir
 
 # Commands import the library (torch, pandas, matplotlib) in their bodies, so that `--help` and a bad
@@ -337,7 +337,7 @@ def train(out: Annotated[Path, typer.Option(help="run directory: metrics.csv, ch
             with distributed.main_first():  # rank 0 trains and caches the SFT policy; the others load it
                 pol = copy.deepcopy(sft_policy(w, cfg, policy, progress=not quiet, say=say, backbone=backbone))
                 head = copy.deepcopy(value_model(w, pol, cfg, policy, progress=not quiet, say=say))
-            start_metrics = evaluate(w, pol, test, beam_of(cfg))[0] if main else None
+            start_metrics = evaluate(w, pol, test, cfg.decode.beam_at_1x())[0] if main else None
             res = run_training(w, pol, cfg, head, run_dir=out, progress=not quiet, say=say, resume=not restart)
             if main:
                 _train_summary(w, res, cfg, out, start_metrics, test, preset_name, as_json)
@@ -351,7 +351,7 @@ def _train_summary(w, res, cfg, out: Path, start_metrics: dict, test, preset_nam
     decoder, objective = cfg.decode.decoder, cfg.rl.objective
     checkpoint.save(out / "final", w, res.policy, res.value_head,
                     extra={"preset": preset_name, "decoder": decoder, "objective": objective, "steps": cfg.rl.steps})
-    end_metrics, _ = evaluate(w, res.policy, test, beam_of(cfg))
+    end_metrics, _ = evaluate(w, res.policy, test, cfg.decode.beam_at_1x())
     log = res.log
     first, last = log.head(max(1, len(log) // 5)), log.tail(max(1, len(log) // 5))
     diag = ("zero_var_share", "sibling_signal_share", "loss_kl", "grad_norm", "entropy_l1", "adv_spread_global",
@@ -562,14 +562,9 @@ def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> No
     print(f"done in {time.perf_counter() - t0:.0f} s; tables and figures in {out}/")
 
 
-def beam_of(cfg: Config) -> DecodeConfig:
-    """The preset's decoding settings with beam search at 1x: how every trained policy is tested."""
-    return cfg.replace(decode={"decoder": "beam", "budget_x": 1.0}).decode
-
-
 def _test_row(world, policy, queries, cfg: Config) -> dict:
     from .evaluate import evaluate
-    m, _ = evaluate(world, policy, queries, beam_of(cfg))
+    m, _ = evaluate(world, policy, queries, cfg.decode.beam_at_1x())
     return {k: m[k] for k in ("mean_reward", "max_reward", "hr@10", "ndcg@10")}
 
 

@@ -325,6 +325,14 @@ class DecodeConfig:
         _number_in(self, "temperature", 0, 100, lo_open=True)
         _int_at_least(self, "seed", 0)
 
+    def beam_at_1x(self) -> DecodeConfig:
+        """These settings with beam search at the 1x budget (``BEAM_1X``): how every policy is tested."""
+        return dataclasses.replace(self, **BEAM_1X)
+
+
+BEAM_1X = {"decoder": "beam", "budget_x": 1.0}
+"""How every trained policy is tested, in training's evaluations, the CLI's summaries and the experiments:
+beam search at 1x, 1 + (L-1)|C| forward tokens, with the preset's |C| (what a deployed policy would do)."""
 
 OBJECTIVES = ("grpo", "sibling", "joint")
 SIBLING_NORMS = ("tokens", "candidates")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from ..config import UPDATES
+from ..config import BEAM_1X, UPDATES
 from ..evaluate import scorers, value_quality
 from ..metrics import mean_ci
 from .runner import SFT, Arm, Runner
@@ -32,7 +32,6 @@ from .stats import FAILS, HOLDS, UNSURE, combine, compare, not_worse
 
 RANKING = ("hr@3", "hr@5", "hr@10", "ndcg@3", "ndcg@5", "ndcg@10")
 TRUTH = ("mean_reward", "top1_reward", "max_reward", "reachability")
-BEAM = {"decoder": "beam"}  # decoding settings are laid over the preset's DecodeConfig (Runner.score)
 VSTAR = Arm("ved", "joint")
 VSTAR_PLUS = VSTAR.where(**UPDATES["vstar+"])  # the corrected V-STAR (claim 9), beside the paper's form
 BEAM_GRPO = Arm("beam", "grpo")
@@ -97,7 +96,7 @@ def claim_1(runner: Runner) -> pd.DataFrame:
     beam search, so that only training differs). Paper: NDCG@10. Truth: the candidates' mean true reward.
     The same policies decoded by VED are reported beside them."""
     policies = {"SFT": SFT, "beam+GRPO": BEAM_GRPO, "V-STAR": VSTAR, "V-STAR+": VSTAR_PLUS}
-    arms = {name: (lambda s, k=key: runner.score(k, s, BEAM)) for name, key in policies.items()}
+    arms = {name: (lambda s, k=key: runner.score(k, s, BEAM_1X)) for name, key in policies.items()}
     # reported outside the verdict: the same policies decoded by VED, to see whether a training effect
     # depends on the decoder it is tested with
     arms |= {f"{name}, VED-decoded": (lambda s, k=key: runner.score(k, s, {"decoder": "ved"}))
@@ -139,9 +138,9 @@ def claim_4(runner: Runner) -> pd.DataFrame:
     """Table 4: with candidates from VED, joint > Sibling-GRPO > GRPO (test: beam search). Paper: NDCG@10.
     Truth: the candidates' mean true reward."""
     objectives = [("joint", "joint"), ("Sibling-GRPO", "sibling"), ("GRPO", "grpo")]
-    arms = {name: (lambda s, o=obj: runner.score(Arm("ved", o), s, BEAM)) for name, obj in objectives}
+    arms = {name: (lambda s, o=obj: runner.score(Arm("ved", o), s, BEAM_1X)) for name, obj in objectives}
     if not runner.settings.quick:  # the same three with the corrected update (claim 9), reported beside
-        arms |= {f"{name}+": (lambda s, o=obj: runner.score(Arm("ved", o).where(**UPDATES["vstar+"]), s, BEAM))
+        arms |= {f"{name}+": (lambda s, o=obj: runner.score(Arm("ved", o).where(**UPDATES["vstar+"]), s, BEAM_1X))
                  for name, obj in objectives}
     per_seed = _collect(runner, arms, ("ndcg@10", "hr@10") + TRUTH)
 
@@ -220,14 +219,14 @@ def claim_7(runner: Runner) -> pd.DataFrame:
     budgets = runner.settings.budgets
     arms = {}
     for k in budgets:
-        arms[f"VED {k:g}x"] = lambda s, k=k: runner.score(Arm("ved", "joint", k), s, BEAM)
-        arms[f"beam {k:g}x"] = lambda s, k=k: runner.score(Arm("beam", "joint", k), s, BEAM)
+        arms[f"VED {k:g}x"] = lambda s, k=k: runner.score(Arm("ved", "joint", k), s, BEAM_1X)
+        arms[f"beam {k:g}x"] = lambda s, k=k: runner.score(Arm("beam", "joint", k), s, BEAM_1X)
         if not runner.settings.quick:  # the corrected update of claim 9, reported beside
             arms[f"VED+ {k:g}x"] = lambda s, k=k: runner.score(Arm("ved", "joint", k).where(**UPDATES["vstar+"]),
-                                                              s, BEAM)
+                                                              s, BEAM_1X)
         if not runner.settings.quick:  # --quick leaves the oracle arms out, to stay within its 15 minutes
             arms = _with_oracle(runner, arms, f"VED+oracle {k:g}x",
-                                lambda s, k=k: runner.score(Arm("ved", "joint", k, "oracle"), s, BEAM))
+                                lambda s, k=k: runner.score(Arm("ved", "joint", k, "oracle"), s, BEAM_1X))
     per_seed = _collect(runner, arms, ("ndcg@10", "hr@10") + TRUTH)
     top = budgets[-1]
 
@@ -256,7 +255,7 @@ def claim_8(runner: Runner) -> pd.DataFrame:
     def gain(m):
         def fn(seed):
             ved = runner.score(SFT, seed, {"decoder": "ved"}, mismatch=m)
-            beam = runner.score(SFT, seed, BEAM, mismatch=m)
+            beam = runner.score(SFT, seed, BEAM_1X, mismatch=m)
             out = {k: ved[k] - beam[k] for k in measures}
             if with_oracle:
                 oracle = runner.score(SFT, seed, {"decoder": "ved"}, mismatch=m, value="oracle")
@@ -319,9 +318,9 @@ def _why_seed(runner: Runner, arm: Arm, seed: int) -> dict:
     validation users by beam search (the choice of the corrected arm), and its training diagnostics: the
     level-1 mass on the SFT top code and on the user's best code at the last step, the mass each moved
     over the run (sum of the per-step shifts), and means of the rest."""
-    out = {k: v for k, v in runner.score(arm, seed, BEAM).items() if k in WHY_MEASURES}
+    out = {k: v for k, v in runner.score(arm, seed, BEAM_1X).items() if k in WHY_MEASURES}
     out |= {f"VED {k}": v for k, v in runner.score(arm, seed, {"decoder": "ved"}).items() if k in WHY_MEASURES}
-    out["valid mean_reward"] = runner.score(arm, seed, BEAM, split="valid")["mean_reward"]
+    out["valid mean_reward"] = runner.score(arm, seed, BEAM_1X, split="valid")["mean_reward"]
     log = runner.train_logs[(arm, None)][seed]
     for col in WHY_DIAGNOSTICS:
         if col.startswith("dp_"):

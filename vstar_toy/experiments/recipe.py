@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import pipeline
-from ..config import Config, DecodeConfig
+from ..config import Config
 from ..evaluate import evaluate
 from ..files import atomic_write_text
 from ..rl.train import train
@@ -43,7 +43,7 @@ def _run(world, policy, head, cfg: Config, arm: str, out: Path, progress: bool, 
     name = f"{arm}-lr{rl.lr:g}-ep{rl.inner_epochs}-wu{rl.warmup_steps}-{rl.sibling_norm}"
     res = train(world, copy.deepcopy(policy), cfg, copy.deepcopy(head), run_dir=out / name, progress=progress,
                 say=say)
-    m, _ = evaluate(world, res.policy, world.queries("valid"), DecodeConfig(decoder="beam"))
+    m, _ = evaluate(world, res.policy, world.queries("valid"), cfg.decode.beam_at_1x())
     return {"arm": arm, "lr": rl.lr, "inner_epochs": rl.inner_epochs, "warmup_steps": rl.warmup_steps,
             "sibling_norm": rl.sibling_norm, "valid_mean_reward": m["mean_reward"], "valid_ndcg@10": m["ndcg@10"],
             "valid_hr@10": m["hr@10"], "kl_last10": float(res.log["loss_kl"].tail(10).mean()),
@@ -62,7 +62,7 @@ def recipe_sweep(base: Config, out: str | Path, steps: int = 60, progress: bool 
     world = pipeline.build_world(cfg.world)
     policy = pipeline.sft_policy(world, cfg, progress=progress, say=say)
     head = pipeline.value_model(world, policy, cfg, progress=progress, say=say)
-    sft, _ = evaluate(world, policy, world.queries("valid"), DecodeConfig(decoder="beam"))
+    sft, _ = evaluate(world, policy, world.queries("valid"), cfg.decode.beam_at_1x())
     rows = [{"arm": "SFT", "valid_mean_reward": sft["mean_reward"], "valid_ndcg@10": sft["ndcg@10"],
              "valid_hr@10": sft["hr@10"]}]
 

@@ -137,7 +137,7 @@ def fig_learning_curves(runner: Runner, path: Path) -> bool:
     for seed in sorted({s for per_seed in logs.values() for s in per_seed}):
         cfg = runner.config(seed)
         val = runner.world(seed).queries("valid", n=cfg.rl.eval_queries, seed=cfg.rl.seed)
-        m, _ = evaluate(runner.world(seed), runner.sft(seed), val, cfg.replace(decode={"decoder": "beam"}).decode)
+        m, _ = evaluate(runner.world(seed), runner.sft(seed), val, cfg.decode.beam_at_1x())
         start[seed] = {"valid_mean_reward": m["mean_reward"], "valid_ndcg@10": m["ndcg@10"]}
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for ax, col, label in zip(axes, ("valid_mean_reward", "valid_ndcg@10"), ("mean true reward", "NDCG@10")):

@@ -203,7 +203,7 @@ def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[d
     ``eval_every`` steps and writes ``metrics.csv`` each step and ``state.pt`` after each evaluation."""
     rl, dcfg, policy = cfg.rl, cfg.decode, st.policy
     val = world.queries("valid", n=rl.eval_queries, seed=rl.seed)
-    eval_cfg = dataclasses.replace(dcfg, decoder="beam", budget_x=1.0)
+    eval_cfg = dcfg.beam_at_1x()
     ddp = distributed.wrap(policy) if distributed.rank_and_size()[1] > 1 else None  # the update's all-reduce
     if st.vopt is not None:
         distributed.sync_gradients(st.vopt)
