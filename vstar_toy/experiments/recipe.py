@@ -30,6 +30,7 @@ from ..config import Config
 from ..evaluate import evaluate
 from ..files import atomic_write_text
 from ..rl.train import train
+from .report import markdown_table
 
 ARMS = {"beam+GRPO": ("beam", "grpo"), "V-STAR": ("ved", "joint")}
 GRID = {"lr": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2), "inner_epochs": (1, 2)}
@@ -87,13 +88,6 @@ def recipe_sweep(base: Config, out: str | Path, steps: int = 60, progress: bool 
     return table, best
 
 
-def markdown_table(df: pd.DataFrame) -> str:
-    """A DataFrame as a markdown table (empty cells for NaN)."""
-    cells = df.astype(object).where(df.notna(), "")
-    head = "| " + " | ".join(map(str, df.columns)) + " |\n|" + "---|" * len(df.columns) + "\n"
-    return head + "".join("| " + " | ".join(map(str, row)) + " |\n" for row in cells.itertuples(index=False))
-
-
 def _others(cfg: Config, chosen: dict) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg.rl).items() if k not in chosen and k not in ("seed", "steps")}
 
@@ -115,4 +109,4 @@ def _markdown(table: pd.DataFrame, chosen: dict, cfg: Config, steps: int, second
     ])
 
 
-__all__ = ["recipe_sweep", "markdown_table", "GRID", "ARMS", "CRITERION"]
+__all__ = ["recipe_sweep", "GRID", "ARMS", "CRITERION"]

@@ -32,26 +32,35 @@ def _fmt(x: float) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
+def markdown_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a markdown table, its columns as the header (empty cells for NaN): every table of
+    report.md and recipe.md is written by this function."""
+    cells = df.astype(object).where(df.notna(), "")
+    head = "| " + " | ".join(map(str, df.columns)) + " |\n|" + "---|" * len(df.columns) + "\n"
+    return head + "".join("| " + " | ".join(map(str, row)) + " |\n" for row in cells.itertuples(index=False))
+
+
+def _with_ci(mean, low, high) -> str:
+    return f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}]"
+
+
 def claim_table(df: pd.DataFrame) -> str:
     """Markdown: one row per arm, one column per metric, 'mean [low, high]'."""
-    cell = df.assign(v=[f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]" for m, lo, hi in zip(df["mean"], df.ci_low, df.ci_high)])
+    cell = df.assign(v=[_with_ci(m, lo, hi) for m, lo, hi in zip(df["mean"], df.ci_low, df.ci_high)])
     wide = cell.pivot(index="arm", columns="metric", values="v")
     wide = wide.loc[list(dict.fromkeys(df.arm)), list(dict.fromkeys(df.metric))]
-    head = "| arm | " + " | ".join(wide.columns) + " |\n|---|" + "---|" * len(wide.columns) + "\n"
-    return head + "".join(f"| {arm} | " + " | ".join(row.fillna("")) + " |\n" for arm, row in wide.iterrows())
+    return markdown_table(wide.rename_axis(columns=None).reset_index())
 
 
 def comparison_table(df: pd.DataFrame) -> str:
     """Both verdicts' paired comparisons, with the smallest difference each could detect (the CI half-width)."""
-    head = ("| verdict | comparison | metric | mean difference [95% CI] | detectable | verdict |\n"
-            "|---|---|---|---|---|---|\n")
     rows = [("paper", c) for c in df.attrs["comparisons"]]
     if df.attrs["comparisons_truth"] is not df.attrs["comparisons"] and df.attrs["metric_truth"] != df.attrs["metric"]:
         rows += [("truth", c) for c in df.attrs["comparisons_truth"]]
-    return head + "".join(
-        f"| {kind} | {c['a']} > {c['b']} | {c['metric']} | {_fmt(c['diff'])} [{_fmt(c['low'])}, {_fmt(c['high'])}] "
-        f"| {_fmt(c.get('detectable'))} | {'(' + c['verdict'] + ')' if c.get('reported') else c['verdict']} |\n"
-        for kind, c in rows)
+    return markdown_table(pd.DataFrame(
+        [[kind, f"{c['a']} > {c['b']}", c["metric"], _with_ci(c["diff"], c["low"], c["high"]),
+          _fmt(c.get("detectable")), f"({c['verdict']})" if c.get("reported") else c["verdict"]] for kind, c in rows],
+        columns=["verdict", "comparison", "metric", "mean difference [95% CI]", "detectable", "verdict"]))
 
 
 def _ci_err(df: pd.DataFrame) -> np.ndarray:
@@ -165,9 +174,7 @@ def diagnostics_table(runner: Runner) -> str:
     the KL over the last 10 steps."""
     if not runner.train_logs:
         return ""
-    head = "| RL arm (decoder, budget, value, objective, options; m) | " + " | ".join(DIAGNOSTICS) + " |\n|---|" + \
-        "---|" * len(DIAGNOSTICS) + "\n"
-    lines = []
+    rows = []
     for key, per_seed in runner.train_logs.items():
         cells = []
         for col in DIAGNOSTICS:
@@ -176,8 +183,9 @@ def diagnostics_table(runner: Runner) -> str:
             cells.append(_fmt(float(np.mean(vals))) if vals else "")
         arm, mismatch = key
         name = arm.label + ("" if mismatch is None else f"; m = {mismatch}")
-        lines.append(f"| {name} ({len(per_seed)} seeds) | " + " | ".join(cells) + " |\n")
-    return head + "".join(lines)
+        rows.append([f"{name} ({len(per_seed)} seeds)", *cells])
+    return markdown_table(pd.DataFrame(rows, columns=["RL arm (decoder, budget, value, objective, options; m)",
+                                                      *DIAGNOSTICS]))
 
 
 def fig_advantage_spread(runner: Runner, path: Path, seed: int = 0) -> dict:
@@ -237,11 +245,10 @@ def baselines_section(runner: Runner) -> str:
     head = ("\n## Baselines on the same split\n\nEvery catalog item ranked for each of the "
             f"{len(test)} test users, history items excluded (`vstar-toy baselines`; item embeddings: {w.embedding}); "
             "the SFT policy is seed 0's, by beam search at 1x with |C| = 10. Mean [95% interval over users]; "
-            "'SFT - it': the SFT policy's score minus the baseline's, paired by user.\n\n"
-            "| baseline | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n")
-    return head + "".join(
-        f"| {r['baseline']} | " + " | ".join(f"{_fmt(r[c])} [{_fmt(r[c + '_low'])}, {_fmt(r[c + '_high'])}]"
-                                             for c in cols) + " |\n" for r in table.to_dict(orient="records"))
+            "'SFT - it': the SFT policy's score minus the baseline's, paired by user.\n\n")
+    rows = [[r["baseline"], *(_with_ci(r[c], r[c + "_low"], r[c + "_high"]) for c in cols)]
+            for r in table.to_dict(orient="records")]
+    return head + markdown_table(pd.DataFrame(rows, columns=["baseline", *cols]))
 
 
 def paper_section(frames: list[pd.DataFrame]) -> str:
@@ -251,8 +258,8 @@ def paper_section(frames: list[pd.DataFrame]) -> str:
         if df.attrs["claim"] not in PAPER_OFFICE:
             continue
         title, cols, rows = PAPER_OFFICE[df.attrs["claim"]]
-        lines.append(f"\n{title}:\n\n| arm | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n")
-        lines += [f"| {arm} | " + " | ".join(f"{v:.4f}" for v in vals) + " |\n" for arm, vals in rows.items()]
+        table = pd.DataFrame([[arm, *(f"{v:.4f}" for v in vals)] for arm, vals in rows.items()], columns=["arm", *cols])
+        lines.append(f"\n{title}:\n\n" + markdown_table(table))
     return "".join(lines)
 
 
@@ -266,13 +273,13 @@ def write_report(frames: list[pd.DataFrame], runner: Runner, out: Path, header: 
              "*detectable* is the interval's half-width: the smallest mean difference that run could tell from 0. "
              "Each claim has two verdicts fixed before the runs (experiments/claims.py): on the paper's metric, "
              "and on a measure of the true reward.\n",
-             "\n## Verdicts\n\n| claim | paper metric | verdict | true-reward measure | verdict | values on the "
-             "true-reward measure (mean over seeds) |\n|---|---|---|---|---|---|\n"]
-    for df in frames:
-        a = df.attrs
-        vals = ", ".join(f"{k}: {_fmt(v)}" for k, v in a["values_truth"].items())
-        lines.append(f"| {a['claim']}. {a['title']} | {a['metric']} | **{a['verdict']}** | {a['metric_truth']} | "
-                     f"**{a['verdict_truth']}** | {vals} |\n")
+             "\n## Verdicts\n\n"]
+    verdicts = [[f"{a['claim']}. {a['title']}", a["metric"], f"**{a['verdict']}**", a["metric_truth"],
+                 f"**{a['verdict_truth']}**", ", ".join(f"{k}: {_fmt(v)}" for k, v in a["values_truth"].items())]
+                for a in (df.attrs for df in frames)]
+    lines.append(markdown_table(pd.DataFrame(verdicts, columns=[
+        "claim", "paper metric", "verdict", "true-reward measure", "verdict",
+        "values on the true-reward measure (mean over seeds)"])))
     by_id = {df.attrs["claim"]: df for df in frames}
     figures = {6: ("spearman.png", fig_spearman), 7: ("budget_scaling.png", fig_budget),
                8: ("mismatch_sweep.png", fig_mismatch)}
