@@ -53,13 +53,8 @@ Data = Annotated[str | None, typer.Option(
 
 
 def make_config(preset_name: str, mismatch: float | None = None, seed: int | None = None) -> Config:
-    cfg = preset(preset_name)
-    world = {}
-    if mismatch is not None:
-        world["mismatch"] = mismatch
-    if seed is not None:
-        world["seed"] = seed
-    return cfg.replace(world=world) if world else cfg
+    """The preset with the world options the user gave laid over it (``Config.overlay``)."""
+    return preset(preset_name).overlay(world={"mismatch": mismatch, "seed": seed})
 
 
 def load(preset_name: str, mismatch: float | None, seed: int | None, data: str | None):
@@ -374,7 +369,8 @@ def _train_summary(w, res, cfg, out: Path, start_metrics: dict, test, preset_nam
 def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figures go here")] = Path("runs/reproduce"),
               claims: Annotated[str, typer.Option(help="comma-separated claim numbers (docs/design.md, section 5)")] =
               "1,2,3,4,5,6,7,8",
-              seeds: Annotated[int, typer.Option(help="seeds per arm (confidence intervals need >= 2)")] = 3,
+              seeds: Annotated[int | None, typer.Option(
+                  help="seeds per arm (confidence intervals need >= 2; default 3)")] = None,
               quick: Annotated[bool, typer.Option(help="smaller world, shorter training: <= 15 min on 2 cores")] =
               False,
               test_queries: Annotated[int | None, typer.Option(
@@ -394,7 +390,8 @@ def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figure
     loader = (lambda: load_data(data)) if data is not None else None
     if data is not None and 8 in ids:
         raise ValueError("claim 8 sweeps the synthetic world's mismatch knob; leave it out with --data")
-    summary = run_claims(ids, preset(preset_name), Settings.make(seeds, quick, test_queries), out, progress=not quiet,
+    settings = Settings.make(quick=quick, test_queries=test_queries, **({} if seeds is None else {"seeds": seeds}))
+    summary = run_claims(ids, preset(preset_name), settings, out, progress=not quiet,
                          say=say_to(quiet), world_loader=loader, label=data or "", backbone=backbone)
     if as_json:
         print(json.dumps(summary))
@@ -408,7 +405,8 @@ def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figure
 
 @app.command()
 def why(out: Annotated[Path, typer.Option(help="report.md, claim_9.csv and the runs go here")] = Path("runs/why"),
-        seeds: Annotated[int, typer.Option(help="seeds per arm (confidence intervals need >= 2)")] = 3,
+        seeds: Annotated[int | None, typer.Option(help="seeds per arm (confidence intervals need >= 2; default 3)")]
+        = None,
         quick: Annotated[bool, typer.Option(help="the smaller world of reproduce --quick, three arms")] = False,
         test_queries: Annotated[int | None, typer.Option(
             help="test users scored per seed (default 0: the whole test split)")] = None,
@@ -446,14 +444,15 @@ def baselines(data: Data = None, preset_name: Preset = "cpu_demo", mismatch: Mis
 
 @app.command()
 def recipe(out: Annotated[Path, typer.Option(help="runs, recipe.csv and recipe.md go here")] = Path("runs/recipe"),
-           steps: Annotated[int, typer.Option(help="policy updates per run")] = 60,
+           steps: Annotated[int | None, typer.Option(help="policy updates per run (default 60)")] = None,
            preset_name: Preset = "cpu_demo", as_json: AsJson = False, quiet: Quiet = False):
     """How the RL recipe was chosen: a learning rate x inner epochs grid, then warm-up and the joint loss's
     normalisation, for beam+GRPO and V-STAR, judged on the validation split only (experiments/recipe.py)."""
     from .experiments.recipe import recipe_sweep
 
     check_output_dir(out)
-    table, chosen = recipe_sweep(preset(preset_name), out, steps=steps, progress=not quiet, say=say_to(quiet))
+    table, chosen = recipe_sweep(preset(preset_name), out, progress=not quiet, say=say_to(quiet),
+                                 **({} if steps is None else {"steps": steps}))
     if as_json:
         print(json.dumps({"chosen": chosen, "runs": table.to_dict(orient="records")}, default=float))
     else:

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..seeding import seeded
 from ..world.catalog import Catalog
 from .base import SEP, Context, SIDPolicy
 
@@ -195,8 +196,7 @@ class QwenPolicy(SIDPolicy):
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         tokenizer = None
         if backbone in BACKBONES:
-            torch.manual_seed(seed)
-            with torch.device(device):
+            with seeded(seed), torch.device(device):
                 model = Qwen2ForCausalLM._from_config(Qwen2Config(**BACKBONES[backbone]), dtype=dtype,
                                                       attn_implementation="sdpa")
         elif Path(backbone).is_dir():

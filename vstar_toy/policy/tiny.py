@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PolicyConfig
+from ..seeding import seeded
 from ..world.catalog import Catalog
 from .base import SEP, Context, SIDPolicy
 
@@ -54,7 +55,10 @@ class TinyPolicy(SIDPolicy):
         super().__init__(catalog, normalize)
         cfg = cfg or PolicyConfig()
         self.cfg = cfg
-        torch.manual_seed(cfg.seed)
+        with seeded(cfg.seed):  # the initial weights: the same for a seed, the caller's stream untouched
+            self._layers(catalog, cfg)
+
+    def _layers(self, catalog: Catalog, cfg: PolicyConfig) -> None:
         d = cfg.d_model
         self.hidden_size = d
         self.tok_emb = nn.Embedding(self.vocab_size, d)

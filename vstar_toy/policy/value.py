@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ValueConfig
+from ..seeding import seeded
 from ..world.catalog import Catalog
 from .base import Context, SIDPolicy, State
 from .tiny import Block
@@ -54,7 +55,10 @@ class ValueHead(nn.Module):
         self.catalog = catalog
         self.levels = catalog.levels
         self.k_max = max(catalog.codebook_sizes)
-        torch.manual_seed(cfg.seed)
+        with seeded(cfg.seed):  # the initial weights: the same for a seed, the caller's stream untouched
+            self._layers(catalog, d_backbone, cfg)
+
+    def _layers(self, catalog: Catalog, d_backbone: int, cfg: ValueConfig) -> None:
         d = cfg.hidden
         self.proj = nn.Linear(d_backbone, d)  # the parent's backbone state
         if cfg.inputs == "semantic":  # the catalog's embeddings, trie and node centroids, on the head's device

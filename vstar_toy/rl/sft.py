@@ -19,6 +19,7 @@ from ..config import SFTConfig
 from ..decoding.beam import beam_search
 from ..metrics import hit_rate
 from ..policy.base import SIDPolicy
+from ..seeding import seeded
 from ..world import Queries, World
 
 
@@ -70,14 +71,15 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
         policy.train()
         perm = torch.randperm(len(hist), generator=gen)
         total = 0.0
-        for b in range(n_batches):
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            loss = target_nll(policy, hist[idx.numpy()], sids[idx])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            opt.step()
-            total += float(loss.detach())
+        with seeded(cfg.seed, epoch):  # dropout's draws: a function of (seed, epoch), so a resumed run matches
+            for b in range(n_batches):
+                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                loss = target_nll(policy, hist[idx.numpy()], sids[idx])
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+                opt.step()
+                total += float(loss.detach())
         hr = validation_hr(policy, val)
         log.append({"epoch": epoch + 1, "loss": total / n_batches, "valid_hr@10": hr})
         bar.set_postfix(loss=f"{total / n_batches:.3f}", hr10=f"{hr:.3f}")

@@ -54,6 +54,7 @@ from ..decoding import beam_search, decode
 from ..decoding.tree import merge_sets
 from ..evaluate import evaluate, scorers, true_reward_kind, value_quality
 from ..files import atomic_save, atomic_write_text, run_lock
+from ..seeding import seeded
 from ..world import World
 from ..world.rewards import rewards
 from . import distributed
@@ -331,20 +332,20 @@ def policy_update(st: TrainingState, histories, sids: torch.Tensor, r: torch.Ten
         ref = st.reference.logprobs(histories, sids)
     negatives = negative_weights(rl.negatives, sids, old.float().cpu(), valid, own)
     adv = group_advantages(r, rl.adv_eps, valid, rl.adv_ddof, baseline, negatives[0] if negatives else None)
-    torch.manual_seed(seed)
     policy.train()
     parts, norms = {}, []
-    for _ in range(rl.inner_epochs):
-        new = (policy if model is None else model)(histories, sids)  # forward = logprobs
-        dev = new.device  # decoders and rewards live on the CPU; a GPU policy's loss on its GPU
-        loss, parts = policy_loss(
-            rl.objective, new, old, ref, sids.to(dev), r.to(dev), valid.to(dev), **loss_kwargs(rl),
-            baseline=None if baseline is None else baseline.to(dev),
-            negatives=None if negatives is None else tuple(w.to(dev) for w in negatives))
-        st.opt.zero_grad()
-        loss.backward()
-        norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.max_grad_norm)))
-        st.opt.step()
+    with seeded(seed):  # dropout's draws: the same for a step's seed, the caller's stream untouched
+        for _ in range(rl.inner_epochs):
+            new = (policy if model is None else model)(histories, sids)  # forward = logprobs
+            dev = new.device  # decoders and rewards live on the CPU; a GPU policy's loss on its GPU
+            loss, parts = policy_loss(
+                rl.objective, new, old, ref, sids.to(dev), r.to(dev), valid.to(dev), **loss_kwargs(rl),
+                baseline=None if baseline is None else baseline.to(dev),
+                negatives=None if negatives is None else tuple(w.to(dev) for w in negatives))
+            st.opt.zero_grad()
+            loss.backward()
+            norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.max_grad_norm)))
+            st.opt.step()
     st.scheduler.step()
     policy.eval()
     return parts, float(np.mean(norms)), adv
