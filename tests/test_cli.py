@@ -9,10 +9,15 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from vstar_toy import checkpoint
 from vstar_toy.cli import app
+from vstar_toy.config import preset
 from vstar_toy.experiments.claims import VSTAR_PLUS
+from vstar_toy.experiments.stats import combine
+from vstar_toy.pipeline import build_world
 
 
 @pytest.fixture()
@@ -51,9 +56,21 @@ def test_sft_then_train_then_decode_with_the_trained_policy(run, tmp_path):
                     "--decoder", "beam", "--objective", "grpo", "--steps", "3", "--queries", "20", "--json"))
     assert out["steps"] == 3 and out["objective"] == "grpo"
     assert (tmp_path / "rl" / "metrics.csv").exists() and (tmp_path / "rl" / "final" / "meta.json").exists()
+    world = build_world(preset("tiny").world)
+    before = checkpoint.load_policy(tmp_path / "sft", world).state_dict()
+    after = checkpoint.load_policy(tmp_path / "rl" / "final", world).state_dict()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert "head.weight" in moved and len(moved) > len(before) // 2, moved  # three updates moved the weights
     dec = _json(run("decode", "--preset", "tiny", "--policy", tmp_path / "rl" / "final", "--decoder", "ved",
                     "--candidates", "8", "--json"))
     assert dec["valid_frac"] == 1.0
+
+
+def test_value_trains_once_then_reads_the_cache(run):
+    first = _json(run("value", "--preset", "tiny", "--steps", "5", "--queries", "16", "--json"))
+    again = _json(run("value", "--preset", "tiny", "--steps", "5", "--queries", "16", "--json"))
+    assert (first["trained"], again["trained"]) == (True, False)
+    assert first["spearman"] == again["spearman"]
 
 
 def test_reproduce_claim_1_quick(run, tmp_path):
@@ -71,6 +88,7 @@ def test_reproduce_claim_1_quick(run, tmp_path):
     report = (tmp_path / "rep" / "report.md").read_text()
     assert report.count("Claim 1") == 1 and "Training diagnostics" in report and "learning_curves.png" in report
     assert (tmp_path / "rep" / "learning_curves.png").exists()
+    check_verdicts(claim, pd.read_csv(tmp_path / "rep" / "claim_1.csv"))
 
 
 def test_why_runs_claim_9_quick_and_chooses_on_validation(run, tmp_path):
@@ -86,12 +104,34 @@ def test_why_runs_claim_9_quick_and_chooses_on_validation(run, tmp_path):
     assert {"valid mean_reward", "moved sft_top", "mean beam_overlap", "VED mean_reward"} <= set(table.metric)
 
 
+def check_verdicts(claim: dict, table: pd.DataFrame) -> None:
+    """Each verdict follows from its comparisons, each comparison's verdict from its interval, and each
+    difference from the per-arm means of the claim's CSV (paired by seed, the mean difference is the
+    difference of the means)."""
+    mean = table.set_index(["arm", "metric"])["mean"]
+    checked = 0
+    for key, comps in (("verdict", "comparisons"), ("verdict_truth", "comparisons_truth")):
+        assert claim[key] == combine([c["verdict"] for c in claim[comps] if not c.get("reported")]), (claim["id"], key)
+        for c in claim[comps]:
+            if c["low"] is None:  # one seed: no interval, no verdict
+                assert c["verdict"] == "inconclusive", (claim["id"], c)
+            else:
+                assert c["low"] <= c["diff"] <= c["high"], (claim["id"], c)
+                assert c["verdict"] != "does not hold" or c["high"] < 0, (claim["id"], c)
+                assert c["verdict"] != "holds" or c["high"] >= 0, (claim["id"], c)
+            if (c["a"], c["metric"]) in mean.index and (c["b"], c["metric"]) in mean.index:
+                expected = mean[c["a"], c["metric"]] - mean[c["b"], c["metric"]]
+                assert c["diff"] == pytest.approx(expected, abs=1e-9), (claim["id"], c)
+                checked += 1
+    assert checked > 0, f"claim {claim['id']}: no comparison names two arms of its table"
+
+
 @pytest.mark.slow
 def test_reproduce_all_claims_two_seeds(run, tmp_path):
     out = _json(run("reproduce", "--preset", "tiny", "--seeds", "2", "--quick", "--out", tmp_path / "rep", "--json"))
     assert [c["id"] for c in out["claims"]] == list(range(1, 10))
-    assert all(c[v] in ("holds", "does not hold", "inconclusive") for c in out["claims"] for v in ("verdict",
-                                                                                                "verdict_truth"))
+    for claim in out["claims"]:
+        check_verdicts(claim, pd.read_csv(tmp_path / "rep" / f"claim_{claim['id']}.csv"))
 
 
 @pytest.mark.parametrize("args, words", [

@@ -143,7 +143,7 @@ def value(policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: 
     checkpoint and saved beside it; without, the cached SFT policy and value head are used (trained once)."""
     from . import checkpoint
     from .evaluate import scorers, value_quality
-    from .pipeline import sft_policy, value_model
+    from .pipeline import sft_policy, value_cache_dir, value_model
     from .rl.value_learning import pretrain_value
 
     if policy is not None:
@@ -162,10 +162,10 @@ def value(policy: PolicyDir = None, preset_name: Preset = "cpu_demo", mismatch: 
         checkpoint.save(policy, w, pol, head, extra={k: v for k, v in meta.items() if k.endswith("_log")})
     else:
         pol = sft_policy(w, cfg, None, progress=not quiet, say=say)
+        trained = not (value_cache_dir(w, pol, cfg) / "meta.json").exists()  # else the cached head is read
         t0 = time.perf_counter()
-        notes: list[str] = []
-        head = value_model(w, pol, cfg, None, progress=not quiet, say=lambda m: (notes.append(m), say(m)))
-        seconds, trained = time.perf_counter() - t0, not any("reusing" in n for n in notes)
+        head = value_model(w, pol, cfg, None, progress=not quiet, say=say)
+        seconds = time.perf_counter() - t0
     rho = value_quality(w, pol, w.queries("valid", n=queries), scorers(w, head))
     out = {"world": w.name, "embedding": w.embedding, "inputs": cfg.value.inputs, "user": cfg.value.user,
            "pretrain_steps": cfg.value.pretrain_steps,

@@ -161,6 +161,13 @@ def _save_partial(directory: Path, path: Path, state: dict) -> None:
     files.atomic_save(state, path)
 
 
+def value_cache_dir(world: World, policy, cfg: Config) -> Path:
+    """The cache entry of the V_phi that ``value_model`` pre-trains for the cached SFT ``policy`` of ``cfg``
+    (complete once its meta.json exists)."""
+    key = _key(_world_key(world), cfg.policy, cfg.sft, cfg.value, *_policy_parts(policy))
+    return cache_root() / f"value-{checkpoint.fingerprint(world)}-{key}"
+
+
 def value_model(world: World, policy, cfg: Config, policy_dir: str | Path | None = None, progress: bool = True,
                 say: Callable[[str], None] = print) -> ValueHead:
     """V_phi for ``policy``: saved beside an explicit checkpoint, or cached, or pre-trained by TD."""
@@ -172,8 +179,7 @@ def value_model(world: World, policy, cfg: Config, policy_dir: str | Path | None
         say(f"value head: none in {policy_dir}; pre-training one on this policy's candidates (not saved there)")
         head, _ = pretrain_value(policy, world, cfg.value, progress=progress)
         return head
-    key = _key(_world_key(world), cfg.policy, cfg.sft, cfg.value, *_policy_parts(policy))
-    d = cache_root() / f"value-{checkpoint.fingerprint(world)}-{key}"
+    d = value_cache_dir(world, policy, cfg)
 
     def build() -> ValueHead:
         partial = d / "pretrain_state.pt"  # an interrupted pre-training resumes from here
