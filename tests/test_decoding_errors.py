@@ -14,6 +14,7 @@ from vstar_toy import checkpoint
 from vstar_toy.config import DecodeConfig, PolicyConfig, ValueConfig, presets
 from vstar_toy.decoding import beam_search, budget_tokens, decode, ved_decode
 from vstar_toy.decoding.ved import warm_start_cost
+from vstar_toy.policy.base import CountingPolicy
 from vstar_toy.policy.tiny import TinyPolicy
 from vstar_toy.policy.value import ValueHead
 from vstar_toy.values import likelihood_value
@@ -61,9 +62,10 @@ def test_ved_explicit_budget_below_the_minimum(policy, histories, budget):
     """b0 = 8, L = 3: the warm start costs 1 + 2 * 8 = 17 tokens, so any budget <= 17 leaves nothing to
     search with (0 included: an explicit budget is never replaced by the default)."""
     cfg = DecodeConfig(n_candidates=16, warm_beam=8)
+    counted = CountingPolicy(policy)
     with pytest.raises(ValueError, match=rf"budget = {budget}\b.*\b17\b"):
-        ved_decode(policy, histories, likelihood_value, cfg, budget=budget)
-    assert policy.cost == 0, "nothing may be spent before the budget is checked"
+        ved_decode(counted, histories, likelihood_value, cfg, budget=budget)
+    assert counted.tokens == 0, "nothing may be spent before the budget is checked"
 
 
 def test_ved_budget_just_above_the_minimum_runs(world, policy, histories):

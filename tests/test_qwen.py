@@ -29,7 +29,8 @@ from vstar_toy import checkpoint, pipeline  # noqa: E402
 from vstar_toy.config import DecodeConfig, ValueConfig, presets  # noqa: E402
 from vstar_toy.decoding import beam_search, budget_tokens, decode  # noqa: E402
 from vstar_toy.pipeline import build_world  # noqa: E402
-from vstar_toy.policy.base import State  # noqa: E402
+from vstar_toy.policy.base import CountingPolicy  # noqa: E402
+from vstar_toy.policy.contract import check_step_batch_equals_rows, step_rows  # noqa: E402
 from vstar_toy.policy.qwen import BACKBONES, QwenPolicy, _query_major  # noqa: E402
 from vstar_toy.policy.tiny import TinyPolicy  # noqa: E402
 from vstar_toy.policy.value import ValueHead  # noqa: E402
@@ -141,28 +142,10 @@ def test_kv_cached_start_step_equals_a_full_reencode(world, histories, normalize
 def test_step_on_mixed_queries_and_depths_equals_step_row_by_row(world, histories):
     policy = make_policy(world)
     rng = np.random.default_rng(1)
-    with torch.no_grad():
-        root = policy.start(histories)
-        rows, codes = [], []
-        for q, depth in [(0, 0), (3, 2), (2, 1), (0, 2), (5, 1), (1, 0)]:
-            sid = world.catalog.sids[rng.integers(world.catalog.n_items)]
-            state = root.index(torch.tensor([q]))
-            for lvl in range(depth):
-                state = policy.step(state, torch.tensor([sid[lvl]]))
-            rows.append(state)
-            codes.append(int(sid[depth]))
-        batch, codes = State.cat(rows), torch.tensor(codes)
-        cost0 = policy.cost
-        together = policy.step(batch, codes)
-        assert policy.cost - cost0 == len(codes)
-        alone = State.cat([policy.step(batch.index(torch.tensor([i])), codes[i : i + 1]) for i in range(len(codes))])
-    for name in ("query", "node", "depth", "tokens"):
-        assert torch.equal(getattr(together, name), getattr(alone, name))
-    assert torch.equal(torch.isinf(together.logp), torch.isinf(alone.logp))
-    finite = torch.isfinite(together.logp)
-    torch.testing.assert_close(together.logp[finite], alone.logp[finite], rtol=0, atol=ATOL)
-    torch.testing.assert_close(together.hidden, alone.hidden, rtol=0, atol=ATOL)
-    torch.testing.assert_close(together.kv, alone.kv, rtol=0, atol=ATOL)
+    picks = [(q, int(rng.integers(world.catalog.n_items)), depth)
+             for q, depth in [(0, 0), (3, 2), (2, 1), (0, 2), (5, 1), (1, 0)]]
+    batch, codes = step_rows(policy, histories, picks)
+    check_step_batch_equals_rows(policy, batch, codes, ATOL)
 
 
 def test_left_padding_changes_nothing(world, histories):
@@ -239,9 +222,9 @@ def test_decoders_stay_valid_and_within_budget(world, histories, decoder):
     cat = world.catalog
     for budget_x in (1.0, 2.0) if decoder in ("beam", "ved") else (1.0,):  # the samplers refuse other budgets
         cfg = DecodeConfig(decoder=decoder, n_candidates=8, warm_beam=4, budget_x=budget_x, top_k=3, seed=1)
-        cost0 = policy.cost
+        counted = CountingPolicy(policy)
         with torch.no_grad():
-            cands = decode(policy, histories, cfg, head)
+            cands = decode(counted, histories, cfg, head)
         sids, valid = cands.sids.numpy(), cands.valid.numpy()
         assert valid.all(), f"{decoder} returned fewer than 8 valid candidates"
         cat.check_valid(sids[valid])
@@ -251,7 +234,7 @@ def test_decoders_stay_valid_and_within_budget(world, histories, decoder):
         budget = budget_tokens(cat.levels, 8, budget_x if decoder in ("beam", "ved") else 1.0)
         assert cands.budget_tokens == budget
         assert (cands.cost_tokens <= budget).all()
-        assert policy.cost - cost0 == int(cands.cost_tokens.sum())
+        assert counted.tokens == int(cands.cost_tokens.sum())
         with torch.no_grad():
             tok = policy.logprobs(histories, cands.sids.clamp_min(0))
         torch.testing.assert_close(cands.token_logp, tok, rtol=1e-4, atol=1e-4)

@@ -30,7 +30,6 @@ def evaluate(world: World, policy, queries: Queries, cfg: DecodeConfig, value=No
     kind = reward_kind or true_reward_kind(world)
     rows, sets = [], []
     t0 = time.perf_counter()
-    policy.reset_cost()
     with torch.no_grad():
         for s in tqdm(range(0, len(queries), batch), desc=f"decode {cfg.decoder}", disable=not progress):
             q = queries.take(slice(s, s + batch))
@@ -49,7 +48,7 @@ def evaluate(world: World, policy, queries: Queries, cfg: DecodeConfig, value=No
         "budget_tokens": int(sets[0].budget_tokens),
         "warmup_tokens": float(cat(lambda c, q, r: c.warmup_tokens).mean()),
         "expansion_tokens": float(cat(lambda c, q, r: c.expansion_tokens).mean()),
-        "prefill_tokens": int(policy.prefill_tokens),
+        "prefill_tokens": sum(c.prefill_tokens for c in sets),
         "queries": len(queries),
         "seconds": round(seconds, 3),
         "reward": kind,

@@ -29,7 +29,8 @@ from vstar_toy.config import DecodeConfig, PolicyConfig, ValueConfig, WorldConfi
 from vstar_toy.decoding import beam_search, budget_tokens, decode, sample, ved_decode
 from vstar_toy.decoding.tree import merge_sets
 from vstar_toy.decoding.ved import warm_start_cost
-from vstar_toy.policy.base import State
+from vstar_toy.policy.base import CountingPolicy
+from vstar_toy.policy.contract import check_step_batch_equals_rows, step_rows
 from vstar_toy.policy.tiny import TinyPolicy
 from vstar_toy.policy.value import ValueHead
 from vstar_toy.values import OracleValue, likelihood_value
@@ -157,9 +158,10 @@ def valid_sets(cands, b: int) -> tuple[set, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_decoder(name: str, case: Case, n_candidates: int, budget_x: float, data) -> object:
-    """Run decoder ``name``; VED gets a random value head and a random (legal) configuration."""
-    policy, hist = case.policy, case.histories
+def run_decoder(name: str, case: Case, n_candidates: int, budget_x: float, data, policy=None) -> object:
+    """Run decoder ``name`` (with ``policy``, by default the case's); VED gets a random value head and a
+    random (legal) configuration."""
+    policy, hist = policy or case.policy, case.histories
     if name == "beam":
         return beam_search(policy, hist, n_candidates, budget_x)
     if name == "topk":
@@ -192,8 +194,8 @@ def run_decoder(name: str, case: Case, n_candidates: int, budget_x: float, data)
 )
 def test_decoders_return_valid_distinct_sids_within_budget(case, decoder, n_candidates, budget_x, data):
     n_candidates = min(n_candidates, case.catalog.n_items)
-    cost0 = case.policy.cost
-    cands = run_decoder(decoder, case, n_candidates, budget_x, data)
+    counted = CountingPolicy(case.policy)
+    cands = run_decoder(decoder, case, n_candidates, budget_x, data, counted)
     q, c, L = cands.sids.shape
     assert (q, c, L) == (len(case.histories), n_candidates, case.levels)
     valid = cands.valid.numpy()
@@ -205,9 +207,10 @@ def test_decoders_return_valid_distinct_sids_within_budget(case, decoder, n_cand
     # no duplicate within a query
     for b in range(q):
         assert len({tuple(s) for s in sids[b][valid[b]].tolist()}) == int(valid[b].sum())
-    # the budget, per query, and the policy's own counter
+    # the budget, per query, and what the policy was asked to compute
     assert (cands.cost_tokens <= cands.budget_tokens).all(), (cands.cost_tokens, cands.budget_tokens)
-    assert case.policy.cost - cost0 == int(cands.cost_tokens.sum())
+    assert counted.tokens == int(cands.cost_tokens.sum())
+    assert counted.prefill_tokens == cands.prefill_tokens > 0
     np.testing.assert_array_equal(cands.warmup_tokens + cands.expansion_tokens, cands.cost_tokens)
     # the reported log pi(y|x) (the importance ratios' pi_old) is the policy's
     if valid.any():
@@ -280,42 +283,15 @@ def test_wide_beam_returns_the_global_top_b(case, data):
 # ---------------------------------------------------------------------------------------------
 
 
-def assert_states_close(a: State, b: State) -> None:
-    for name in ("query", "node", "depth", "tokens"):
-        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0)
-    assert torch.equal(torch.isinf(a.logp), torch.isinf(b.logp))
-    finite = torch.isfinite(a.logp)
-    torch.testing.assert_close(a.logp[finite], b.logp[finite], rtol=0, atol=ATOL)
-    torch.testing.assert_close(a.hidden, b.hidden, rtol=0, atol=ATOL)
-    torch.testing.assert_close(a.kv, b.kv, rtol=0, atol=ATOL)
-
-
 @SETTINGS
 @given(cases(), st.data())
 def test_step_on_a_batch_equals_step_row_by_row(case, data):
-    policy, cat = case.policy, case.catalog
-    root = policy.start(case.histories)
     # rows of mixed queries and depths, each reached by stepping one row at a time from its root
-    n_rows = data.draw(st.integers(1, 8))
-    rows, codes = [], []
-    for _ in range(n_rows):
-        q = data.draw(st.integers(0, len(case.histories) - 1))
-        sid = cat.sids[data.draw(st.integers(0, cat.n_items - 1))]
-        depth = data.draw(st.integers(0, case.levels - 1))
-        state = root.index(torch.tensor([q]))
-        for lvl in range(depth):
-            state = policy.step(state, torch.tensor([sid[lvl]]))
-        rows.append(state)
-        codes.append(int(sid[depth]))
-    batch, codes = State.cat(rows), torch.tensor(codes)
-    cost0 = policy.cost
-    together = policy.step(batch, codes)
-    assert policy.cost - cost0 == n_rows
-    one_by_one = State.cat([policy.step(batch.index(torch.tensor([i])), codes[i : i + 1]) for i in range(n_rows)])
-    assert_states_close(together, one_by_one)
-    # and the order of rows does not matter
-    perm = torch.as_tensor(data.draw(st.permutations(range(n_rows))))
-    assert_states_close(policy.step(batch.index(perm), codes[perm]), together.index(perm))
+    picks = [(data.draw(st.integers(0, len(case.histories) - 1)), data.draw(st.integers(0, case.catalog.n_items - 1)),
+              data.draw(st.integers(0, case.levels - 1))) for _ in range(data.draw(st.integers(1, 8)))]
+    batch, codes = step_rows(case.policy, case.histories, picks)
+    order = np.asarray(data.draw(st.permutations(range(len(picks)))))  # and the order of rows does not matter
+    check_step_batch_equals_rows(case.policy, batch, codes, ATOL, order)
 
 
 @SETTINGS
@@ -374,12 +350,12 @@ def test_ved_spends_tokens_on_expansion_at_1x_and_keeps_every_budget():
         head = make_value_head(policy, seed)
         for budget_x in (1.0, 2.0, 4.0):
             cfg = DecodeConfig(decoder="ved", n_candidates=16, warm_beam=8, budget_x=budget_x, seed=seed)
-            cost0 = policy.cost
-            cands = decode(policy, hist, cfg, head)
+            counted = CountingPolicy(policy)
+            cands = decode(counted, hist, cfg, head)
             budget = budget_tokens(world.catalog.levels, 16, budget_x)
             assert cands.budget_tokens == budget
             assert (cands.cost_tokens <= budget).all()
-            assert policy.cost - cost0 == int(cands.cost_tokens.sum())
+            assert counted.tokens == int(cands.cost_tokens.sum())
             assert (cands.warmup_tokens <= warm_start_cost(world.catalog.levels, 8)).all()
             assert (cands.expansion_tokens > 0).all(), (budget_x, cands.expansion_tokens)
             assert bool(cands.valid.all())

@@ -48,7 +48,6 @@ class TablePolicy(SIDPolicy):
         b = len(items)
         rows = torch.as_tensor([self.rows[tuple(h)] for h in items.tolist()])
         zero = torch.zeros(b, dtype=torch.long)
-        self.cost += b
         ctx = Context(kv=None, mask=torch.ones(b, 1, dtype=torch.bool), next_slot=zero, hidden=torch.zeros(b, 1, 1),
                       items=items)
         return State(query=torch.arange(b), node=zero, depth=zero.clone(), tokens=torch.full((b, self.levels), -1),
@@ -59,7 +58,6 @@ class TablePolicy(SIDPolicy):
         node = self.child[states.node, codes]
         tokens = states.tokens.clone()
         tokens[torch.arange(len(codes)), states.depth] = codes
-        self.cost += len(codes)
         return State(query=states.query, node=node, depth=states.depth + 1, tokens=tokens,
                      logp=self.table[states.kv[:, 0], node], hidden=states.hidden, kv=states.kv,
                      context=states.context)

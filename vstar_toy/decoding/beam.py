@@ -76,7 +76,6 @@ def run_beam(
         raise ValueError(f"beam width = {width} is invalid: expected an integer >= 1")
     ranker = ranker or LikelihoodRanker()
     L, K = policy.levels, policy.k_max
-    cost0 = policy.cost
     with torch.no_grad():
         root = policy.start(histories)
     q = len(root)
@@ -144,13 +143,13 @@ def run_beam(
         node_tab = torch.full((q, k), -1, dtype=torch.long, device=dev)
         node_tab[kq, kb] = torch.as_tensor(kept_nodes, device=dev)
         table, state, score, cum, tok_lp, sid = new_table, level_state, top_s, new_cum, new_tok, new_sid
-    assert (policy.cost - cost0) == int(cost.sum()), "cost accounting drifted from the policy's counter"
     return BeamTrace(root, root_node, levels, table, score, cost, tree)
 
 
 def candidates_from_trace(trace: BeamTrace, policy: SIDPolicy, n_candidates: int, decoder: str,
-                          budget: int, order_by_logp: bool = False) -> CandidateSets:
-    """The final beams as CandidateSets (padded to ``n_candidates``)."""
+                          budget: int, started: float, order_by_logp: bool = False) -> CandidateSets:
+    """The final beams as CandidateSets (padded to ``n_candidates``); ``started``: the decoder's
+    ``time.perf_counter()`` at its start (``CandidateSets.seconds``)."""
     last = trace.levels[-1]
     q, w = trace.table.shape
     L = policy.levels
@@ -176,7 +175,8 @@ def candidates_from_trace(trace: BeamTrace, policy: SIDPolicy, n_candidates: int
     items = torch.as_tensor(policy.catalog.item_of(sids.reshape(-1, L).numpy()).reshape(q, c))
     valid = ok.cpu() & (items >= 0)
     return CandidateSets(sids=sids, items=items, valid=valid, logp=logp, token_logp=tok,
-                         tree=trace.tree.build(), cost_tokens=trace.cost, budget_tokens=budget, decoder=decoder)
+                         tree=trace.tree.build(), cost_tokens=trace.cost, budget_tokens=budget, decoder=decoder,
+                         seconds=time.perf_counter() - started, prefill_tokens=trace.root.context.prefill_tokens)
 
 
 def beam_search(policy: SIDPolicy, histories, n_candidates: int, budget_x: float = 1.0) -> CandidateSets:
@@ -190,6 +190,4 @@ def beam_search(policy: SIDPolicy, histories, n_candidates: int, budget_x: float
     budget = budget_tokens(L, n_candidates, budget_x)
     width = n_candidates if L == 1 else max(n_candidates, (budget - 1) // (L - 1))
     trace = run_beam(policy, histories, width)
-    out = candidates_from_trace(trace, policy, n_candidates, "beam", budget)
-    out.seconds = time.perf_counter() - t0
-    return out
+    return candidates_from_trace(trace, policy, n_candidates, "beam", budget, t0)

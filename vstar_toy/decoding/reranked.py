@@ -85,9 +85,7 @@ def reranked_decode(policy: SIDPolicy, histories, value_fn, n_candidates: int, b
     order = by_logp.gather(1, torch.sort(v.gather(1, by_logp), dim=1, descending=True, stable=True).indices)
     rank = torch.empty_like(v).scatter_(1, order, -torch.arange(v.shape[1], dtype=v.dtype).expand_as(v))
     trace.score = torch.where(filled, rank, NEG_INF).to(trace.score.device)
-    out = candidates_from_trace(trace, policy, n_candidates, "reranked", budget)
-    out.seconds = time.perf_counter() - t0
-    return out
+    return candidates_from_trace(trace, policy, n_candidates, "reranked", budget, t0)
 
 
 def _parent_values(trace, value_fn) -> torch.Tensor:

@@ -83,7 +83,5 @@ def sample(
     gen = torch.Generator().manual_seed(seed)
     trace = run_beam(policy, histories, n_candidates, ranker=GumbelRanker(temperature, top_k, gen))
     name = "topk" if top_k is not None else "temperature"
-    out = candidates_from_trace(trace, policy, n_candidates, name,
-                                budget_tokens(policy.levels, n_candidates, 1.0), order_by_logp=True)
-    out.seconds = time.perf_counter() - t0
-    return out
+    return candidates_from_trace(trace, policy, n_candidates, name, budget_tokens(policy.levels, n_candidates, 1.0),
+                                 t0, order_by_logp=True)

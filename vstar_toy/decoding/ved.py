@@ -119,7 +119,8 @@ class SearchTree:
     every leaf), ``trie`` its trie node; (Q, cap, L) ``sid`` and ``token_logp``; (Q, cap, K) ``child``:
     the local index of each child code in the tree, -1 if absent. Per query (Q,): ``count`` nodes,
     ``cost`` forward tokens spent, ``warmup`` of which by the warm start. ``pool``: the States of the
-    forwarded nodes; ``child_trie``: the catalog's trie (``Catalog.child``).
+    forwarded nodes; ``child_trie``: the catalog's trie (``Catalog.child``); ``lam`` and ``rule``: how
+    every node's priority G is computed (``DecodeConfig.lam`` and ``priority``, fixed for the search).
     """
 
     parent: torch.Tensor
@@ -141,15 +142,21 @@ class SearchTree:
     warmup: torch.Tensor
     pool: State
     child_trie: torch.Tensor
+    lam: float
+    rule: str
     n_pool: int = 0
 
     NODE_FIELDS = ("parent", "depth", "visits", "value", "entropy", "g", "cum", "n_valid", "n_children", "row",
                    "trie", "sid", "token_logp", "child")
 
     @classmethod
-    def empty(cls, q: int, levels: int, k: int, root: State, pool_rows: int, child_trie: torch.Tensor,
-              cap: int = 64) -> SearchTree:
+    def empty(cls, levels: int, k: int, root: State, pool_rows: int, child_trie: torch.Tensor, warmup: np.ndarray,
+              lam: float, rule: str, cap: int = 64) -> SearchTree:
+        """No nodes yet, for the queries of ``root``, which the warm start reached at ``warmup`` (Q,)
+        forward tokens each (the cost so far)."""
+        q = len(root)
         long = dict(dtype=torch.long)
+        cost = torch.as_tensor(warmup, dtype=torch.long).clone()
         return cls(
             parent=torch.full((q, cap), -1, **long), depth=torch.zeros(q, cap, **long), visits=torch.zeros(q, cap),
             value=torch.zeros(q, cap), entropy=torch.zeros(q, cap), g=torch.zeros(q, cap), cum=torch.zeros(q, cap),
@@ -157,8 +164,8 @@ class SearchTree:
             row=torch.full((q, cap), -1, **long),
             trie=torch.zeros(q, cap, **long), sid=torch.full((q, cap, levels), -1, **long),
             token_logp=torch.zeros(q, cap, levels), child=torch.full((q, cap, k), -1, **long),
-            count=torch.zeros(q, **long), cost=torch.zeros(q, **long), warmup=torch.zeros(q, **long),
-            pool=State.empty_like(root, pool_rows), child_trie=child_trie,
+            count=torch.zeros(q, **long), cost=cost, warmup=cost.clone(),
+            pool=State.empty_like(root, pool_rows), child_trie=child_trie, lam=lam, rule=rule,
         )
 
     @property
@@ -182,12 +189,12 @@ class SearchTree:
             pad = old.new_full((old.shape[0], new_cap - cap, *old.shape[2:]), fill.get(f, 0))
             setattr(self, f, torch.cat([old, pad], 1))
 
-    def add(self, qs: torch.Tensor, parent: torch.Tensor, trie: torch.Tensor, sid: torch.Tensor,
-            token_logp: torch.Tensor, cum: torch.Tensor, value: torch.Tensor, states: State | None,
-            lam: float, rule: str) -> torch.Tensor:
-        """Append one node per row (several per query allowed) with its V; ``states`` are the nodes'
-        own forwarded States (their H and next-token pi), or None for unforwarded leaves. Returns
-        the nodes' local indices."""
+    def add(self, qs: torch.Tensor, *, parent: torch.Tensor, trie: torch.Tensor, sid: torch.Tensor,
+            token_logp: torch.Tensor, cum: torch.Tensor, value: torch.Tensor, states: State | None) -> torch.Tensor:
+        """Append one node per row of queries ``qs`` (several per query allowed): its parent's local index,
+        trie node, SID and per-token log pi, cumulative log pi and V; ``states`` are the nodes' own
+        forwarded States (their H and next-token pi), or None for unforwarded leaves. Returns the nodes'
+        local indices."""
         L = self.levels
         self.grow(int(torch.bincount(qs, minlength=len(self.count)).max()) if len(qs) else 0)
         loc = self.count[qs] + _rank_within(qs)
@@ -210,7 +217,7 @@ class SearchTree:
             self.pool.put(self.n_pool, states)
             self.n_pool += len(qs)
         self.value[qs, loc], self.entropy[qs, loc], self.n_valid[qs, loc] = value, entropy, n_valid
-        self.g[qs, loc] = priority(value, entropy, depth, L, rule, lam)  # Eq. 11
+        self.g[qs, loc] = priority(value, entropy, depth, L, self.rule, self.lam)  # Eq. 11
         return loc
 
     def exhausted(self) -> torch.Tensor:
@@ -259,9 +266,11 @@ def warm_start(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
     L, K, b0 = policy.levels, policy.k_max, cfg.warm_beam
     trace = run_beam(policy, histories, b0, record_pruned=False)  # its depth-L selection is not used
     q = len(trace.root)
-    tree = SearchTree.empty(q, L, K, trace.root, pool_rows=q * budget, child_trie=policy.catalog.child_t)
-    tree.add(torch.arange(q), torch.full((q,), -1), torch.zeros(q, dtype=torch.long), torch.full((q, L), -1),
-             torch.zeros(q, L), torch.zeros(q), torch.full((q,), float("nan")), trace.root, cfg.lam, cfg.priority)
+    tree = SearchTree.empty(L, K, trace.root, pool_rows=q * budget, child_trie=policy.catalog.child_t,
+                            warmup=trace.cost, lam=cfg.lam, rule=cfg.priority)
+    tree.add(torch.arange(q), parent=torch.full((q,), -1), trie=torch.zeros(q, dtype=torch.long),
+             sid=torch.full((q, L), -1), token_logp=torch.zeros(q, L), cum=torch.zeros(q),
+             value=torch.full((q,), float("nan")), states=trace.root)
     # the previous level: its states, the beam-tree id of its first row (ids are consecutive), its local indices
     parents, first_id, prev_loc = trace.root, int(trace.root_node[0]), torch.zeros(q, dtype=torch.long)
     for lvl in trace.levels[: L - 1]:
@@ -272,17 +281,15 @@ def warm_start(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
                          lvl.cum_logp).float().cpu()
         tok = torch.zeros(len(prow), L)
         tok[:, : lvl.token_logp.shape[1]] = lvl.token_logp.cpu()
-        prev_loc = tree.add(lvl.query.cpu(), prev_loc[prow], lvl.state.node.cpu(), lvl.sid.cpu(), tok,
-                            lvl.cum_logp.cpu(), v, lvl.state, cfg.lam, cfg.priority)
+        prev_loc = tree.add(lvl.query.cpu(), parent=prev_loc[prow], trie=lvl.state.node.cpu(), sid=lvl.sid.cpu(),
+                            token_logp=tok, cum=lvl.cum_logp.cpu(), value=v, states=lvl.state)
         parents, first_id = lvl.state, int(lvl.node[0])
     if L > 1:
-        add_leaves(tree, trace.levels[L - 2].query.cpu(), prev_loc, value_fn, cfg)
-    tree.cost = torch.as_tensor(trace.cost, dtype=torch.long).clone()
-    tree.warmup = tree.cost.clone()
+        add_leaves(tree, trace.levels[L - 2].query.cpu(), prev_loc, value_fn)
     return tree
 
 
-def add_leaves(tree: SearchTree, qs: torch.Tensor, loc: torch.Tensor, value_fn, cfg: DecodeConfig) -> None:
+def add_leaves(tree: SearchTree, qs: torch.Tensor, loc: torch.Tensor, value_fn) -> None:
     """Every valid child of the forwarded depth-(L-1) nodes ``loc`` of queries ``qs``, as a leaf: its
     pi from the parent's cached distribution, its V from the parent's state, no forward (G = V at
     depth L, Eq. 11). Adding a free leaf one walk at a time, as the paper adds children, would only
@@ -302,7 +309,7 @@ def add_leaves(tree: SearchTree, qs: torch.Tensor, loc: torch.Tensor, value_fn, 
     sid, tok = tree.sid[pq, ploc].clone(), tree.token_logp[pq, ploc].clone()
     sid[rows, L - 1], tok[rows, L - 1] = codes, step_lp
     trie = tree.child_trie[tree.trie[pq, ploc], codes]
-    tree.add(pq, ploc, trie, sid, tok, cum, v, None, cfg.lam, cfg.priority)
+    tree.add(pq, parent=ploc, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=None)
 
 
 def select(tree: SearchTree, active: torch.Tensor, beta: float, exhausted: torch.Tensor) -> torch.Tensor:
@@ -373,9 +380,9 @@ def expand(policy: SIDPolicy, tree: SearchTree, path: torch.Tensor, fire: torch.
     sid, tok = tree.sid[qs, par].clone(), tree.token_logp[qs, par].clone()
     sid[rows, depth - 1], tok[rows, depth - 1] = codes, step_lp
     trie = tree.child_trie[tree.trie[qs, par], codes]
-    loc = tree.add(qs, par, trie, sid, tok, cum, v, states, cfg.lam, cfg.priority)
+    loc = tree.add(qs, parent=par, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=states)
     last = depth == tree.levels - 1
-    add_leaves(tree, qs[last], loc[last], value_fn, cfg)
+    add_leaves(tree, qs[last], loc[last], value_fn)
 
 
 def backpropagate(tree: SearchTree, path: torch.Tensor, active: torch.Tensor) -> None:
@@ -440,6 +447,7 @@ def ved_decode(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
         sids=sids, items=items, valid=items >= 0, logp=logp, token_logp=tok, tree=to_prefix_tree(tree),
         cost_tokens=tree.cost.numpy(), budget_tokens=budget, decoder="ved", warmup_tokens=tree.warmup.numpy(),
         expansion_tokens=(tree.cost - tree.warmup).numpy(), seconds=time.perf_counter() - t0,
+        prefill_tokens=tree.pool.context.prefill_tokens,
     )
 
 

@@ -1,9 +1,9 @@
-"""The Policy protocol: pi(next SID token | context, prefix) with a KV cache and a cost counter.
+"""The Policy protocol: pi(next SID token | context, prefix) with a KV cache.
 
 Every decoder and every loss talks to a policy through four calls (docs/design.md, section 2):
 
-- ``start(histories) -> State``: encode a batch of contexts once (the prompt prefill, counted in
-  ``prefill_tokens``), then forward the generation-start token: the state at the empty prefix,
+- ``start(histories) -> State``: encode a batch of contexts once (the prompt prefill,
+  ``Context.prefill_tokens``), then forward the generation-start token: the state at the empty prefix,
   with log-probs over the level-1 codes. Costs 1 forward token per context. The encoded contexts
   travel with the states (``State.context``), never on the policy: two decodes may interleave.
 - ``step(states, tokens) -> State``: extend any batch of prefixes by one SID token each, reusing the
@@ -11,8 +11,9 @@ Every decoder and every loss talks to a policy through four calls (docs/design.m
   VED advance all queries in one call. Costs 1 forward token per row.
 - ``logprobs(histories, sids) -> (N, L)`` with gradients, for the losses: each context is encoded
   once and all its candidates reuse it.
-- ``cost``: backbone forward tokens spent by ``start`` and ``step``, the paper's Cost(.) (Sec. 4.2);
-  the prompt prefill is counted apart, as in Sec. 5.5.
+
+The decoders count what they spend, the paper's Cost(.) (Sec. 4.2), in ``CandidateSets.cost_tokens``;
+the prompt prefill is counted apart, as in Sec. 5.5. ``CountingPolicy`` counts the same from outside.
 
 Log-probabilities are restricted to valid children with the catalog's dense masks: a softmax over
 the codes that continue the prefix to a real item (``-inf`` elsewhere). Two normalisations exist
@@ -53,6 +54,11 @@ class Context:
     next_slot: torch.Tensor
     hidden: torch.Tensor
     items: torch.Tensor
+
+    @property
+    def prefill_tokens(self) -> int:
+        """The prompt tokens encoded (the prefill, counted apart from decoding's Cost, Sec. 5.5)."""
+        return int(self.mask.sum())
 
 
 ROW_FIELDS = ("query", "node", "depth", "tokens", "logp", "hidden", "kv")
@@ -136,8 +142,6 @@ class SIDPolicy(nn.Module):
             prefix_nodes[:, lvl] = catalog.node_of(catalog.sids[:, :lvl])
         self.register_buffer("item_prefix_nodes", torch.as_tensor(prefix_nodes), persistent=False)
         self.register_buffer("item_sids", torch.as_tensor(catalog.sids), persistent=False)
-        self.cost = 0
-        self.prefill_tokens = 0
 
     # -- pieces a backbone supplies ----------------------------------------------------------------
     hidden_size: int
@@ -239,7 +243,6 @@ class SIDPolicy(nn.Module):
     def start(self, histories: np.ndarray | torch.Tensor) -> State:
         """Prefill the contexts (B, H item ids, -1 padded) and forward the start token of each."""
         context = self.encode(histories)
-        self.prefill_tokens += int(context.mask.sum())
         b = len(context.items)
         query = torch.arange(b, device=self.device)
         start = torch.full((b, 1), SEP, device=self.device)
@@ -247,7 +250,6 @@ class SIDPolicy(nn.Module):
         hidden, new_kv = self._extend(
             context, query, None, zero, start, zero[:, None], context.next_slot[:, None]
         )
-        self.cost += b
         h0 = hidden[:, 0]
         state_hidden = torch.zeros(b, self.levels + 1, h0.shape[-1], device=self.device, dtype=h0.dtype)
         state_hidden[:, 0] = h0
@@ -280,7 +282,6 @@ class SIDPolicy(nn.Module):
         hidden, new_kv = self._extend(
             states.context, states.query, states.kv, lvl, tok[:, None], lvl[:, None], slot[:, None]
         )
-        self.cost += len(codes)
         h = hidden[:, 0]
         rows = torch.arange(len(codes), device=self.device)
         tokens = states.tokens.clone()
@@ -340,6 +341,30 @@ class SIDPolicy(nn.Module):
         gradient all-reduce hooks fire (``rl/distributed.py``). Decoders use ``start`` / ``step``."""
         return self.logprobs(histories, sids)
 
-    def reset_cost(self) -> None:
-        self.cost = 0
+
+class CountingPolicy:
+    """A policy seen through a counter: ``start`` and ``step`` pass through and add what they cost, 1
+    backbone forward token per context and per row, to ``tokens`` (and the prompt tokens to
+    ``prefill_tokens``); every other attribute is the policy's. How the tests check, apart from each
+    decoder's own accounting, that ``CandidateSets.cost_tokens`` is what was spent."""
+
+    def __init__(self, policy: SIDPolicy):
+        self.policy = policy
+        self.tokens = 0
         self.prefill_tokens = 0
+
+    def start(self, histories) -> State:
+        root = self.policy.start(histories)
+        self.tokens += len(root)
+        self.prefill_tokens += root.context.prefill_tokens
+        return root
+
+    def step(self, states: State, codes: torch.Tensor) -> State:
+        out = self.policy.step(states, codes)
+        self.tokens += len(out)
+        return out
+
+    def __getattr__(self, name: str):  # called only for what this wrapper does not hold itself
+        if name == "policy":
+            raise AttributeError(name)
+        return getattr(self.policy, name)

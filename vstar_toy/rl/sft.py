@@ -98,5 +98,4 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
     bar.close()
     policy.load_state_dict(best_state)
     policy.eval()
-    policy.reset_cost()
     return log
