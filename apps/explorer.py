@@ -13,9 +13,10 @@ Pages (one module each in ``explorer_pages/``, each a ``page(settings)`` functio
   side (Sec. 4.4).
 
 A page reads the sidebar's :class:`explorer_pages.common.Settings`, draws its widgets in a
-``*_ui()`` function that returns plain values, gets every number from a cached library call in
-``explorer_pages/data.py``, and draws with ``vstar_toy.plots``. Adding a page is one module and one
-line in ``PAGES``. ``?page=decoding`` in the URL opens a page directly.
+``*_ui()`` function that returns plain values, gets every number from a cached library call in its
+``explorer_pages/<page>_data.py`` (what all pages share, the world and the models, in ``data.py``),
+and draws with ``vstar_toy.plots``. Adding a page is one module, its data module and one line in
+``PAGES``. ``?page=decoding`` in the URL opens a page directly.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""The explorer's pages, one module each, and what they share (common.py, data.py)."""
+"""The explorer's pages, one module each with its cached library calls beside it (``<page>_data.py``),
+and what they share (common.py, data.py)."""

@@ -10,7 +10,7 @@ import streamlit as st
 from vstar_toy import plots
 from vstar_toy.rl import advantages as adv
 
-from . import data
+from . import advantages_data
 from .common import Settings, show, show_source, what_to_look_at
 
 SIGMAS = {1: "sample (Bessel; TRL, the paper's code)", 0: "population"}
@@ -56,7 +56,7 @@ def advantages_ui(settings: Settings) -> tuple[pd.DataFrame, float, int]:
         base = TOY
     else:
         decoder = "VED" if source.startswith("VED") else "beam"
-        base = data.decoded_rewards(settings.preset, settings.user, decoder, kind)
+        base = advantages_data.decoded_rewards(settings.preset, settings.user, decoder, kind)
     st.caption("Edit the rewards (or the SIDs, as code-code-code), add or delete rows: everything below follows.")
     edited = st.data_editor(base, num_rows="dynamic", key=f"rewards:{settings.preset}:{settings.user}:{source}:{kind}",
                             column_config={"sid": st.column_config.TextColumn("SID"),
@@ -87,7 +87,7 @@ def page(settings: Settings) -> None:
     if not sids:
         st.error("No candidate left: add a row with a SID such as 0-1-2 and a reward.")
         return
-    rep = data.advantage_report(tuple(sids), tuple(rewards), eps, ddof)
+    rep = advantages_data.advantage_report(tuple(sids), tuple(rewards), eps, ddof)
     b, c = rep["bounds"], rep["contrast"]
     with right:
         m = st.columns(3)

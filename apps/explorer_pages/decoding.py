@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import streamlit as st
 
 from vstar_toy import metrics, plots
+from vstar_toy.config import PRIORITIES
 from vstar_toy.decoding import beam_search, budget_tokens, ved_decode
 from vstar_toy.decoding.ved import priority
 from vstar_toy.policy.value import ValueHead
 from vstar_toy.values import OracleValue
 
-from . import data
+from . import data, decoding_data
 from .common import Settings, show, show_source, what_to_look_at
 
 COLOURS = {"value": "V (the value VED uses)", "logp": "log pi(prefix | x)", "true_reward": "true reward (oracle)",
@@ -47,7 +48,8 @@ def decoding_ui(settings: Settings) -> DecodeView:
         warm_beam = k1.slider("warm-start beam b0", 1, d.n_candidates - 1, d.warm_beam, key="warm_beam")
         lam = k2.slider("lambda (Eq. 11)", 0.0, 1.0, float(d.lam), 0.05, key="lam")
         beta = k3.slider("beta (Eq. 13)", 0.0, 1.0, float(d.beta), 0.05, key="beta")
-        rule = k4.radio("priority rule (Table 3)", ["G", "V", "H"], horizontal=True, key="priority")
+        rule = k4.radio("priority rule (Table 3)", PRIORITIES, index=PRIORITIES.index(d.priority), horizontal=True,
+                        key="priority")
     return DecodeView(budget_x, warm_beam, lam, beta, rule, colour, value)
 
 
@@ -64,36 +66,36 @@ def page(settings: Settings) -> None:
         "V is high. Switch VED to the oracle value to see what a perfect value would find with the same search."
     )
     view = decoding_ui(settings)
-    res = data.decode_user(settings.preset, settings.user, view.budget_x, view.warm_beam, view.lam, view.beta,
+    res = decoding_data.decode_user(settings.preset, settings.user, view.budget_x, view.warm_beam, view.lam, view.beta,
                            view.priority, view.value)
     world = data.load_world(settings.preset)
     levels = world.catalog.levels
-    budget = budget_tokens(levels, res["n_candidates"], view.budget_x)
-    st.caption(f"|C| = {res['n_candidates']} candidates, budget B = {budget} forward tokens per query; "
-               f"ground truth y* = {res['target_sid']}")
-    if res["error"]:
-        st.warning(f"VED cannot run here: {res['error']}")
+    budget = budget_tokens(levels, res.n_candidates, view.budget_x)
+    st.caption(f"|C| = {res.n_candidates} candidates, budget B = {budget} forward tokens per query; "
+               f"ground truth y* = {res.target_sid}")
+    if res.error:
+        st.warning(f"VED cannot run here: {res.error}")
     cols = st.columns(2)
     for col, name in zip(cols, ["beam search", "VED"]):
         with col:
             st.subheader(name)
-            if name not in res["trees"]:
+            if name not in res.trees:
                 st.write("(no tree: see the warning above)")
                 continue
-            show(plots.decoding_tree(res["trees"][name], levels, target_sid=res["target_sid"], color=view.colour,
+            show(plots.decoding_tree(res.trees[name], levels, target_sid=res.target_sid, color=view.colour,
                                      title=f"{name}: size = pi, colour = {COLOURS[view.colour]}"))
-            st.dataframe(res["candidates"][name], hide_index=True)
+            st.dataframe(res.candidates[name], hide_index=True)
     st.subheader("Where the budget went")
     left, right = st.columns([2, 3])
     with left:
-        show(plots.budget_split(res["summary"]))
+        show(plots.budget_split(res.summary))
     with right:
-        st.dataframe(res["summary"].set_index("decoder").round(3).T.astype(str))
+        st.dataframe(res.summary.set_index("decoder").round(3).T.astype(str))
     st.subheader("Is it the value or the search?")
     st.caption("How well each value ranks prefixes by their true reward: Spearman's rho per level (Fig. 3's "
                "protocol, 100 validation users). VED can only beat beam search where its value is above log pi; "
                "the oracle is the world's truth, and the gap to it is the learned value's.")
-    st.dataframe(data.value_quality_table(settings.preset).round(3), hide_index=True)
+    st.dataframe(decoding_data.value_quality_table(settings.preset).round(3), hide_index=True)
     st.caption("Models: the preset's SFT policy and value head V_phi (vstar_toy.pipeline; trained once, then "
                "read from the disk cache).")
     show_source(settings, [beam_search, ved_decode, priority, ValueHead, OracleValue, metrics.diversity,

@@ -19,7 +19,7 @@ from vstar_toy.rl.advantages import sibling_contrast
 from vstar_toy.rl.losses import policy_loss
 from vstar_toy.rl.value_learning import td_update
 
-from . import data
+from . import data, training_data
 from .common import Settings, show, show_source, what_to_look_at
 
 MODES = ("train a short run", "open saved runs")
@@ -36,7 +36,7 @@ LIVE_EVERY_S = 2.0  # redraw the live curves at most this often (a figure costs 
 @dataclass(frozen=True)
 class TrainingView:
     mode: str
-    spec: data.TrainSpec | None
+    spec: training_data.TrainSpec | None
     """The knobs of the run to train (train mode)."""
     runs: list[str]
     """Saved run directories to show (with the run to train, in train mode)."""
@@ -44,10 +44,10 @@ class TrainingView:
 
 def training_ui(settings: Settings) -> TrainingView:
     mode = st.radio("mode", MODES, horizontal=True, key="train_mode", label_visibility="collapsed")
-    saved = data.saved_runs()
+    saved = training_data.saved_runs()
     if mode == MODES[1]:
         runs = st.multiselect("runs (under the runs folder, newest first)", saved, default=saved[:1], key="runs",
-                              help=f"every folder under {data.runs_root()} that holds a metrics.csv")
+                              help=f"every folder under {training_data.runs_root()} that holds a metrics.csv")
         path = st.text_input("or open a run directory", key="run_path",
                              placeholder="a folder with metrics.csv and config.json, "
                                          "e.g. runs/reproduce/runs/s0-m0.5-ved1x-joint")
@@ -70,7 +70,7 @@ def training_ui(settings: Settings) -> TrainingView:
                           help="paper: GRPO's group mean as the baseline (Eq. 2, as written); vstar+: the corrected "
                                "V-STAR of claim 9 (tutorial 07)")
     compare = st.multiselect("compare with saved runs", saved, key="compare")
-    spec = data.TrainSpec(decoder=decoder, objective=objective, steps=int(steps), eval_every=int(eval_every),
+    spec = training_data.TrainSpec(decoder=decoder, objective=objective, steps=int(steps), eval_every=int(eval_every),
                           batch_queries=int(batch), reward=reward, lr=float(lr), seed=int(seed), update=update)
     return TrainingView(mode, spec, compare)
 
@@ -82,7 +82,7 @@ def stamp(path: Path) -> float:
 
 def steps_done(path: Path) -> int:
     try:
-        return int(data.read_run(str(path), stamp(path))[0]["step"].max())
+        return int(training_data.read_run(str(path), stamp(path))[0]["step"].max())
     except ValueError:  # no run there yet, or not one of rl.train's
         return 0
 
@@ -95,17 +95,17 @@ def run_status(done: int, steps: int) -> str:
     return f"{done} of {steps} steps trained; equal knobs find the same run (change the seed for another)"
 
 
-def train_live(preset_name: str, spec: data.TrainSpec) -> None:
+def train_live(preset_name: str, spec: training_data.TrainSpec) -> None:
     """Train ``spec`` with a progress bar and curves redrawn as the steps come in."""
     try:
-        with files.run_lock(data.run_dir(preset_name, spec), option="the run folder"):
+        with files.run_lock(training_data.run_dir(preset_name, spec), option="the run folder"):
             _train_live(preset_name, spec)
     except files.FolderBusyError:
         st.warning("Another session or process is training this run right now; its curves below follow it when "
                    "you rerun.")
 
 
-def _train_live(preset_name: str, spec: data.TrainSpec) -> None:
+def _train_live(preset_name: str, spec: training_data.TrainSpec) -> None:
     bar = st.progress(0.0, text="decoding the first batch...")
     live = st.empty()
     rows: list[dict] = []
@@ -125,7 +125,7 @@ def _train_live(preset_name: str, spec: data.TrainSpec) -> None:
 
     notes: list[str] = []
     try:
-        data.train_run(preset_name, spec, on_step, say=notes.append)
+        training_data.train_run(preset_name, spec, on_step, say=notes.append)
     except ValueError as e:  # e.g. the folder holds a run of another config
         st.error(str(e))
         return
@@ -138,7 +138,7 @@ def _train_live(preset_name: str, spec: data.TrainSpec) -> None:
 def resolve(run: str) -> Path:
     """A run named relative to the runs folder, or a path (absolute, or relative to the working directory)."""
     p = Path(run).expanduser()
-    return p if p.is_absolute() or p.exists() else data.runs_root() / p
+    return p if p.is_absolute() or p.exists() else training_data.runs_root() / p
 
 
 def runs_view(runs: dict[str, Path]) -> None:
@@ -146,7 +146,7 @@ def runs_view(runs: dict[str, Path]) -> None:
     logs, configs = {}, {}
     for name, path in runs.items():
         try:
-            logs[name], configs[name] = data.read_run(str(path), stamp(path))
+            logs[name], configs[name] = training_data.read_run(str(path), stamp(path))
         except ValueError as e:
             st.error(str(e))
     if not logs:
@@ -156,7 +156,7 @@ def runs_view(runs: dict[str, Path]) -> None:
                "(every eval_every steps; HR / NDCG by beam search for every run, so runs compare).")
     st.subheader("Where the runs ended")
     planned = {n: c.get("rl.steps") for n, c in configs.items()}
-    st.dataframe(data.run_summary(logs, planned).round(4))
+    st.dataframe(training_data.run_summary(logs, planned).round(4))
     fields = list(KEY_FIELDS) + sorted({k for c in configs.values() for k in c if k not in KEY_FIELDS
                                         and len({str(x.get(k)) for x in configs.values()}) > 1})
     table = pd.DataFrame({n: [str(c.get(k, "")) for k in fields] for n, c in configs.items()},
@@ -180,7 +180,7 @@ def page(settings: Settings) -> None:
     runs: dict[str, Path] = {}
     if view.mode == MODES[0]:
         spec = view.spec
-        rdir = data.run_dir(settings.preset, spec)
+        rdir = training_data.run_dir(settings.preset, spec)
         done = steps_done(rdir)
         c1, c2 = st.columns([1, 4])
         label = "Train" if done == 0 else "Resume" if done < spec.steps else "Trained"
@@ -191,9 +191,9 @@ def page(settings: Settings) -> None:
             train_live(settings.preset, spec)
         if (rdir / "metrics.csv").exists():
             status.caption(f"run directory `{rdir}`: " + run_status(steps_done(rdir), spec.steps))
-            runs[str(rdir.relative_to(data.runs_root()))] = rdir
+            runs[str(rdir.relative_to(training_data.runs_root()))] = rdir
     elif not view.runs:
-        st.info(f"No run chosen: none saved under {data.runs_root()} yet, or type a run directory's path. The "
+        st.info(f"No run chosen: none saved under {training_data.runs_root()} yet, or type a run directory's path. The "
                 "'train a short run' mode writes one.")
     for run in view.runs:
         runs.setdefault(run, resolve(run))

@@ -10,7 +10,7 @@ import streamlit as st
 from vstar_toy import plots
 from vstar_toy.world import World
 
-from . import data
+from . import data, world_data
 from .common import Settings, show, show_source, what_to_look_at
 
 LAYOUTS = {"icicle": plots.sid_icicle, "sunburst": plots.sid_sunburst, "treemap": plots.sid_treemap}
@@ -53,7 +53,7 @@ def page(settings: Settings) -> None:
     )
     view = world_ui(settings)
     world = data.world_at(settings.preset, view.mismatch)
-    rho = data.spearman_at(settings.preset, view.mismatch)
+    rho = world_data.spearman_at(settings.preset, view.mismatch)
     cols = st.columns(len(rho) + 1)
     for lvl, (col, r) in enumerate(zip(cols, rho), start=1):
         col.metric(f"Spearman rho, level {lvl}", f"{r:.3f}")
@@ -62,17 +62,17 @@ def page(settings: Settings) -> None:
     left, right = st.columns([3, 2])
     with left:
         label, cmap = COLOURS[view.colour]
-        values = data.node_colours(settings.preset, view.mismatch, settings.user, view.colour)
+        values = world_data.node_colours(settings.preset, view.mismatch, settings.user, view.colour)
         hist = world.histories[settings.user]
         fig = LAYOUTS[view.layout](world, values, cmap=cmap, label=label, highlight=hist[hist >= 0],
                                    target=int(world.targets[settings.user]), max_level=view.depth)
         fig.axes[0].set_title(f"{view.layout} of the SID tree, coloured by {view.colour} (user {settings.user})")
         show(fig)
     with right:
-        show(plots.mismatch_curve(data.mismatch_table(settings.preset, GRID), mark=view.mismatch))
+        show(plots.mismatch_curve(world_data.mismatch_table(settings.preset, GRID), mark=view.mismatch))
     st.subheader(f"User {settings.user}: history and ground truth")
     st.caption("reward rank 1 = the item this user likes most in the whole catalog; the logged log-probability "
                "moves with m, the true reward does not")
-    st.dataframe(data.user_items(settings.preset, view.mismatch, settings.user), hide_index=True)
+    st.dataframe(world_data.user_items(settings.preset, view.mismatch, settings.user), hide_index=True)
     show_source(settings, [World.build, World.spearman_exposure_reward, World.logged_logprobs, plots.node_popularity,
                            plots.node_mean, plots.node_logsumexp, LAYOUTS[view.layout], plots.mismatch_curve])
