@@ -37,6 +37,7 @@ Edge cases:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -437,15 +438,29 @@ def sibling_node_sets(sids: torch.Tensor, level: int, valid: torch.Tensor | None
     return out
 
 
-def _sibling_level(sids: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor, level: int,
-                   ddof: int = DDOF) -> dict:
-    """Node scores and sibling statistics at one depth ``level`` in 1..L, all per candidate (B, C).
+@dataclass(frozen=True)
+class SiblingLevel:
+    """Node scores and sibling statistics at one depth, all per candidate i (B, C) unless said."""
 
-    Keys: ``score`` R-bar of the candidate's node (Eq. 17, NaN for padding), ``first_node`` /
-    ``first_parent`` (lowest-index valid candidate through the node / the parent), ``same_parent``
-    (B, C, C), ``child`` (B, C, C) bool: j is the representative of a child node of i's parent,
-    ``mu_h`` / ``sigma_h`` / ``n_children`` of i's parent over its distinct child nodes (Eq. 16, 18).
-    """
+    score: torch.Tensor
+    """R-bar of i's node (Eq. 17), NaN for padding."""
+    first_node: torch.Tensor
+    """i is the lowest-index valid candidate through its node (the node's representative)."""
+    first_parent: torch.Tensor
+    """i is the lowest-index valid candidate through its parent (the sibling group's representative)."""
+    child: torch.Tensor
+    """(B, C, C) bool: j represents a child node of i's parent (Eq. 16's S(h), one candidate each)."""
+    mu_h: torch.Tensor
+    """Mean of the scores of i's parent's child nodes (Eq. 18)."""
+    sigma_h: torch.Tensor
+    """Their standard deviation (Eq. 18, with the caller's ddof)."""
+    n_children: torch.Tensor
+    """How many child nodes i's parent has in the set."""
+
+
+def _sibling_level(sids: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor, level: int,
+                   ddof: int = DDOF) -> SiblingLevel:
+    """``SiblingLevel`` of depth ``level`` in 1..L."""
     same_node = _pair_mask(same_prefix(sids, level), valid)  # (B, C, C): j in G(h, v) of i
     same_parent = _pair_mask(same_prefix(sids, level - 1), valid)  # (B, C, C): j in G(h) of i
     # Eq. 17: R-bar(x; h, v) = mean of R over G(h, v), read from the node's first candidate so that
@@ -457,15 +472,8 @@ def _sibling_level(sids: torch.Tensor, rewards: torch.Tensor, valid: torch.Tenso
     # Eq. 16: the children of i's parent h are the distinct nodes of G(h), one candidate each.
     child = same_parent & first_node[:, None, :]
     mu_h, sigma_h, n_children = _masked_stats(score[:, None, :].expand_as(child), child, ddof)
-    return {
-        "score": score,
-        "first_node": first_node,
-        "first_parent": _first_of_group(same_parent),
-        "child": child,
-        "mu_h": mu_h,
-        "sigma_h": sigma_h,
-        "n_children": n_children,
-    }
+    return SiblingLevel(score=score, first_node=first_node, first_parent=_first_of_group(same_parent), child=child,
+                        mu_h=mu_h, sigma_h=sigma_h, n_children=n_children)
 
 
 def sibling_node_scores(
@@ -486,7 +494,7 @@ def sibling_node_scores(
     """
     rewards, valid = _check_rewards(rewards, valid)
     _check_sids(sids, rewards)
-    scores = [_sibling_level(sids, rewards, valid, lv)["score"] for lv in range(1, sids.shape[-1] + 1)]
+    scores = [_sibling_level(sids, rewards, valid, lv).score for lv in range(1, sids.shape[-1] + 1)]
     return torch.stack(scores, dim=-1)
 
 
@@ -536,9 +544,9 @@ def sibling_node_advantages(
     for lv in range(1, sids.shape[-1] + 1):
         s = _sibling_level(sids, rewards, valid, lv, ddof)
         # Eq. 18: A_node(x; h, v) = (R-bar(x; h, v) - mu_h(x)) / (sigma_h(x) + eps)
-        adv = (s["score"] - s["mu_h"]) / (s["sigma_h"] + eps)
+        adv = (s.score - s.mu_h) / (s.sigma_h + eps)
         advs.append(torch.where(valid, adv, 0.0))
-        firsts.append(s["first_node"])
+        firsts.append(s.first_node)
     return torch.stack(advs, dim=-1), torch.stack(firsts, dim=-1)
 
 
@@ -575,11 +583,11 @@ def sibling_contrast(
     for lv in range(1, sids.shape[-1] + 1):
         s = _sibling_level(sids, rewards, valid, lv, ddof)
         # One row per parent (its first candidate) that has >= 2 child nodes.
-        counted = s["first_parent"] & (s["n_children"] >= 2)  # (B, C)
+        counted = s.first_parent & (s.n_children >= 2)  # (B, C)
         # Eq. 18 per node, then its std over the parent's children; likewise for R-bar / sigma_R.
-        a_node = (s["score"] - s["mu_h"]) / (s["sigma_h"] + eps)
-        _, std_sibling, _ = _masked_stats(a_node[:, None, :].expand_as(s["child"]), s["child"], ddof)
-        std_global = s["sigma_h"] / (sigma_global[:, None] + eps)
+        a_node = (s.score - s.mu_h) / (s.sigma_h + eps)
+        _, std_sibling, _ = _masked_stats(a_node[:, None, :].expand_as(s.child), s.child, ddof)
+        std_global = s.sigma_h / (sigma_global[:, None] + eps)
         sum_global += torch.where(counted, std_global, 0.0).sum(-1)
         sum_sibling += torch.where(counted, std_sibling, 0.0).sum(-1)
         count += counted.sum(-1)
@@ -611,7 +619,7 @@ def sibling_signal_share(sids: torch.Tensor, rewards: torch.Tensor, valid: torch
     signal = torch.zeros_like(groups)
     for lv in range(1, sids.shape[-1] + 1):
         st = _sibling_level(sids, rewards, valid, lv, ddof=0)
-        parents = st["first_parent"]  # one row per sibling group
+        parents = st.first_parent  # one row per sibling group
         groups += parents.sum(-1)
-        signal += (parents & (st["sigma_h"] > 0)).sum(-1)
+        signal += (parents & (st.sigma_h > 0)).sum(-1)
     return torch.where(groups > 0, signal / groups.clamp_min(1), math.nan)
