@@ -476,21 +476,37 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
 
 
 def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> None:
-    import copy
-
     import numpy as np
-    import pandas as pd
 
-    from . import plots
-    from .evaluate import evaluate, scorers, value_quality
+    from .evaluate import scorers, value_quality
     from .pipeline import build_world, sft_policy, value_model
-    from .rl.train import train as run_training
-    from .world import sid_str
 
     t0 = time.perf_counter()
     cfg = preset(preset_name)
     print(f"[1/5] The world ({preset_name}): items with Semantic IDs, users with hidden tastes.")
     w = build_world(cfg.world)
+    _demo_world(w, cfg, out)
+    print("[2/5] SFT: the policy learns the logs (which follow popularity as much as taste).")
+    pol = sft_policy(w, cfg, None, progress=True)
+    print("[3/5] The value model V_phi (Sec. 4.1): TD on dense semantic returns.")
+    head = value_model(w, pol, cfg, None, progress=True)
+    rho = value_quality(w, pol, w.queries("valid", n=200), scorers(w, head))
+    print("      Spearman with the true prefix reward, per level (the oracle is the world's truth):")
+    for name, r in rho.items():
+        print(f"        {name:<8} {np.round(r, 3).tolist()}")
+    print("[4/5] Decoding the test users at the same budget (1x = 1 + 2|C| forward tokens):")
+    q = test_split(w, queries)
+    _demo_decoding(w, pol, head, q, cfg, out)
+    print(f"[5/5] Training from the SFT policy for {rl_steps} steps (Sec. 4.4): beam search + GRPO "
+          "against V-STAR (VED + GRPO + Sibling-GRPO), as written and corrected (V-STAR+).")
+    _demo_training(w, pol, head, q, cfg, rl_steps, out)
+    print(f"done in {time.perf_counter() - t0:.0f} s; tables and figures in {out}/")
+
+
+def _demo_world(w, cfg: Config, out: Path) -> None:
+    """Step 1: the world's size, its SID tree for one user, and the mismatch knob's curve."""
+    from . import plots
+
     s = w.summary()
     print(f"      {s['items']} items, SIDs of {s['levels']} codes {s['codebook_sizes']}, {s['users']} users; "
           f"mismatch m = {s['mismatch']}")
@@ -502,17 +518,16 @@ def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> No
     print(knob.pivot(index="mismatch", columns="level", values="spearman").round(3).to_string())
     print(f"      -> {out / 'sid_tree.png'}, {out / 'mismatch_knob.png'}")
 
-    print("[2/5] SFT: the policy learns the logs (which follow popularity as much as taste).")
-    pol = sft_policy(w, cfg, None, progress=True)
-    print("[3/5] The value model V_phi (Sec. 4.1): TD on dense semantic returns.")
-    head = value_model(w, pol, cfg, None, progress=True)
-    rho = value_quality(w, pol, w.queries("valid", n=200), scorers(w, head))
-    print("      Spearman with the true prefix reward, per level (the oracle is the world's truth):")
-    for name, r in rho.items():
-        print(f"        {name:<8} {np.round(r, 3).tolist()}")
 
-    print("[4/5] Decoding the test users at the same budget (1x = 1 + 2|C| forward tokens):")
-    q = test_split(w, queries)
+def _demo_decoding(w, pol, head, q, cfg: Config, out: Path) -> None:
+    """Step 4: beam search, top-K and VED at 1x (and beam search and VED at 2x) on the test users, with
+    the two trees of the first user drawn."""
+    import pandas as pd
+
+    from . import plots
+    from .evaluate import evaluate
+    from .world import sid_str
+
     tsid = sid_str(w.catalog.sids[q.targets[0]])
     table = []
     for name, decoder, budget_x in [("beam", "beam", 1.0), ("topk", "topk", 1.0), ("ved", "ved", 1.0),
@@ -532,8 +547,16 @@ def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> No
     df.to_csv(out / "decoding.csv", index=False)
     print(df.round(4).to_string(index=False))
 
-    print(f"[5/5] Training from the SFT policy for {rl_steps} steps (Sec. 4.4): beam search + GRPO "
-          "against V-STAR (VED + GRPO + Sibling-GRPO), as written and corrected (V-STAR+).")
+
+def _demo_training(w, pol, head, q, cfg: Config, rl_steps: int, out: Path) -> None:
+    """Step 5: beam search + GRPO, V-STAR and V-STAR+ trained from the SFT policy, each tested by beam search."""
+    import copy
+
+    import pandas as pd
+
+    from . import plots
+    from .rl.train import train as run_training
+
     logs, scores = {}, [{"policy": "SFT", **_test_row(w, pol, q, cfg)}]
     arms = [("beam+GRPO", "beam", "grpo", "paper"), ("V-STAR", "ved", "joint", "paper"),
             ("V-STAR+", "ved", "joint", "vstar+")]
@@ -558,7 +581,6 @@ def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> No
           "      advantage on the branch of the user's best item (adv_on_best) and moves little probability onto it\n"
           "      (moved_to_best, level 1). V-STAR+ keeps the positive advantage of a candidate outside the policy's\n"
           "      own beam set and drops its negative one (README, 'Why the learning half failed').")
-    print(f"done in {time.perf_counter() - t0:.0f} s; tables and figures in {out}/")
 
 
 def _test_row(world, policy, queries, cfg: Config) -> dict:

@@ -119,15 +119,7 @@ def run_beam(
             sid=new_sid[kq, kb], logp=new_cum[kq, kb], evaluated=forward_leaves or lvl < L - 1, pruned=False,
         )
         if record_pruned:
-            finite = child_cum > NEG_INF
-            kept_mask = torch.zeros(q, w * K, dtype=torch.bool, device=dev)
-            kept_mask.scatter_(1, top_i, keep)
-            dropped = finite.reshape(q, -1) & ~kept_mask
-            dq, di = dropped.nonzero(as_tuple=True)
-            dsid = sid[dq, di // K].clone()
-            dsid[:, lvl] = di % K
-            tree.add(query=dq, parent=node_tab[dq, di // K], depth=lvl + 1, token=di % K, sid=dsid,
-                     logp=child_cum.reshape(q, -1)[dq, di], evaluated=False, pruned=True)
+            _add_pruned(tree, lvl, child_cum, top_i, keep, sid, node_tab)
         # forward the kept beams (not the leaves, unless asked): one backbone call for all queries
         new_table = torch.full((q, k), -1, dtype=torch.long, device=dev)
         new_table[kq, kb] = torch.arange(len(kq), device=dev)
@@ -144,6 +136,22 @@ def run_beam(
         node_tab[kq, kb] = torch.as_tensor(kept_nodes, device=dev)
         table, state, score, cum, tok_lp, sid = new_table, level_state, top_s, new_cum, new_tok, new_sid
     return BeamTrace(root, root_node, levels, table, score, cost, tree)
+
+
+def _add_pruned(tree: TreeBuilder, lvl: int, child_cum: torch.Tensor, top_i: torch.Tensor, keep: torch.Tensor,
+                sid: torch.Tensor, node_tab: torch.Tensor) -> None:
+    """Add to ``tree`` the valid children (log pi > -inf) of level ``lvl`` that the beam scored and did not
+    keep, marked pruned (for display: the grey crosses of the tree pictures). ``child_cum`` (Q, W, K);
+    ``top_i`` / ``keep`` (Q, k): the kept flat children; ``sid`` / ``node_tab``: the parents' SIDs and ids."""
+    q, w, K = child_cum.shape
+    kept_mask = torch.zeros(q, w * K, dtype=torch.bool, device=child_cum.device)
+    kept_mask.scatter_(1, top_i, keep)
+    dropped = (child_cum > NEG_INF).reshape(q, -1) & ~kept_mask
+    dq, di = dropped.nonzero(as_tuple=True)
+    dsid = sid[dq, di // K].clone()
+    dsid[:, lvl] = di % K
+    tree.add(query=dq, parent=node_tab[dq, di // K], depth=lvl + 1, token=di % K, sid=dsid,
+             logp=child_cum.reshape(q, -1)[dq, di], evaluated=False, pruned=True)
 
 
 def candidates_from_trace(trace: BeamTrace, policy: SIDPolicy, n_candidates: int, decoder: str,

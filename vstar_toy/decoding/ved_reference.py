@@ -50,7 +50,12 @@ def ved_reference(policy: SIDPolicy, history, value_fn, cfg: DecodeConfig, budge
                   row: int = 0) -> ReferenceResult:
     """VED for one query's ``history`` (H,). ``value_fn`` is bound to this one query (its State rows have
     query 0); ``row`` is the query's row in a batch, which the Gumbel keys of the child sampling
-    depend on (the batched decoder draws the same children for row b)."""
+    depend on (the batched decoder draws the same children for row b).
+
+    One function on purpose (the toolkit's one over 80 lines): its nested steps share the tree, the
+    budget and the keys, and read top to bottom in the order Sec. 4.2 tells the method (warm start,
+    then select, gate, expand and backpropagate per walk, then extraction); split into module
+    functions, a reader would jump between them to follow one walk."""
     L, C, b0 = policy.levels, cfg.n_candidates, cfg.warm_beam
     budget = budget if budget is not None else budget_tokens(L, C, cfg.budget_x)
     check_budget(budget, L, b0)
