@@ -196,11 +196,13 @@ def test_samplers_refuse_a_budget_they_cannot_spend():
     assert DecodeConfig(decoder="beam", budget_x=2.0).budget_x == 2.0
 
 
-def test_every_decoder_of_the_config_is_in_the_registry():
-    from vstar_toy.config import DECODERS as NAMES
+def test_the_config_accepts_exactly_the_registered_decoders():
     from vstar_toy.decoding import DECODERS
 
-    assert set(DECODERS) == set(NAMES)
+    for name in DECODERS:
+        assert DecodeConfig(decoder=name).decoder == name
+    with pytest.raises(ValueError, match="decoder = 'greedy' is invalid: expected one of " + ", ".join(DECODERS)):
+        DecodeConfig(decoder="greedy")
 
 
 def test_unknown_preset_names_the_valid_ones():

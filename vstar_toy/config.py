@@ -259,8 +259,15 @@ class ValueConfig:
 
 PRIORITIES = ("G", "V", "H")
 ROOT_GATES = ("open", "closed")
-DECODERS = ("beam", "topk", "temperature", "ved", "reranked")
 VALUE_DECODERS = ("ved", "reranked")  # the decoders that rank prefixes by a value
+
+
+def decoder_names() -> tuple[str, ...]:
+    """The decoders a DecodeConfig may name: the keys of ``vstar_toy.decoding.DECODERS``, the one registry
+    (imported here, not at the top: a config is read before the decoders' torch code is needed)."""
+    from .decoding import DECODERS
+
+    return tuple(DECODERS)
 RANKS = ("value", "logp")
 
 
@@ -305,7 +312,7 @@ class DecodeConfig:
     """Seed of the sampling decoders and of VED's child sampling, >= 0."""
 
     def __post_init__(self) -> None:
-        _one_of(self, "decoder", DECODERS)
+        _one_of(self, "decoder", decoder_names())
         _int_at_least(self, "n_candidates", 1)
         _number_in(self, "budget_x", 1, 16)
         if self.decoder in ("topk", "temperature") and self.budget_x != 1:

@@ -46,6 +46,10 @@ def _reranked(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateS
 
 DECODERS: dict[str, Callable[..., CandidateSets]] = {"beam": _beam, "topk": _topk, "temperature": _temperature,
                                                      "ved": _ved, "reranked": _reranked}
+"""The decoders by name: what ``DecodeConfig.decoder`` may be (``config.decoder_names``) and how ``decode``
+reaches each. A new decoder is one function and one entry here; ``VALUE_DECODERS`` (config) lists those
+that read a value."""
+assert set(VALUE_DECODERS) <= set(DECODERS), "config.VALUE_DECODERS names a decoder that is not registered"
 
 
 def decode(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets:
