@@ -21,6 +21,8 @@ recommender would not, and MiniOneRec's next items are new to the user); ties ar
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -108,28 +110,28 @@ def baselines_table(world: World, queries: Queries, policy=None, decode_cfg=None
     NDCG@K for K in 3, 5, 10, each the mean over ``queries`` with its 95% interval over users; with a
     policy, also the SFT policy's HR@10 and NDCG@10 minus the baseline's, paired by user."""
     ranked = {name: fn(world, queries, max(KS)) for name, fn in RANKERS.items()}
+    sft = "SFT policy, beam search"
     if policy is not None:
-        import dataclasses
-
         from .evaluate import evaluate
 
         n = min(max(KS), world.catalog.n_items)
         cfg = dataclasses.replace(decode_cfg.beam_at_1x(), n_candidates=n,
                                   warm_beam=min(decode_cfg.warm_beam, max(1, n - 1)))
         _, sets = evaluate(world, policy, queries, cfg)
-        ranked["SFT policy, beam search"] = np.concatenate([c.items.numpy() for c in sets])
+        ranked[sft] = np.concatenate([c.items.numpy() for c in sets])
+    # per user, once per ranking: hit and NDCG at each K
+    per_user = {name: {(metric, k): fn(items, queries.targets, k) for k in KS
+                       for metric, fn in (("hr", hit_rate), ("ndcg", ndcg))} for name, items in ranked.items()}
     rows = []
-    sft = ranked.get("SFT policy, beam search")
-    for name, items in ranked.items():
+    for name, scores in per_user.items():
         row = {"baseline": name}
         for k in KS:
-            for metric, fn in (("hr", hit_rate), ("ndcg", ndcg)):
-                mean, low, high = mean_ci(fn(items, queries.targets, k))
+            for metric in ("hr", "ndcg"):
+                mean, low, high = mean_ci(scores[metric, k])
                 row |= {f"{metric}@{k}": mean, f"{metric}@{k}_low": low, f"{metric}@{k}_high": high}
-        if sft is not None:  # the SFT policy minus this baseline, paired by user
-            for metric, fn in (("hr", hit_rate), ("ndcg", ndcg)):
-                diff = fn(sft, queries.targets, 10) - fn(items, queries.targets, 10)
-                mean, low, high = mean_ci(diff)
+        if sft in per_user:  # the SFT policy minus this baseline, paired by user
+            for metric in ("hr", "ndcg"):
+                mean, low, high = mean_ci(per_user[sft][metric, 10] - scores[metric, 10])
                 row |= {f"SFT - it, {metric}@10": mean, f"SFT - it, {metric}@10_low": low,
                         f"SFT - it, {metric}@10_high": high}
         rows.append(row)

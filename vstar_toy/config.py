@@ -261,6 +261,7 @@ class ValueConfig:
 PRIORITIES = ("G", "V", "H")
 ROOT_GATES = ("open", "closed")
 VALUE_DECODERS = ("ved", "reranked")  # the decoders that rank prefixes by a value
+RANKS = ("value", "logp")
 
 
 def decoder_names() -> tuple[str, ...]:
@@ -269,7 +270,6 @@ def decoder_names() -> tuple[str, ...]:
     from .decoding import DECODERS
 
     return tuple(DECODERS)
-RANKS = ("value", "logp")
 
 
 @dataclass(frozen=True)
@@ -341,6 +341,7 @@ class DecodeConfig:
 BEAM_1X = {"decoder": "beam", "budget_x": 1.0}
 """How every trained policy is tested, in training's evaluations, the CLI's summaries and the experiments:
 beam search at 1x, 1 + (L-1)|C| forward tokens, with the preset's |C| (what a deployed policy would do)."""
+
 
 OBJECTIVES = ("grpo", "sibling", "joint")
 SIBLING_NORMS = ("tokens", "candidates")
