@@ -478,32 +478,47 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
         _demo(out, preset_name, queries, rl_steps)
 
 
-def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> None:
+def _demo(out: Path, preset_name: str, queries: int | None, rl_steps: int) -> dict[str, float]:
+    """The demo's five steps; returns the seconds each took, also written to ``stages.csv``."""
     import numpy as np
+    import pandas as pd
 
     from .evaluate import scorers, value_quality
     from .pipeline import build_world, sft_policy, value_model
 
     t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(stage: str) -> None:  # the seconds since the previous lap
+        seconds[stage] = time.perf_counter() - t0 - sum(seconds.values())
+
     cfg = preset(preset_name)
     print(f"[1/5] The world ({preset_name}): items with Semantic IDs, users with hidden tastes.")
     w = build_world(cfg.world)
     _demo_world(w, cfg, out)
+    lap("world")
     print("[2/5] SFT: the policy learns the logs (which follow popularity as much as taste).")
     pol = sft_policy(w, cfg, None, progress=True)
+    lap("SFT")
     print("[3/5] The value model V_phi (Sec. 4.1): TD on dense semantic returns.")
     head = value_model(w, pol, cfg, None, progress=True)
     rho = value_quality(w, pol, w.queries("valid", n=200), scorers(w, head))
     print("      Spearman with the true prefix reward, per level (the oracle is the world's truth):")
     for name, r in rho.items():
         print(f"        {name:<8} {np.round(r, 3).tolist()}")
+    lap("value")
     print("[4/5] Decoding the test users at the same budget (1x = 1 + 2|C| forward tokens):")
     q = test_split(w, queries)
     _demo_decoding(w, pol, head, q, cfg, out)
+    lap("decoding")
     print(f"[5/5] Training from the SFT policy for {rl_steps} steps (Sec. 4.4): beam search + GRPO "
           "against V-STAR (VED + GRPO + Sibling-GRPO), as written and corrected (V-STAR+).")
     _demo_training(w, pol, head, q, cfg, rl_steps, out)
-    print(f"done in {time.perf_counter() - t0:.0f} s; tables and figures in {out}/")
+    lap("training")
+    pd.DataFrame({"stage": list(seconds), "seconds": list(seconds.values())}).to_csv(out / "stages.csv", index=False)
+    print(f"done in {sum(seconds.values()):.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+          + f"); tables and figures in {out}/")
+    return seconds
 
 
 def _demo_world(w, cfg: Config, out: Path) -> None:

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..checkpoint import fingerprint, load_tensors, load_weights
@@ -68,6 +69,11 @@ from .advantages import (
 )
 from .losses import loss_kwargs, policy_loss
 from .value_learning import td_update
+
+PHASES = ("decode", "reward", "value TD", "update: old and reference log-probs", "update: advantages",
+          "update: forward, backward, step", "diagnostics", "evaluation", "checkpoint")
+"""The loop's phases, each a ``torch.profiler.record_function`` range in ``train_step`` and ``_loop``
+(free unless a profiler runs): ``benchmarks/profile_loop.py`` says where a step's time goes by them."""
 
 
 @dataclass
@@ -216,59 +222,65 @@ def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[d
         row = train_step(world, st, cfg, step, model=ddp, decode_value=decode_value)
         evaluating = (step + 1) % rl.eval_every == 0 or step + 1 == rl.steps
         if main and evaluating:
-            row.update(evaluate_policy(world, policy, st.value_head, val, eval_cfg, seed=rl.seed))
+            with record_function("evaluation"):
+                row.update(evaluate_policy(world, policy, st.value_head, val, eval_cfg, seed=rl.seed))
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         bar.set_postfix(reward=f"{row['reward']:.3f}")
         if on_step is not None:
             on_step(row)
         if run is not None and main:
-            atomic_write_text(pd.DataFrame(rows).to_csv(index=False), run / "metrics.csv")
-            if evaluating:
-                atomic_save(st.state_dict(step + 1, rows), run / "state.pt")
+            with record_function("checkpoint"):
+                atomic_write_text(pd.DataFrame(rows).to_csv(index=False), run / "metrics.csv")
+                if evaluating:
+                    atomic_save(st.state_dict(step + 1, rows), run / "state.pt")
 
 
 def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: torch.nn.Module | None = None,
                decode_value=None) -> dict:
     """One step of the loop; returns its log row. ``model`` computes the update's log-probs: the DDP
-    wrapper of ``st.policy`` under torchrun (its backward averages gradients over ranks), else the policy."""
+    wrapper of ``st.policy`` under torchrun (its backward averages gradients over ranks), else the policy.
+    Its phases are ``PHASES``' profiler ranges."""
     rl, policy = cfg.rl, st.policy
     seed = _step_seed(rl.seed, step)
     q = distributed.shard(world.queries("train", n=rl.batch_queries, seed=seed))  # this rank's share
     # 1. decode with the behaviour policy: the group, and the policy's own beam-search set (what it would
     #    decode itself at test time: the "beam" baseline, "drop"'s test, and the diagnostics read it)
     policy.eval()
-    with torch.no_grad():
+    with record_function("decode"), torch.no_grad():
         guide = decode_value if decode_value is not None else st.value_head
         cands, own = candidate_group(policy, q, cfg, guide, distributed.rank_seed(seed % (2**31)))
+    with record_function("diagnostics"), torch.no_grad():
         level1_before = policy.start(q.histories).logp.float().cpu()  # (B, K_1) log pi(y_1 | x)
     items, valid = cands.items.numpy(), cands.valid
     # 2. rewards: what the learner sees, and (for the log) the truth
-    r = torch.as_tensor(rewards(world, rl.reward, q.users, q.targets, items, cands.logp.numpy()), dtype=torch.float32)
-    r_true = rewards(world, true_reward_kind(world), q.users, q.targets, items)
-    baseline = None
-    if rl.baseline == "beam":  # the learner's reward of the policy's own set: its expected reward for x
-        r_own = rewards(world, rl.reward, q.users, q.targets, own.items.numpy(), own.logp.numpy())
-        baseline = torch.as_tensor(np.where(own.valid, r_own, 0).sum(1) / own.valid.sum(1).clamp_min(1).numpy(),
-                                   dtype=torch.float32)
-    own_mask = own_prefixes(cands.sids.clamp_min(0), own.sids, valid, own.valid)  # (B, C, L)
+    with record_function("reward"):
+        r = torch.as_tensor(rewards(world, rl.reward, q.users, q.targets, items, cands.logp.numpy()),
+                            dtype=torch.float32)
+        r_true = rewards(world, true_reward_kind(world), q.users, q.targets, items)
+        baseline = None
+        if rl.baseline == "beam":  # the learner's reward of the policy's own set: its expected reward for x
+            r_own = rewards(world, rl.reward, q.users, q.targets, own.items.numpy(), own.logp.numpy())
+            baseline = torch.as_tensor(np.where(own.valid, r_own, 0).sum(1) / own.valid.sum(1).clamp_min(1).numpy(),
+                                       dtype=torch.float32)
+        own_mask = own_prefixes(cands.sids.clamp_min(0), own.sids, valid, own.valid)  # (B, C, L)
     # 3. value TD (Eq. 9)
     v_loss = math.nan
     if st.value_head is not None and st.vopt is not None:
-        for _ in range(rl.value_updates):
-            v_loss = td_update(policy, st.value_head, st.vopt, world, q, cands, cfg.value)
+        with record_function("value TD"):
+            for _ in range(rl.value_updates):
+                v_loss = td_update(policy, st.value_head, st.vopt, world, q, cands, cfg.value)
     # 4. policy update
     parts, grad_norm, adv = policy_update(st, q.histories, cands.sids, r, valid, cfg, seed, model, baseline, own_mask)
-    with torch.no_grad():
+    with record_function("diagnostics"), torch.no_grad():
         level1_after = policy.start(q.histories).logp.float().cpu()
         sft_top = st.reference.start(q.histories).logp.float().cpu().argmax(-1)
-    shift = mass_shift(level1_before, level1_after, cands.sids[..., 0], adv, valid,
-                       {"sft_top": sft_top, "oracle_best": best_code(world, q)})
-    return distributed.mean_scalars({
-        "step": step + 1, **diagnostics(cands, r, r_true, q.targets, cfg), "value_loss": v_loss,
-        "grad_norm": grad_norm, "lr": st.scheduler.get_last_lr()[0], **parts, **shift,
-        "beam_overlap": float(own_mask[..., -1].sum() / own.valid.sum().clamp_min(1)),
-    })
+        shift = mass_shift(level1_before, level1_after, cands.sids[..., 0], adv, valid,
+                           {"sft_top": sft_top, "oracle_best": best_code(world, q)})
+        row = {"step": step + 1, **diagnostics(cands, r, r_true, q.targets, cfg), "value_loss": v_loss,
+               "grad_norm": grad_norm, "lr": st.scheduler.get_last_lr()[0], **parts, **shift,
+               "beam_overlap": float(own_mask[..., -1].sum() / own.valid.sum().clamp_min(1))}
+    return distributed.mean_scalars(row)
 
 
 def candidate_group(policy, q, cfg: Config, guide, seed: int):
@@ -327,14 +339,16 @@ def policy_update(st: TrainingState, histories, sids: torch.Tensor, r: torch.Ten
     Returns the loss parts, the mean gradient norm before clipping, and GRPO's (B, C) advantages as
     used (for the diagnostics). Padding candidates (-1 codes) get log-prob 0, no loss."""
     rl, policy = cfg.rl, st.policy
-    with torch.no_grad():  # pi_theta_old in eval mode, as it decoded
+    with record_function("update: old and reference log-probs"), torch.no_grad():  # pi_theta_old, as it decoded
         old = policy.logprobs(histories, sids)
         ref = st.reference.logprobs(histories, sids)
-    negatives = negative_weights(rl.negatives, sids, old.float().cpu(), valid, own)
-    adv = group_advantages(r, rl.adv_eps, valid, rl.adv_ddof, baseline, negatives[0] if negatives else None)
+    with record_function("update: advantages"):
+        negatives = negative_weights(rl.negatives, sids, old.float().cpu(), valid, own)
+        adv = group_advantages(r, rl.adv_eps, valid, rl.adv_ddof, baseline, negatives[0] if negatives else None)
     policy.train()
     parts, norms = {}, []
-    with seeded(seed):  # dropout's draws: the same for a step's seed, the caller's stream untouched
+    with seeded(seed), record_function("update: forward, backward, step"):  # dropout's draws: the same for
+        # a step's seed, the caller's stream untouched
         for _ in range(rl.inner_epochs):
             new = (policy if model is None else model)(histories, sids)  # forward = logprobs
             dev = new.device  # decoders and rewards live on the CPU; a GPU policy's loss on its GPU
