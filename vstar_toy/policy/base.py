@@ -47,13 +47,16 @@ class Context:
     """The encoded prompts of a batch: per-layer keys/values (policy-owned layout), (B, T) key mask,
     the slot (item index) at which each context's next item is generated, the prompt's last-layer
     hidden states (B, T, d), and the history item ids (B, H), -1 left-padded. The value head reads
-    the last two (the backbone's view of the prompt, and the items' semantics)."""
+    the last two (the backbone's view of the prompt, and the items' semantics). ``encoder``: which
+    policy, at which version of its weights, encoded it (``SIDPolicy.weights_key``; None for a
+    hand-made Context, which no policy accepts in place of histories)."""
 
     kv: object
     mask: torch.Tensor
     next_slot: torch.Tensor
     hidden: torch.Tensor
     items: torch.Tensor
+    encoder: tuple[int, int] | None = None
 
     @property
     def prefill_tokens(self) -> int:
@@ -233,15 +236,38 @@ class SIDPolicy(nn.Module):
         return out
 
     # -- the protocol ------------------------------------------------------------------------------
-    def encode(self, histories: np.ndarray | torch.Tensor) -> Context:
-        """The prompt prefill: a causal pass over the contexts (B, H item ids, -1 left-padded)."""
+    def weights_key(self) -> tuple[int, int]:
+        """(this module, the version of its weights): PyTorch bumps a tensor's ``_version`` at every
+        in-place change (an optimiser step, ``load_state_dict``), so the key changes with the weights."""
+        return id(self), sum(p._version for p in self.parameters())
+
+    def encode(self, histories: np.ndarray | torch.Tensor | Context) -> Context:
+        """The prompt prefill: a causal pass over the contexts (B, H item ids, -1 left-padded).
+
+        Every call that takes histories (``start``, ``logprobs``, ``candidate_hidden``, hence every
+        decoder) also takes the Context this returns, so that one prefill serves several calls (the
+        training step encodes its prompts once for its decoders, the old log-probs and the value's
+        inputs). Refused, as they would silently give wrong numbers: a Context encoded by another policy,
+        or by this one before its weights changed, and one encoded without gradients where gradients are
+        being recorded (the update's log-probs must reach the prompt's encoding)."""
+        if isinstance(histories, Context):
+            if histories.encoder != self.weights_key():
+                raise ValueError("this Context was encoded by another policy, or by this one before its weights "
+                                 "changed: encode the histories again")
+            if torch.is_grad_enabled() and not histories.hidden.requires_grad and any(
+                    p.requires_grad for p in self.parameters()):
+                raise ValueError("this Context was encoded without gradients: pass the histories where the "
+                                 "log-probs need gradients")
+            return histories
         items = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=self.device)
         tokens, levels, slots, mask, next_slot = self.item_tokens(items)
         ctx_hidden, kv = self._encode(tokens, levels, slots, mask, self.token_items(items))
-        return Context(kv=kv, mask=mask, next_slot=next_slot, hidden=ctx_hidden, items=items)
+        return Context(kv=kv, mask=mask, next_slot=next_slot, hidden=ctx_hidden, items=items,
+                       encoder=self.weights_key())
 
-    def start(self, histories: np.ndarray | torch.Tensor) -> State:
-        """Prefill the contexts (B, H item ids, -1 padded) and forward the start token of each."""
+    def start(self, histories: np.ndarray | torch.Tensor | Context) -> State:
+        """Prefill the contexts (B, H item ids, -1 padded, or their ``encode``) and forward the start
+        token of each."""
         context = self.encode(histories)
         b = len(context.items)
         query = torch.arange(b, device=self.device)

@@ -20,6 +20,7 @@ from ..config import PolicyConfig
 from ..seeding import seeded
 from ..world.catalog import Catalog
 from .base import SEP, Context, SIDPolicy
+from .packing import Packing
 
 MAX_SLOTS = 64  # items per sequence the slot embedding can tell apart; later slots share the last
 
@@ -105,27 +106,19 @@ class TinyPolicy(SIDPolicy):
     def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots):
         n, s = tokens.shape
         x = self._embed(tokens, levels, slots)
-        ctx_mask = ctx.mask[query][:, None, :].expand(n, s, -1)  # (N, S, T)
-        self_mask = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()[None].expand(n, -1, -1)
-        masks = [ctx_mask]
-        if past_kv is not None:
-            p = past_kv.shape[-2]
-            past_mask = torch.arange(p, device=x.device)[None, :] < past_len[:, None]  # (N, P)
-            masks.append(past_mask[:, None, :].expand(n, s, p))
-        masks.append(self_mask)
-        att_mask = torch.cat(masks, -1)[:, None]  # (N, 1, S, T + P + S)
+        pack = Packing.of(query, len(ctx.mask))
+        p = 0 if past_kv is None else past_kv.shape[-2]
+        att_mask = pack.mask(ctx.mask, past_len, p, s)  # (B, 1, G*S, T + G*(P+S))
         new_kv = []
         for i, blk in enumerate(self.blocks):
-            q, k, v = blk.heads(x)
-            ck, cv = ctx.kv[i]
-            keys = [ck[query], k]
-            vals = [cv[query], v]
-            if past_kv is not None:
-                keys.insert(1, past_kv[:, i, 0])
-                vals.insert(1, past_kv[:, i, 1])
-            att = F.scaled_dot_product_attention(q, torch.cat(keys, 2), torch.cat(vals, 2), attn_mask=att_mask)
+            q, k, v = blk.heads(x)  # each (N, h, S, dh)
+            own_k, own_v = (k, v) if past_kv is None else (torch.cat([past_kv[:, i, 0], k], 2),
+                                                           torch.cat([past_kv[:, i, 1], v], 2))  # (N, h, P+S, dh)
+            ck, cv = ctx.kv[i]  # (B, h, T, dh)
+            keys, vals = torch.cat([ck, pack.rows_to_seq(own_k)], 2), torch.cat([cv, pack.rows_to_seq(own_v)], 2)
+            att = F.scaled_dot_product_attention(pack.rows_to_seq(q), keys, vals, attn_mask=att_mask)
             new_kv.append(torch.stack([k, v], 1))  # (N, 2, h, S, dh)
-            x = blk.finish(x, att)
+            x = blk.finish(x, pack.seq_to_rows(att, s))
         return self.ln_f(x), torch.stack(new_kv, 1)  # hidden (N, S, d); kv (N, layers, 2, h, S, dh)
 
     def _code_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:

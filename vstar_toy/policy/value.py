@@ -97,14 +97,17 @@ class ValueHead(nn.Module):
         before = parents.hidden[:, : self.levels]  # states that predicted y_1 .. y_L; row l-1 is the parent's
         return self._values(before, tokens, parents.query, parents.context, parents.depth + 1)
 
-    def of_candidates(self, policy: SIDPolicy, queries, sids: torch.Tensor) -> torch.Tensor:
+    def of_candidates(self, policy: SIDPolicy, queries, sids: torch.Tensor, context: Context | None = None
+                      ) -> torch.Tensor:
         """(B, C, L) V of every prefix y_<=1 .. y_<=L of candidates ``sids`` (B, C, L) of ``queries``
-        (anything with ``histories``); padding candidates get values that callers mask. The backbone
-        runs without gradients; the head's parameters get them."""
+        (anything with ``histories``; ``context``: the policy's encoding of them, if the caller has it);
+        padding candidates get values that callers mask. The backbone runs without gradients; the head's
+        parameters get them."""
         b, c, L = sids.shape
         with torch.no_grad():
             # (B, C, L, d): the states of [start, y_1 .. y_{L-1}], which predicted y_1 .. y_L
-            before, ctx = policy.candidate_hidden(queries.histories, sids.clamp_min(0))
+            prompts = queries.histories if context is None else context
+            before, ctx = policy.candidate_hidden(prompts, sids.clamp_min(0))
         query = torch.arange(b, device=before.device).repeat_interleave(c)
         tokens = sids.to(before.device).clamp_min(0).reshape(b * c, L)
         return self._values(before.reshape(b * c, L, -1), tokens, query, ctx, None).reshape(b, c, L)

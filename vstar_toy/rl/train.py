@@ -55,6 +55,7 @@ from ..decoding import beam_search, decode
 from ..decoding.tree import merge_sets
 from ..evaluate import evaluate, scorers, true_reward_kind, value_quality
 from ..files import atomic_save, atomic_write_text, run_lock
+from ..policy.base import Context
 from ..seeding import seeded
 from ..world import World
 from ..world.rewards import rewards
@@ -70,8 +71,8 @@ from .advantages import (
 from .losses import loss_kwargs, policy_loss
 from .value_learning import td_update
 
-PHASES = ("decode", "reward", "value TD", "update: old and reference log-probs", "update: advantages",
-          "update: forward, backward, step", "diagnostics", "evaluation", "checkpoint")
+PHASES = ("decode", "reward", "value TD", "update: old and reference log-probs", "update: forward",
+          "update: advantages", "update: loss, backward, step", "diagnostics", "evaluation", "checkpoint")
 """The loop's phases, each a ``torch.profiler.record_function`` range in ``train_step`` and ``_loop``
 (free unless a profiler runs): ``benchmarks/profile_loop.py`` says where a step's time goes by them."""
 
@@ -82,6 +83,19 @@ class TrainResult:
     value_head: torch.nn.Module | None
     log: pd.DataFrame  # one row per step; evaluation columns filled every eval_every steps
     run_dir: Path | None
+
+
+@dataclass
+class StepPrompts:
+    """One step's prompts, each model's prefill done once (``SIDPolicy.encode``).
+
+    histories: (B, H) item ids, -1 left-padded (each update pass with gradients encodes them anew);
+    behaviour: the policy's Context before the update (its decoders, the old log-probs, V's inputs);
+    reference: the frozen SFT reference's Context (the KL term's log-probs, the diagnostics)."""
+
+    histories: np.ndarray
+    behaviour: Context
+    reference: Context
 
 
 @dataclass
@@ -248,10 +262,11 @@ def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: t
     #    decode itself at test time: the "beam" baseline, "drop"'s test, and the diagnostics read it)
     policy.eval()
     with record_function("decode"), torch.no_grad():
+        prompts = StepPrompts(q.histories, policy.encode(q.histories), st.reference.encode(q.histories))
         guide = decode_value if decode_value is not None else st.value_head
-        cands, own = candidate_group(policy, q, cfg, guide, distributed.rank_seed(seed % (2**31)))
+        cands, own = candidate_group(policy, q, cfg, guide, distributed.rank_seed(seed % (2**31)), prompts.behaviour)
     with record_function("diagnostics"), torch.no_grad():
-        level1_before = policy.start(q.histories).logp.float().cpu()  # (B, K_1) log pi(y_1 | x)
+        level1_before = policy.start(prompts.behaviour).logp.float().cpu()  # (B, K_1) log pi(y_1 | x)
     items, valid = cands.items.numpy(), cands.valid
     # 2. rewards: what the learner sees, and (for the log) the truth
     with record_function("reward"):
@@ -269,12 +284,12 @@ def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: t
     if st.value_head is not None and st.vopt is not None:
         with record_function("value TD"):
             for _ in range(rl.value_updates):
-                v_loss = td_update(policy, st.value_head, st.vopt, world, q, cands, cfg.value)
+                v_loss = td_update(policy, st.value_head, st.vopt, world, q, cands, cfg.value, prompts.behaviour)
     # 4. policy update
-    parts, grad_norm, adv = policy_update(st, q.histories, cands.sids, r, valid, cfg, seed, model, baseline, own_mask)
+    parts, grad_norm, adv = policy_update(st, prompts, cands.sids, r, valid, cfg, seed, model, baseline, own_mask)
     with record_function("diagnostics"), torch.no_grad():
-        level1_after = policy.start(q.histories).logp.float().cpu()
-        sft_top = st.reference.start(q.histories).logp.float().cpu().argmax(-1)
+        level1_after = policy.start(q.histories).logp.float().cpu()  # the weights changed: a new prefill
+        sft_top = st.reference.start(prompts.reference).logp.float().cpu().argmax(-1)
         shift = mass_shift(level1_before, level1_after, cands.sids[..., 0], adv, valid,
                            {"sft_top": sft_top, "oracle_best": best_code(world, q)})
         row = {"step": step + 1, **diagnostics(cands, r, r_true, q.targets, cfg), "value_loss": v_loss,
@@ -283,24 +298,26 @@ def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: t
     return distributed.mean_scalars(row)
 
 
-def candidate_group(policy, q, cfg: Config, guide, seed: int):
-    """(the group the update sees, the policy's own beam-search set at 1x |C|) for queries ``q``.
+def candidate_group(policy, q, cfg: Config, guide, seed: int, context: Context | None = None):
+    """(the group the update sees, the policy's own beam-search set at 1x |C|) for queries ``q``;
+    ``context``: the policy's encoding of ``q.histories``, if the caller has it.
 
     ``RLConfig.group`` "decoder": ``cfg.decode``'s decoder; "mix": ceil(|C|/2) by beam search and the
     rest by that decoder, each at its own 1x budget (VED's b0 scaled with it), duplicates removed
     (``tree.merge_sets``). The own set is the group itself when the group is beam search at 1x."""
     dcfg, n = dataclasses.replace(cfg.decode, seed=seed), cfg.decode.n_candidates
+    prompts = q.histories if context is None else context
     value_fn = guide.bind(q) if guide is not None else None
     own_is_group = cfg.rl.group == "decoder" and dcfg.decoder == "beam" and dcfg.budget_x == 1.0
-    own = beam_search(policy, q.histories, n, 1.0)
+    own = beam_search(policy, prompts, n, 1.0)
     if own_is_group:
         return own, own
     if cfg.rl.group == "decoder":
-        return decode(policy, q.histories, dcfg, value_fn), own
+        return decode(policy, prompts, dcfg, value_fn), own
     half = n // 2
-    first = beam_search(policy, q.histories, n - half, 1.0)
+    first = beam_search(policy, prompts, n - half, 1.0)
     other = dataclasses.replace(dcfg, n_candidates=half, warm_beam=max(1, min(half - 1, dcfg.warm_beam * half // n)))
-    return merge_sets(first, decode(policy, q.histories, other, value_fn), n), own
+    return merge_sets(first, decode(policy, prompts, other, value_fn), n), own
 
 
 def best_code(world: World, q) -> torch.Tensor:
@@ -330,39 +347,52 @@ def mass_shift(before: torch.Tensor, after: torch.Tensor, codes: torch.Tensor, a
     return out
 
 
-def policy_update(st: TrainingState, histories, sids: torch.Tensor, r: torch.Tensor, valid: torch.Tensor,
+def policy_update(st: TrainingState, prompts: StepPrompts, sids: torch.Tensor, r: torch.Tensor, valid: torch.Tensor,
                   cfg: Config, seed: int, model: torch.nn.Module | None = None, baseline: torch.Tensor | None = None,
                   own: torch.Tensor | None = None) -> tuple[dict, float, torch.Tensor]:
     """``inner_epochs`` passes of the objective over one decoded batch; the importance ratios are
-    against the behaviour policy (pi_theta_old, frozen before the first pass). ``baseline`` (B,) and
+    against the behaviour policy (pi_theta_old, frozen before the first pass: ``prompts.behaviour``
+    is its prefill; each pass with gradients encodes ``prompts.histories`` anew). ``baseline`` (B,) and
     ``own`` (B, C, L; ``advantages.own_prefixes``) feed ``RLConfig.baseline`` and ``negatives``.
     Returns the loss parts, the mean gradient norm before clipping, and GRPO's (B, C) advantages as
     used (for the diagnostics). Padding candidates (-1 codes) get log-prob 0, no loss."""
     rl, policy = cfg.rl, st.policy
-    with record_function("update: old and reference log-probs"), torch.no_grad():  # pi_theta_old, as it decoded
-        old = policy.logprobs(histories, sids)
-        ref = st.reference.logprobs(histories, sids)
-    with record_function("update: advantages"):
-        negatives = negative_weights(rl.negatives, sids, old.float().cpu(), valid, own)
-        adv = group_advantages(r, rl.adv_eps, valid, rl.adv_ddof, baseline, negatives[0] if negatives else None)
+    # pi_theta_old: the policy as it decoded. With one pass and no dropout it is the pass's own forward,
+    # detached: bit for bit what a separate forward gives (TRL's GRPOTrainer skips it alike)
+    old_is_first_pass = rl.inner_epochs == 1 and not _draws_dropout(policy)
+    with record_function("update: old and reference log-probs"), torch.no_grad():
+        old = None if old_is_first_pass else policy.logprobs(prompts.behaviour, sids)
+        ref = st.reference.logprobs(prompts.reference, sids)
     policy.train()
     parts, norms = {}, []
-    with seeded(seed), record_function("update: forward, backward, step"):  # dropout's draws: the same for
-        # a step's seed, the caller's stream untouched
-        for _ in range(rl.inner_epochs):
-            new = (policy if model is None else model)(histories, sids)  # forward = logprobs
-            dev = new.device  # decoders and rewards live on the CPU; a GPU policy's loss on its GPU
-            loss, parts = policy_loss(
-                rl.objective, new, old, ref, sids.to(dev), r.to(dev), valid.to(dev), **loss_kwargs(rl),
-                baseline=None if baseline is None else baseline.to(dev),
-                negatives=None if negatives is None else tuple(w.to(dev) for w in negatives))
-            st.opt.zero_grad()
-            loss.backward()
-            norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.max_grad_norm)))
-            st.opt.step()
+    with seeded(seed):  # dropout's draws: the same for a step's seed, the caller's stream untouched
+        for epoch in range(rl.inner_epochs):
+            with record_function("update: forward"):
+                new = (policy if model is None else model)(prompts.histories, sids)  # forward = logprobs
+            if epoch == 0:
+                with record_function("update: advantages"):
+                    old = new.detach() if old is None else old
+                    negatives = negative_weights(rl.negatives, sids, old.float().cpu(), valid, own)
+                    adv = group_advantages(r, rl.adv_eps, valid, rl.adv_ddof, baseline,
+                                           negatives[0] if negatives else None)
+            with record_function("update: loss, backward, step"):
+                dev = new.device  # decoders and rewards live on the CPU; a GPU policy's loss on its GPU
+                loss, parts = policy_loss(
+                    rl.objective, new, old, ref, sids.to(dev), r.to(dev), valid.to(dev), **loss_kwargs(rl),
+                    baseline=None if baseline is None else baseline.to(dev),
+                    negatives=None if negatives is None else tuple(w.to(dev) for w in negatives))
+                st.opt.zero_grad()
+                loss.backward()
+                norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.max_grad_norm)))
+                st.opt.step()
     st.scheduler.step()
     policy.eval()
     return parts, float(np.mean(norms)), adv
+
+
+def _draws_dropout(policy: torch.nn.Module) -> bool:
+    """Whether the policy's forward in train mode is random (a dropout with p > 0)."""
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in policy.modules())
 
 
 def diagnostics(cands, r: torch.Tensor, r_true: np.ndarray, targets: np.ndarray, cfg: Config) -> dict:

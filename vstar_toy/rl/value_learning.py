@@ -48,13 +48,14 @@ def value_loss(values: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor 
     return (err * w).sum() / w.sum().clamp_min(1.0)
 
 
-def td_update(policy, head: ValueHead, opt, world, queries, cands, cfg: ValueConfig) -> float:
-    """One TD step (Eq. 9) on decoded candidate sets; returns the loss."""
+def td_update(policy, head: ValueHead, opt, world, queries, cands, cfg: ValueConfig, context=None) -> float:
+    """One TD step (Eq. 9) on decoded candidate sets; returns the loss. ``context``: the policy's
+    encoding of ``queries.histories`` (``SIDPolicy.encode``), if the caller has it."""
     emb = torch.as_tensor(world.catalog.embeddings)
     items = cands.items.clamp_min(0)
     r_step = step_returns(cands.sids.clamp_min(0), emb[items], torch.as_tensor(world.catalog.sids[queries.targets]),
                           emb[torch.as_tensor(queries.targets)], cfg.step_weights, cands.valid)
-    values = head.of_candidates(policy, queries, cands.sids)
+    values = head.of_candidates(policy, queries, cands.sids, context)
     r_step, valid = r_step.to(values.device), cands.valid.to(values.device)
     loss = value_loss(values, td_targets(r_step, values, cfg.gamma), valid)
     opt.zero_grad()
