@@ -74,11 +74,12 @@ def value_quality(world: World, policy, queries: Queries, scorers: dict, n_candi
     sampled candidates sharing it), averaged over queries. Returns {scorer name: [rho per level]}."""
     kind = reward_kind or true_reward_kind(world)
     with torch.no_grad():
-        cands = sample(policy, queries.histories, n_candidates, temperature=1.5, seed=seed)
+        context = policy.encode(queries.histories)  # one prefill for the samples and every scorer
+        cands = sample(policy, context, n_candidates, temperature=1.5, seed=seed)
         r = rewards(world, kind, queries.users, queries.targets, cands.items.numpy())
         out = {}
         for name, scorer in scorers.items():
-            score = scorer.of_candidates(policy, queries, cands.sids).float().cpu().numpy()
+            score = scorer.of_candidates(policy, queries, cands.sids, context).float().cpu().numpy()
             rho = prefix_spearman(cands.sids.numpy(), score, r, cands.valid.numpy())
             out[name] = np.nanmean(rho, 0).tolist()
     return out

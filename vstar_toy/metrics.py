@@ -38,8 +38,6 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from .world import spearman_rows
-
 
 def _np(x) -> np.ndarray:
     """A numpy view of a numpy array, a torch tensor (any device, with or without grad), or a list."""
@@ -259,22 +257,58 @@ def prefix_spearman(sids, scores, rewards, valid=None) -> np.ndarray:
     sc = _np(scores).astype(np.float64)
     r = _np(rewards).astype(np.float64)
     b, _, L = s.shape
-    ok = _sid_valid(s, valid)
+    qi, ci = np.nonzero(_sid_valid(s, valid))  # the valid candidates, query by query
     out = np.full((b, L), np.nan)
-    for q in range(b):
-        idx = np.flatnonzero(ok[q])
-        for lvl in range(L):
-            # group the valid candidates by their prefix of length lvl + 1
-            _, group = np.unique(s[q, idx, : lvl + 1], axis=0, return_inverse=True)
-            group = group.reshape(-1)
-            n = group.max() + 1 if len(group) else 0
-            if n < 2:
-                continue
-            count = np.bincount(group, minlength=n)
-            prefix_score = np.bincount(group, weights=sc[q, idx, lvl], minlength=n) / count
-            prefix_reward = np.bincount(group, weights=r[q, idx], minlength=n) / count
-            out[q, lvl] = spearman_rows(prefix_score, prefix_reward)
+    for lvl in range(L):
+        # one group per (query, prefix of length lvl + 1); a query's groups are contiguous, in prefix order
+        keys = np.concatenate([qi[:, None], s[qi, ci, : lvl + 1]], 1)
+        _, group = np.unique(keys, axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        n = int(group.max()) + 1 if len(group) else 0
+        count = np.bincount(group, minlength=n)
+        prefix_score = np.bincount(group, weights=sc[qi, ci, lvl], minlength=n) / count
+        prefix_reward = np.bincount(group, weights=r[qi, ci], minlength=n) / count
+        query = np.zeros(n, dtype=np.int64)
+        query[group] = qi
+        out[:, lvl] = segment_spearman(query, prefix_score, prefix_reward, b)
     return out
+
+
+def segment_spearman(seg: np.ndarray, x: np.ndarray, y: np.ndarray, n_segments: int) -> np.ndarray:
+    """(n_segments,) Spearman rho between x and y within each segment (``seg``: each entry's segment id),
+    ties at average ranks; NaN for a segment of fewer than 2 entries, a constant side, or a NaN.
+
+    >>> segment_spearman(np.array([0, 0, 0, 1, 1]), np.array([1., 2, 3, 5, 5]), np.array([3., 2, 1, 0, 1]), 3)
+    array([-1., nan, nan])
+    """
+    rx, ry = _segment_ranks(seg, x), _segment_ranks(seg, y)
+    n = np.bincount(seg, minlength=n_segments).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dx = rx - (np.bincount(seg, weights=rx, minlength=n_segments) / n)[seg]
+        dy = ry - (np.bincount(seg, weights=ry, minlength=n_segments) / n)[seg]
+        num = np.bincount(seg, weights=dx * dy, minlength=n_segments)
+        den = np.sqrt(np.bincount(seg, weights=dx**2, minlength=n_segments)
+                      * np.bincount(seg, weights=dy**2, minlength=n_segments))
+        rho = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    has_nan = np.bincount(seg, weights=np.isnan(x) | np.isnan(y), minlength=n_segments) > 0
+    return np.where(has_nan, np.nan, rho)
+
+
+def _segment_ranks(seg: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of x within each segment, ties at their average rank (``scipy.stats.rankdata``'s
+    "average", segment by segment)."""
+    order = np.lexsort((x, seg))  # by segment, then by value
+    ss, xs = seg[order], x[order]
+    pos = np.arange(len(x))
+    new_seg = np.r_[True, ss[1:] != ss[:-1]]
+    new_tie = new_seg | np.r_[True, xs[1:] != xs[:-1]]
+    seg_start = np.maximum.accumulate(np.where(new_seg, pos, 0))
+    tie = np.cumsum(new_tie) - 1
+    first = pos[new_tie]
+    average = first + (np.bincount(tie) - 1) / 2.0  # the mean position of each run of ties
+    ranks = np.empty(len(x))
+    ranks[order] = average[tie] - seg_start + 1
+    return ranks
 
 
 # ----------------------------------------------------------------------------------------------

@@ -46,12 +46,12 @@ def sid_icicle(world: World, node_values: np.ndarray, ax=None, cmap="viridis", l
     norm = Normalize(np.nanmin(vals), np.nanmax(vals))
     cm = plt.get_cmap(cmap)
     n = cat.n_items
-    for lvl in range(1, levels + 1):
+    for lvl in range(1, levels + 1):  # one mesh of boxes per level (a bar per node is slow: ~4,600 patches)
         nodes = cat.nodes_at(lvl)
-        lo, hi = cat.lo[nodes], cat.hi[nodes]
-        colors = cm(norm(node_values[nodes]))
-        ax.barh(np.full(len(nodes), -lvl), (hi - lo) / n, left=lo / n, height=0.9, color=colors,
-                edgecolor="white" if lvl == 1 else "none", linewidth=0.6)
+        nodes = nodes[np.argsort(cat.lo[nodes])]  # side by side, in SID order: they tile [0, n)
+        edges = np.append(cat.lo[nodes], cat.hi[nodes[-1]]) / n
+        ax.pcolormesh(edges, [-lvl - 0.45, -lvl + 0.45], node_values[nodes][None, :], cmap=cm, norm=norm,
+                      edgecolors="white" if lvl == 1 else "none", linewidth=0.6 if lvl == 1 else 0)
     for items, color, lw in ((highlight, "red", 1.2), (target, "black", 2.4)):
         if items is None:
             continue

@@ -19,8 +19,9 @@ Each scorer offers two calls:
   ``value_fn(parents: State, codes: (N,), prefix_logp: (N,)) -> (N,)``, the values of the children
   y_<=l = parents' prefix + code, whose log pi(y_<=l | x) is ``prefix_logp``. No scorer needs a
   child's own backbone forward (``policy/value.py`` says why), so a leaf costs nothing to score.
-- ``of_candidates(policy, queries, sids) -> (B, C, L)``: the value of every prefix of finished
-  candidates (Fig. 3's protocol, ``evaluate.value_quality``).
+- ``of_candidates(policy, queries, sids, context=None) -> (B, C, L)``: the value of every prefix of
+  finished candidates (Fig. 3's protocol, ``evaluate.value_quality``); ``context``, the policy's encoding
+  of ``queries.histories`` (``SIDPolicy.encode``), spares a scorer that runs the backbone its prefill.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class NodeTableValue:
 
         return value_fn
 
-    def of_candidates(self, policy, queries: Queries, sids: torch.Tensor) -> torch.Tensor:
+    def of_candidates(self, policy, queries: Queries, sids: torch.Tensor, context=None) -> torch.Tensor:
         nodes = self.world.catalog.prefix_nodes(sids.cpu())  # (B, C, L)
         return self.table(queries).gather(1, nodes.reshape(len(queries), -1)).reshape(nodes.shape)
 
@@ -94,9 +95,10 @@ class LikelihoodValue:
     def bind(self, queries: Queries) -> ValueFn:
         return likelihood_value
 
-    def of_candidates(self, policy, queries: Queries, sids: torch.Tensor) -> torch.Tensor:
+    def of_candidates(self, policy, queries: Queries, sids: torch.Tensor, context=None) -> torch.Tensor:
+        prompts = queries.histories if context is None else context
         with torch.no_grad():
-            return policy.logprobs(queries.histories, sids.clamp_min(0)).float().cpu().cumsum(-1)
+            return policy.logprobs(prompts, sids.clamp_min(0)).float().cpu().cumsum(-1)
 
 
 def likelihood_value(parents: State, codes: torch.Tensor, prefix_logp: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,7 @@ def _parent_values(trace, value_fn) -> torch.Tensor:
     above_nodes = trace.levels[-3].node if len(trace.levels) >= 3 else trace.root_node
     rows = torch.as_tensor(np.searchsorted(above_nodes, mid.parent), device=mid.sid.device)
     depth = len(trace.levels) - 2  # 0-based index of the depth-(L-1) code
-    v_mid = value_fn(above_state.index(rows), mid.sid[:, depth], mid.cum_logp)
+    v_mid = value_fn(above_state.index(rows, cache=False), mid.sid[:, depth], mid.cum_logp)
     v_leaf = v_mid[torch.as_tensor(np.searchsorted(mid.node, leaf.parent), device=v_mid.device)]
     trace.tree.set(mid.node, value=v_mid)
     trace.tree.set(leaf.node, value=v_leaf)

@@ -277,7 +277,7 @@ def warm_start(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
         prow = torch.as_tensor(lvl.parent - first_id)  # each node's parent row in the previous level
         codes = lvl.sid[:, lvl.token_logp.shape[1] - 1].cpu()  # this level's code
         with torch.no_grad():
-            v = value_fn(parents.index(prow.to(parents.query.device)), codes.to(parents.query.device),
+            v = value_fn(parents.index(prow.to(parents.query.device), cache=False), codes.to(parents.query.device),
                          lvl.cum_logp).float().cpu()
         tok = torch.zeros(len(prow), L)
         tok[:, : lvl.token_logp.shape[1]] = lvl.token_logp.cpu()
@@ -297,14 +297,14 @@ def add_leaves(tree: SearchTree, qs: torch.Tensor, loc: torch.Tensor, value_fn) 
     if len(qs) == 0:
         return
     dev = tree.pool.logp.device
-    parents = tree.pool.index(tree.row[qs, loc].to(dev))
+    parents = tree.pool.index(tree.row[qs, loc].to(dev), cache=False)
     logp = parents.logp.float().cpu()
     p_idx, codes = torch.isfinite(logp).nonzero(as_tuple=True)  # (parent, code) of every valid child
     pq, ploc = qs[p_idx], loc[p_idx]
     step_lp = logp[p_idx, codes]
     cum = tree.cum[pq, ploc] + step_lp
     with torch.no_grad():
-        v = value_fn(parents.index(p_idx.to(dev)), codes.to(dev), cum.to(dev)).float().cpu()
+        v = value_fn(parents.index(p_idx.to(dev), cache=False), codes.to(dev), cum.to(dev)).float().cpu()
     L, rows = tree.levels, torch.arange(len(p_idx))
     sid, tok = tree.sid[pq, ploc].clone(), tree.token_logp[pq, ploc].clone()
     sid[rows, L - 1], tok[rows, L - 1] = codes, step_lp

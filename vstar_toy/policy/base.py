@@ -91,9 +91,12 @@ class State:
     def __len__(self) -> int:
         return len(self.query)
 
-    def index(self, idx) -> State:
-        """Rows ``idx`` (a LongTensor, a bool mask or a slice)."""
-        return State(**{f: getattr(self, f)[idx] for f in ROW_FIELDS}, context=self.context)
+    def index(self, idx, cache: bool = True) -> State:
+        """Rows ``idx`` (a LongTensor, a bool mask or a slice). ``cache=False`` leaves out the prefix cache
+        (``kv`` of zero rows, which no ``step`` accepts), the largest field, for readers of the others such
+        as value functions."""
+        rows = {f: getattr(self, f)[idx] if cache or f != "kv" else self.kv[:0] for f in ROW_FIELDS}
+        return State(**rows, context=self.context)
 
     @staticmethod
     def cat(states: list[State]) -> State:

@@ -78,15 +78,23 @@ def logged_logprobs(tastes: np.ndarray, emb: np.ndarray, log_pop: np.ndarray, cf
 
 def gumbel_top_k(logp: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """(U, k) distinct items per row drawn without replacement from exp(logp), in random order."""
-    g = logp - np.log(-np.log(rng.uniform(1e-12, 1.0, size=logp.shape)))
-    top = np.argpartition(-g, k - 1, axis=1)[:, :k]
+    top = np.argpartition(_perturbed(logp, rng, negate=True), k - 1, axis=1)[:, :k]
     return rng.permuted(top, axis=1)
 
 
 def sample_rows(logp: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """(U, k) items per row drawn with replacement from exp(logp) (Gumbel-max, one draw per column)."""
-    cols = [(logp - np.log(-np.log(rng.uniform(1e-12, 1.0, size=logp.shape)))).argmax(1) for _ in range(k)]
-    return np.stack(cols, 1)
+    return np.stack([_perturbed(logp, rng).argmax(1) for _ in range(k)], 1)
+
+
+def _perturbed(logp: np.ndarray, rng: np.random.Generator, negate: bool = False) -> np.ndarray:
+    """logp + Gumbel noise, -log(-log(u)) with u ~ U(1e-12, 1) (negated if ``negate``), computed in one
+    buffer: the same numbers as the expression, without its four (U, N) temporaries."""
+    g = rng.uniform(1e-12, 1.0, size=logp.shape)
+    np.log(g, out=g)
+    np.negative(g, out=g)
+    np.log(g, out=g)  # log(-log(u)) = -Gumbel
+    return np.subtract(g, logp, out=g) if negate else np.subtract(logp, g, out=g)
 
 
 def split_users(n_users: int, cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:
