@@ -79,7 +79,6 @@ def world(preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: See
           quiet: Quiet = False,
           plot: Annotated[Path | None, typer.Option(help="save the SID-tree picture in this folder")] = None):
     """Build the synthetic world and print its summary (items, SIDs, branching, measured mismatch)."""
-    from . import plots
     from .pipeline import build_world
     if plot is not None:
         check_output_dir(plot, "--plot")
@@ -95,6 +94,8 @@ def world(preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: See
         print("\nspearman_exposure_reward: per level, rho between the logs' log-probability of a prefix and its "
               "true reward.\nNear 1 = likelihood ranks prefixes as reward does; near 0 = it does not (mismatch).")
     if plot is not None:
+        from . import plots
+
         plot.mkdir(parents=True, exist_ok=True)
         plots.save(plots.world_tree(w, user=int(w.queries("test", n=1).users[0])), plot / "sid_tree.png")
         say_to(quiet)(f"saved {plot / 'sid_tree.png'}")

@@ -36,7 +36,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import stats
 
 
 def _np(x) -> np.ndarray:
@@ -372,5 +371,7 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
     mean = float(x.mean())
     if n == 1:
         return mean, float("nan"), float("nan")
+    from scipy import stats  # here, not at the top: scipy.stats takes most of a second to import
+
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * x.std(ddof=1) / np.sqrt(n))
     return mean, mean - half, mean + half

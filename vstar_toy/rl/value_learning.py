@@ -86,8 +86,9 @@ def pretrain_value(policy, world, cfg: ValueConfig, head: ValueHead | None = Non
     for step in bar:
         queries = world.queries("train", n=cfg.pretrain_queries, seed=cfg.seed * 100_003 + step)
         with torch.no_grad():
-            cands = sample(policy, queries.histories, cfg.pretrain_candidates, temperature=1.5, seed=step)
-        losses.append(td_update(policy, head, opt, world, queries, cands, cfg))
+            context = policy.encode(queries.histories)  # one prefill for the samples and V's inputs
+            cands = sample(policy, context, cfg.pretrain_candidates, temperature=1.5, seed=step)
+        losses.append(td_update(policy, head, opt, world, queries, cands, cfg, context))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1
         if on_checkpoint is not None and done % checkpoint_every == 0 and done < cfg.pretrain_steps:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from ..config import WorldConfig
 from . import users as U
@@ -210,6 +209,8 @@ class World:
 def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman rho between x[b] and y[b] for every row b (ties get average ranks); NaN for a
     constant row or a row of fewer than 2 entries."""
+    from scipy.stats import rankdata  # here, not at the top: scipy.stats takes most of a second to import
+
     rx = rankdata(x, axis=-1)
     ry = rankdata(y, axis=-1)
     rx = rx - rx.mean(-1, keepdims=True)
