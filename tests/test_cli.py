@@ -42,6 +42,19 @@ def test_world_json(run):
     assert out["mismatch"] == 0.9 and out["items"] > 0
 
 
+def test_demo_tells_the_story_and_where_its_time_went(model_cache, tmp_path):
+    out = tmp_path / "demo"  # the tiny preset's models from the shared cache; 20 test users, 2 RL steps per arm
+    res = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--queries", "20", "--rl-steps", "2", "--out", str(out)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    stages = pd.read_csv(out / "stages.csv")
+    assert stages["stage"].tolist() == ["world", "SFT", "value", "decoding", "training"]
+    assert (stages["seconds"] > 0).all() and "done in" in res.stdout
+    for table in ("decoding.csv", "training.csv", "mismatch_knob.csv"):
+        assert len(pd.read_csv(out / table)) > 0, table
+    trained = pd.read_csv(out / "training.csv")
+    assert trained["policy"].tolist() == ["SFT", "beam+GRPO", "V-STAR", "V-STAR+"]
+
+
 def test_decode_json_reports_valid_candidates(run):
     for decoder in ("beam", "ved"):
         out = _json(run("decode", "--preset", "tiny", "--decoder", decoder, "--json"))

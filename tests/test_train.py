@@ -226,3 +226,36 @@ def test_a_mixed_group_needs_a_decoder_other_than_beam(sft):
     cfg = presets.tiny().replace(decode={"decoder": "beam"}, rl={"group": "mix"})
     with pytest.raises(ValueError, match="mix"):
         train(world, policy, cfg, head, **QUIET)
+
+
+# ----------------------------------------------------------------------------------------------
+# what makes a step cheap must not change it
+
+
+def test_old_log_probs_from_the_pass_itself_equal_a_separate_forward(sft, monkeypatch):
+    """With one pass and no dropout, pi_theta_old is the pass's own forward, detached: the update, the
+    loss parts and the log row are bit for bit those of a separate forward of the behaviour policy."""
+    world, _, head = sft
+    cfg = presets.tiny().replace(decode={"decoder": "ved"}, rl={"objective": "joint", "negatives": "topr"})
+    results = []
+    for separate in (False, True):
+        monkeypatch.setattr(train_mod, "_draws_dropout", lambda policy, separate=separate: separate)
+        _, policy, value = fresh(sft)
+        st = train_mod.training_state(policy, cfg, value)
+        rows = [train_mod.train_step(world, st, cfg, s) for s in range(2)]
+        results.append((rows, policy))
+    (rows_a, pol_a), (rows_b, pol_b) = results
+    assert same_parameters(pol_a, pol_b)
+    assert rows_a == rows_b
+
+
+def test_a_profiled_run_records_every_phase(sft, tmp_path):
+    """benchmarks/profile_loop.py reads the loop's phases from the profiler: each one must be there."""
+    from torch.profiler import ProfilerActivity, profile
+
+    world, policy, head = fresh(sft)
+    cfg = presets.tiny().replace(decode={"decoder": "ved"}, rl={"steps": 2, "eval_every": 1})
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train(world, policy, cfg, head, run_dir=tmp_path / "run", **QUIET)
+    seen = {e.key for e in prof.key_averages()}
+    assert set(train_mod.PHASES) <= seen, set(train_mod.PHASES) - seen

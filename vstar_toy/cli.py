@@ -107,12 +107,12 @@ def sft(out: Annotated[Path, typer.Option(help="checkpoint directory to write")]
         backbone: Backbone = None, epochs: Annotated[int | None, typer.Option(help="maximum SFT epochs")] = None,
         quiet: bool = False):
     """Supervised next-item training on the logs; writes a checkpoint that `--policy DIR` loads."""
+    check_output_dir(out)  # before the imports: a bad path answers at once
     from . import checkpoint
     from .files import run_lock
     from .pipeline import make_policy
     from .rl.sft import train_sft
 
-    check_output_dir(out)
     cfg, w = load(preset_name, mismatch, seed, data)
     if epochs is not None:
         cfg = cfg.replace(sft={"epochs": epochs})
@@ -305,6 +305,7 @@ def train(out: Annotated[Path, typer.Option(help="run directory: metrics.csv, ch
     Writes OUT/metrics.csv (one row per step), checkpoints, and OUT/final (a `--policy` checkpoint).
     Under `torchrun --nproc_per_node N -m vstar_toy.cli train ...` the batch is sharded over N processes
     (DDP; nccl on GPUs, gloo on CPU) and rank 0 writes and prints."""
+    check_output_dir(out)  # before the imports: a bad path answers at once
     import contextlib
     import copy
 
@@ -314,7 +315,6 @@ def train(out: Annotated[Path, typer.Option(help="run directory: metrics.csv, ch
     from .rl import distributed
     from .rl.train import train as run_training
 
-    check_output_dir(out)
     distributed.init_from_env()
     try:
         main = distributed.is_main()
@@ -380,12 +380,12 @@ def reproduce(out: Annotated[Path, typer.Option(help="report.md, CSVs and figure
               preset_name: Preset = "cpu_demo", data: Data = None, backbone: Backbone = None,
               as_json: AsJson = False, quiet: Quiet = False):
     """Reproduce the paper's claims: mean and 95% interval over seeds, a verdict per claim, report.md."""
+    check_output_dir(out)  # before the imports: a bad path answers at once
     from .experiments import Settings
     from .experiments import reproduce as run_claims
     from .experiments.claims import CLAIMS
     from .pipeline import load_data
 
-    check_output_dir(out)
     try:
         ids = [c for c in CLAIMS if c != 8 or data is None] if claims is None else [
             int(c) for c in claims.split(",") if c.strip()]
@@ -452,9 +452,9 @@ def recipe(out: Annotated[Path, typer.Option(help="runs, recipe.csv and recipe.m
            preset_name: Preset = "cpu_demo", as_json: AsJson = False, quiet: Quiet = False):
     """How the RL recipe was chosen: a learning rate x inner epochs grid, then warm-up and the joint loss's
     normalisation, for beam+GRPO and V-STAR, judged on the validation split only (experiments/recipe.py)."""
+    check_output_dir(out)  # before the imports: a bad path answers at once
     from .experiments.recipe import recipe_sweep
 
-    check_output_dir(out)
     table, chosen = recipe_sweep(preset(preset_name), out, progress=not quiet, say=say_to(quiet),
                                  **({} if steps is None else {"steps": steps}))
     if as_json:
@@ -472,9 +472,9 @@ def demo(out: Annotated[Path, typer.Option(help="where the tables and figures go
          rl_steps: Annotated[int, typer.Option(help="policy updates per training run in step 5")] = 40):
     """The whole story in a few minutes: the world and its mismatch knob, SFT, the value model, beam
     search against VED at the same budget, and a short GRPO (beam) against V-STAR (VED + joint) training."""
+    check_output_dir(out)  # before the imports: a bad path answers at once
     from .files import run_lock
 
-    check_output_dir(out)
     with run_lock(out):  # one demo writes a folder at a time
         _demo(out, preset_name, queries, rl_steps)
 

@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from scipy.stats import spearmanr  # at import, not inside a timed example
 
 from vstar_toy import metrics as M
 
@@ -88,8 +89,6 @@ def test_div_equals_brute_force(sids):
 
 def brute_force_prefix_spearman(sids: np.ndarray, scores: np.ndarray, rewards: np.ndarray) -> list[float]:
     """Spearman per level of one query: a dict of prefixes, then scipy's spearmanr."""
-    from scipy.stats import spearmanr
-
     out = []
     for lvl in range(sids.shape[1]):
         groups: dict[tuple, list[int]] = {}

@@ -33,7 +33,12 @@ class Packing:
 
     @staticmethod
     def of(query: torch.Tensor, n_ctx: int) -> Packing:
-        """Rows whose contexts are ``query`` (N,), in any order, among ``n_ctx`` contexts."""
+        """Rows whose contexts are ``query`` (N,), in any order, among ``n_ctx`` contexts.
+
+        >>> p = Packing.of(torch.tensor([1, 0, 1, 1]), 3)  # context 1 has the most rows: G = 3
+        >>> p.g, p.slot.tolist()  # row 1 is context 0's first slot; rows 0, 2, 3 fill context 1's
+        (3, [3, 0, 4, 5])
+        """
         counts = torch.bincount(query, minlength=n_ctx)
         g = int(counts.max()) if len(query) else 1  # one read back to the host per call
         order = torch.argsort(query, stable=True)
