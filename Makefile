@@ -47,6 +47,8 @@ app: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/decoders.py
 	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/steps.py
+	$(BIN)/python benchmarks/profile_loop.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -5,8 +5,9 @@
 1. *RL steps*: ``rl.train.train`` from the preset's SFT policy and value head (cached by
    ``vstar_toy.pipeline``) for beam search + GRPO and V-STAR (VED + the joint loss), ``--steps`` steps
    each with the preset's ``eval_every`` and a run folder, so that validation and checkpoints cost what
-   they cost in a real run; under ``torch.profiler``, whose ranges are ``rl.train.PHASES``. Per phase:
-   seconds per step (evaluation and checkpoints spread over the steps) and its share of the wall time;
+   they cost in a real run, and numpy's BLAS on one thread as the command line sets it; under
+   ``torch.profiler``, whose ranges are ``rl.train.PHASES``. Per phase: seconds per step (evaluation
+   and checkpoints spread over the steps) and its share of the wall time;
    "other" is the wall time outside every phase (drawing the batch, the progress bar, the log row).
 2. ``--demo``: ``vstar-toy demo`` as a new user runs it, in a subprocess with an empty cache and output
    folder: its wall time (Python's start and imports included) and its stages (the demo's
@@ -29,13 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-import torch
-from torch.profiler import ProfilerActivity, profile
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS threads as the command line sets them
 
-from vstar_toy import pipeline
-from vstar_toy.config import PRESETS, UPDATES, preset
-from vstar_toy.rl.train import PHASES, train
+import pandas as pd  # noqa: E402  (after the thread setting, which numpy reads when it loads)
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from vstar_toy import pipeline  # noqa: E402
+from vstar_toy.config import PRESETS, UPDATES, preset  # noqa: E402
+from vstar_toy.rl.train import PHASES, train  # noqa: E402
 
 ARMS = {"beam+GRPO": ("beam", "grpo", "paper"), "V-STAR": ("ved", "joint", "paper")}
 

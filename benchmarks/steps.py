@@ -16,7 +16,8 @@ run pays every ``eval_every`` steps.
 
 Reported per arm and version: the best step over all rounds (the median carries other processes' load),
 the evaluation's best, a step with the evaluation spread over ``eval_every`` steps, and the ratios of
-the earlier version to this one. Both versions run on the same machine with the same thread count.
+the earlier version to this one. Both versions run on the same machine with the same torch thread count
+and numpy's BLAS on one thread (as the command line sets it, ``vstar_toy/cli.py``).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def export(rev: str, into: Path) -> Path:
 
 
 def run_worker(tree: Path, args: argparse.Namespace) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env = {**os.environ, "PYTHONPATH": str(tree), "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "--preset", args.preset,
                           "--steps", str(args.steps), "--threads", str(args.threads)],
                          env=env, cwd=ROOT, capture_output=True, text=True)

@@ -22,6 +22,7 @@ minimum) print one line naming the problem and exit with status 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,11 @@ import typer
 
 from .config import PRESETS, UPDATES, VALUE_DECODERS, Config, preset
 from .files import check_output_dir
+
+# numpy's BLAS (OpenBLAS) starts threads of its own beside torch's OpenMP threads, and on 2 cores the two
+# pools spin against each other: the demo's training took 55 s with one BLAS thread and 66-69 s with the
+# default (README, "Speed"). numpy's matrices here are small. Set before numpy loads; a user's setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Commands import the library (torch, pandas, matplotlib) in their bodies, so that `--help` and a bad
 # option answer at once.
