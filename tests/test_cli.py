@@ -147,10 +147,22 @@ def test_reproduce_all_claims_two_seeds(run, tmp_path):
         check_verdicts(claim, pd.read_csv(tmp_path / "rep" / f"claim_{claim['id']}.csv"))
 
 
+@pytest.mark.slow
+def test_horizon_trains_to_the_horizon_and_reports_transfer_and_sharpening(run, tmp_path):
+    out = _json(run("horizon", "--preset", "tiny", "--seeds", "2", "--quick", "--out", tmp_path / "hz", "--json"))
+    (claim,) = out["claims"]
+    assert claim["id"] == 10
+    table = pd.read_csv(tmp_path / "hz" / "claim_10.csv")
+    check_verdicts(claim, table)
+    for metric in ("transfer", "hr@1", "hr@50", "distinct_top1", "top1_share", "steps", "VED mean_reward"):
+        assert metric in set(table["metric"]), metric
+    assert (tmp_path / "hz" / "horizon.png").exists()
+
+
 @pytest.mark.parametrize("args, words", [
     (["world", "--preset", "nope"], "preset"),
     (["world", "--mismatch", "1.5"], "mismatch"),
-    (["reproduce", "--claims", "1,10", "--quick", "--out", "{tmp}"], "claims"),
+    (["reproduce", "--claims", "1,11", "--quick", "--out", "{tmp}"], "claims"),
     (["decode", "--data", "amazon18-office", "--mismatch", "0.5"], "--data"),
 ])
 def test_bad_input_exits_2_with_one_line(args, words, tmp_path):

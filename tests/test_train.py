@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -192,6 +193,9 @@ OPTIONS = [
     {"rl": {"group": "mix"}},
     {"rl": {"reward": "minionerec", "kl_estimator": "k2"}},
     {"decode": {"decoder": "reranked"}},
+    {"rl": {"baseline_shift": 0.1}},
+    {"rl": {"distill": "best"}},
+    {"rl": {"distill": "awr", "awr_tau": 0.5, "objective": "sibling"}},
 ]
 
 
@@ -205,8 +209,10 @@ def test_each_update_option_trains_and_logs_the_diagnostics(sft, option):
     log = train(world, policy, cfg, head, **QUIET).log
     assert not same_parameters(start, policy)
     for col in ("p_sft_top", "dp_sft_top", "adv_sft_top", "p_oracle_best", "dp_oracle_best", "adv_oracle_best",
-                "beam_overlap"):
+                "beam_overlap", "p_oracle_best_l2", "dp_oracle_best_l2", "p_oracle_best_l3", "dp_oracle_best_l3"):
         assert log[col].notna().all(), col
+    if cfg.rl.distill != "none":
+        assert log["loss_distill"].notna().all() and (log["loss_distill"] > 0).all()
     assert ((log["beam_overlap"] >= 0) & (log["beam_overlap"] <= 1)).all()
     assert ((log["p_sft_top"] > 0) & (log["p_sft_top"] <= 1)).all()
 
@@ -259,3 +265,31 @@ def test_a_profiled_run_records_every_phase(sft, tmp_path):
         train(world, policy, cfg, head, run_dir=tmp_path / "run", **QUIET)
     seen = {e.key for e in prof.key_averages()}
     assert set(train_mod.PHASES) <= seen, set(train_mod.PHASES) - seen
+
+
+# ----------------------------------------------------------------------------------------------
+# (e) the horizon (issue 29): what the search finds, what training carried, and where the curve flattens
+
+
+def test_evaluations_measure_the_search_and_the_transfer(sft, tmp_path):
+    world, policy, head = fresh(sft)
+    cfg = presets.tiny().replace(decode={"decoder": "ved"}, rl={"steps": 4, "eval_every": 2, "eval_queries": 16})
+    log = train(world, policy, cfg, head, run_dir=tmp_path / "run", **QUIET).log
+    point = json.loads((tmp_path / "run" / "sft_point.json").read_text())
+    evals = log[log["valid_mean_reward"].notna()]
+    assert len(evals) == 2 and evals["valid_ved_mean_reward"].notna().all()
+    want = (evals["valid_mean_reward"] - point["beam"]) / (point["ved"] - point["beam"])
+    np.testing.assert_allclose(evals["transfer"], want)
+    assert point["ved"] > point["beam"]  # VED finds better sets than beam search on the SFT policy
+
+
+def test_a_flat_validation_curve_stops_the_run_and_a_resume_does_not_go_on(sft, tmp_path):
+    """plateau_evals = 1 with a gain of 1 (no gain in mean true reward can reach it): the curve counts as
+    flat at the second evaluation, so the run stops at step 2 of 8; running it again trains no more."""
+    world, policy, head = fresh(sft)
+    cfg = presets.tiny().replace(rl={"steps": 8, "eval_every": 1, "eval_queries": 8, "plateau_evals": 1,
+                                     "plateau_gain": 1.0})
+    res = train(world, policy, cfg, head, run_dir=tmp_path / "run", **QUIET)
+    assert res.stopped == 2 and len(res.log) == 2
+    again = train(world, copy.deepcopy(res.policy), cfg, head, run_dir=tmp_path / "run", **QUIET)
+    assert again.stopped == 2 and len(again.log) == 2 and same_parameters(again.policy, res.policy)

@@ -337,10 +337,17 @@ class DecodeConfig:
         """These settings with beam search at the 1x budget (``BEAM_1X``): how every policy is tested."""
         return dataclasses.replace(self, **BEAM_1X)
 
+    def ved_at_1x(self) -> DecodeConfig:
+        """These settings with VED at the 1x budget (``VED_1X``): what the search finds on a policy, the
+        numerator of ``rl/horizon.py: transfer``."""
+        return dataclasses.replace(self, **VED_1X)
+
 
 BEAM_1X = {"decoder": "beam", "budget_x": 1.0}
 """How every trained policy is tested, in training's evaluations, the CLI's summaries and the experiments:
 beam search at 1x, 1 + (L-1)|C| forward tokens, with the preset's |C| (what a deployed policy would do)."""
+VED_1X = {"decoder": "ved", "budget_x": 1.0}
+"""What training's evaluations measure the search by: VED at the 1x budget with the preset's |C| and b0."""
 
 
 OBJECTIVES = ("grpo", "sibling", "joint")
@@ -349,6 +356,7 @@ OPTIMIZERS = ("adam", "adamw")
 REWARDS = ("hit", "semantic", "affinity", "minionerec")
 BASELINES = ("group", "beam")
 NEGATIVES = ("keep", "drop", "topr")
+DISTILLS = ("none", "best", "awr")
 GROUPS = ("decoder", "mix")
 KL_ESTIMATORS = ("k3", "k1", "k2")
 UPDATES: dict[str, dict[str, str]] = {
@@ -392,6 +400,20 @@ class RLConfig:
     arXiv 2503.14286: negatives weighted by min(1, pi/mu), positives unchanged, with the group as the
     behaviour distribution: mu = 1/|group|, pi renormalised on the group, i.e. the query's candidates
     for Eq. 2 and a parent's child nodes for Eq. 18)."""
+    baseline_shift: float = 0.0
+    """delta, lowered from GRPO's baseline (the group mean, or the beam baseline): A = (R - b(x) + delta) /
+    (sigma_R + eps), in [0, 1] reward units. AsymRE (arXiv 2506.20520): off the policy's own samples a
+    baseline below the expected reward learns better, the principled form of dropping negatives
+    (``advantages.shifted_baseline``). 0: Eq. 2. Sibling-GRPO keeps its parents' means."""
+    distill: str = "none"
+    """Search distillation, a maximum-likelihood term added to the objective (``losses.distill_loss``):
+    "none"; "best", imitate each group's candidate of highest learner reward (expert iteration, Anthony
+    et al. 2017; AlphaZero's policy target); "awr", every candidate weighted by softmax(A / tau) of Eq. 2's
+    advantage (advantage-weighted regression, Peng et al. 2019). It composes with any ``objective``."""
+    distill_weight: float = 1.0
+    """Weight of the distillation term, >= 0 (the policy-gradient terms keep their own weights)."""
+    awr_tau: float = 1.0
+    """tau of "awr" distillation, in (0, 100]: small picks the best candidates, large weighs all alike."""
     group: str = "decoder"
     """The candidate group the update sees: "decoder" (the |C| candidates of ``DecodeConfig.decoder``)
     or "mix" (|C|/2 by beam search and |C|/2 by the decoder, each at its own 1x budget, duplicates
@@ -431,9 +453,16 @@ class RLConfig:
     value_updates: int = 1
     """Value TD updates per step, >= 0."""
     eval_every: int = 10
-    """Validation HR@10 / NDCG@10 every this many steps, >= 1."""
+    """Validation every this many steps, >= 1: the policy's beam-search candidates (HR@10, NDCG@10, mean
+    true reward), the same users decoded by VED (what the search finds now), and ``transfer``."""
     eval_queries: int = 256
     """Validation users per evaluation, >= 1."""
+    plateau_evals: int = 0
+    """The horizon rule (``rl/horizon.py: flat``), >= 0: stop before ``steps`` once the best validation
+    mean true reward of the last ``plateau_evals`` evaluations is no more than ``plateau_gain`` above the
+    best before them. 0: always run ``steps`` (then the maximum horizon)."""
+    plateau_gain: float = 0.0
+    """What counts as a gain for ``plateau_evals``, in [0, 1] (the validation mean true reward's units)."""
     seed: int = 0
     """Seed of batches and decoding, >= 0."""
 
@@ -446,6 +475,10 @@ class RLConfig:
         _one_of(self, "reward", REWARDS)
         _one_of(self, "baseline", BASELINES)
         _one_of(self, "negatives", NEGATIVES)
+        _number_in(self, "baseline_shift", 0, 1)
+        _one_of(self, "distill", DISTILLS)
+        _number_in(self, "distill_weight", 0, 1e6)
+        _number_in(self, "awr_tau", 0, 100, lo_open=True)
         _one_of(self, "group", GROUPS)
         _one_of(self, "kl_estimator", KL_ESTIMATORS)
         _number_in(self, "lr", 0, 1, lo_open=True)
@@ -462,6 +495,8 @@ class RLConfig:
         _int_at_least(self, "value_updates", 0)
         _int_at_least(self, "eval_every", 1)
         _int_at_least(self, "eval_queries", 1)
+        _int_at_least(self, "plateau_evals", 0)
+        _number_in(self, "plateau_gain", 0, 1)
         _int_at_least(self, "seed", 0)
 
 

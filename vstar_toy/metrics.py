@@ -33,6 +33,7 @@ Named edge cases:
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -348,6 +349,33 @@ def summarize(ranked_items, targets, sids, rewards, valid=None, ks=(3, 5, 10)) -
     out["mean_reward"] = _nanmean(mean_reward(rewards, ok))
     out["top1_reward"] = _nanmean(top1_reward(rewards, ok))
     out["reachability"] = float(reachability(ranked_items, targets).mean())
+    return out
+
+
+def sharpening(ranked_items, targets, rewards, valid=None, ks=(1, 10, 50)) -> dict[str, float]:
+    """What RL's sharpening does to a ranked list (MiniOneRec's issue #35: RL lifts HR@1 and lowers HR@50):
+    ``hr@k`` and ``top{k}_reward`` (the mean true reward of the first k candidates) for each k in ``ks``,
+    ``distinct_top1`` (how many different items are ranked first over the queries) and ``top1_share``
+    (the share of the queries whose first item is the most frequent first item).
+
+    >>> out = sharpening([[3, 1], [3, 2], [4, 3]], [1, 3, 0], [[0.5, 0.1], [0.5, 0.0], [0.2, 0.5]], ks=(1, 2))
+    >>> {k: round(v, 4) for k, v in out.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'hr@1': 0.3333, 'top1_reward': 0.4, 'hr@2': 0.6667, 'top2_reward': 0.3, 'distinct_top1': 2.0,
+     'top1_share': 0.6667}
+    """
+    items = _np(ranked_items)
+    r = _np(rewards).astype(np.float64)
+    ok = (items >= 0) if valid is None else _np(valid).astype(bool)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"hr@{k}"] = float(hit_rate(items, targets, k).mean())
+        n = ok[:, :k].sum(1)
+        total = np.where(ok[:, :k], r[:, :k], 0.0).sum(1)
+        out[f"top{k}_reward"] = _nanmean(np.where(n > 0, total / np.maximum(n, 1), np.nan))
+    first = items[:, 0][ok[:, 0]]
+    _, counts = np.unique(first, return_counts=True)
+    out["distinct_top1"] = float(len(counts))
+    out["top1_share"] = float(counts.max() / len(items)) if len(counts) else math.nan
     return out
 
 

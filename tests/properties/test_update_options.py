@@ -1,7 +1,8 @@
 """Properties of the update's options (``RLConfig.baseline``, ``negatives``, ``group``; issue 20):
 each advantage form is zero-mean only where it should be, dropped negatives are never negative, TOPR's
 taper never flips a sign nor grows an advantage, and the beam baseline is Eq. 2 when the group is the
-beam set. Then pinned examples."""
+beam set; AsymRE's shifted baseline pushes a group up by exactly delta, and distillation's weights are a
+distribution over the valid candidates that favours the better ones (issue 29). Then pinned examples."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from test_advantages import DDOFS, EPS, SETTINGS, reward_batches, sid_trees  # n
 
 from vstar_toy.rl.advantages import (
     baseline_advantages,
+    distill_weights,
     group_advantages,
     grpo_advantages,
     negative_weights,
     own_prefixes,
+    shifted_baseline,
     sibling_topr_weights,
     taper_negatives,
     topr_weights,
@@ -152,3 +155,48 @@ def test_a_bad_baseline_is_one_clear_error():
         baseline_advantages(torch.ones(2, 3), torch.tensor([0.0, math.nan]))
     with pytest.raises(ValueError, match=r"\(B,\) = \(2,\)"):
         baseline_advantages(torch.ones(2, 3), torch.zeros(3))
+
+
+@SETTINGS
+@DDOFS
+@given(reward_batches(grid=True), st.sampled_from([0.0, 0.25, 1.0]))
+@example((torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[True, True, True]])), 0.0)
+def test_the_shifted_baseline_adds_delta_over_sigma_to_every_advantage(ddof, batch, delta):
+    """AsymRE: A = (R - mu + delta) / (sigma + eps), i.e. Eq. 2's advantage plus delta / (sigma + eps) on
+    every valid candidate (and 0 on padding); delta = 0 is Eq. 2 exactly."""
+    rewards, valid = batch
+    adv = baseline_advantages(rewards, shifted_baseline(rewards, valid, delta), EPS, valid, ddof)
+    plain = grpo_advantages(rewards, EPS, valid, ddof)
+    sigma = torch.stack([rewards[b][valid[b]].std(correction=ddof) if valid[b].sum() > ddof
+                         else torch.tensor(0.0, dtype=rewards.dtype) for b in range(len(rewards))])
+    lift = torch.where(valid, delta / (sigma[:, None] + EPS), 0.0)
+    torch.testing.assert_close(adv, plain + lift, rtol=1e-9, atol=1e-9)
+
+
+@SETTINGS
+@given(reward_batches(), st.sampled_from(["best", "awr"]), st.floats(0.05, 20))
+def test_distillation_weights_are_a_distribution_that_prefers_the_better_candidates(batch, kind, tau):
+    rewards, valid = batch
+    w = distill_weights(rewards, valid, kind, tau)
+    assert (w >= 0).all() and (w[~valid] == 0).all()
+    has = valid.any(1)
+    torch.testing.assert_close(w.sum(1)[has], torch.ones(int(has.sum()), dtype=w.dtype))
+    for b in range(len(rewards)):  # a better candidate never gets less weight than a worse one
+        ok = valid[b].nonzero().squeeze(1)
+        for i in ok:
+            for j in ok:
+                if rewards[b, i] > rewards[b, j]:
+                    assert w[b, i] >= w[b, j] - 1e-12
+    if kind == "best":  # all of it on one candidate of the highest reward
+        for b in has.nonzero().squeeze(1):
+            top = w[b].argmax()
+            assert w[b, top] == 1 and rewards[b, top] == rewards[b][valid[b]].max()
+
+
+def test_bad_shift_and_distillation_are_one_clear_error():
+    with pytest.raises(ValueError, match="shift"):
+        shifted_baseline(torch.ones(1, 2), shift=-0.1)
+    with pytest.raises(ValueError, match="best or awr"):
+        distill_weights(torch.ones(1, 2), kind="clone")
+    with pytest.raises(ValueError, match="tau"):
+        distill_weights(torch.ones(1, 2), kind="awr", tau=0.0)

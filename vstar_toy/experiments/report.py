@@ -169,6 +169,33 @@ def fig_learning_curves(runner: Runner, path: Path) -> bool:
     return True
 
 
+def fig_horizon(df: pd.DataFrame, path: Path) -> None:
+    """Claim 10's learning curves: per mismatch (columns), the validation mean true reward by beam search
+    (top) and the same users decoded by VED (bottom) at every evaluation of each arm's runs, the mean over
+    the seeds still running and the band from the lowest to the highest; a run that stopped (its curve was
+    flat) leaves the mean at its last value's step."""
+    curves = df.attrs["curves"]
+    fig, axes = plt.subplots(2, len(curves), figsize=(5 * len(curves), 6.4), squeeze=False, sharex="col")
+    for j, (m, arms) in enumerate(curves.items()):
+        for i, (col, label) in enumerate((("valid_mean_reward", "beam search"), ("valid_ved_mean_reward", "VED"))):
+            ax = axes[i, j]
+            for name, per_seed in arms.items():
+                series = {s: log.set_index("step")[col].dropna() for s, log in per_seed.items() if col in log}
+                if not series or all(v.empty for v in series.values()):
+                    continue
+                table = pd.concat(series, axis=1)
+                ax.plot(table.index, table.mean(axis=1), marker="o", ms=2, label=name)
+                ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), alpha=0.15)
+            ax.set_title(f"m = {m:g}: validation, decoded by {label}", fontsize=9)
+            ax.set_ylabel("mean true reward")
+            if i == 1:
+                ax.set_xlabel("RL step")
+            ax.legend(fontsize=6)
+    n = max(len(per_seed) for arms in curves.values() for per_seed in arms.values())
+    fig.suptitle(f"Claim 10: training to the horizon ({n} seeds: mean and min-max band)", fontsize=10)
+    _save(fig, path)
+
+
 def diagnostics_table(runner: Runner) -> str:
     """Markdown: per RL arm, the mean over seeds of each run's mean of the training diagnostics (rl/train.py);
     the KL over the last 10 steps."""
@@ -282,7 +309,7 @@ def write_report(frames: list[pd.DataFrame], runner: Runner, out: Path, header: 
         "values on the true-reward measure (mean over seeds)"])))
     by_id = {df.attrs["claim"]: df for df in frames}
     figures = {6: ("spearman.png", fig_spearman), 7: ("budget_scaling.png", fig_budget),
-               8: ("mismatch_sweep.png", fig_mismatch)}
+               8: ("mismatch_sweep.png", fig_mismatch), 10: ("horizon.png", fig_horizon)}
     for df in frames:
         a = df.attrs
         lines.append(f"\n## Claim {a['claim']}: {a['title']}\n\nPaper verdict ({a['metric']}): **{a['verdict']}**; "

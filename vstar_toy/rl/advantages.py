@@ -298,6 +298,56 @@ def group_advantages(rewards: torch.Tensor, eps: float = EPS, valid: torch.Tenso
     return adv if negatives is None else taper_negatives(adv, negatives)
 
 
+def shifted_baseline(rewards: torch.Tensor, valid: torch.Tensor | None = None, shift: float = 0.0,
+                     baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) b(x) - delta: the group's mean reward (or ``baseline`` (B,), e.g. the beam baseline) lowered by
+    ``shift`` = delta >= 0 (``RLConfig.baseline_shift``); a query without valid candidates gets 0.
+
+    AsymRE (Arnal et al., arXiv 2506.20520): on samples that are not the policy's own, REINFORCE learns
+    better with a baseline below the expected reward, which weighs the group's good candidates more than
+    its bad ones; the principled form of dropping negatives. With ``baseline_advantages`` it gives
+    A = (R - mu_R + delta) / (sigma_R + eps), whose sum over the group is n delta / (sigma_R + eps) > 0:
+    the group as a whole is pushed up. delta = 0 is Eq. 2.
+
+    >>> shifted_baseline(torch.tensor([[1.0, 3.0], [2.0, 9.0]]), torch.tensor([[True, True], [True, False]]), 0.5)
+    tensor([1.5000, 1.5000])
+    """
+    if not (math.isfinite(shift) and shift >= 0):
+        raise ValueError(f"shift = {shift} is invalid: expected a number >= 0")
+    rewards, valid = _check_rewards(rewards, valid)
+    mu, _, _ = _masked_stats(rewards, valid)
+    b = mu if baseline is None else baseline.to(rewards.dtype)
+    return torch.nan_to_num(b, nan=0.0) - shift
+
+
+def distill_weights(rewards: torch.Tensor, valid: torch.Tensor | None = None, kind: str = "best", tau: float = 1.0,
+                    eps: float = EPS, ddof: int = DDOF) -> torch.Tensor:
+    """(B, C) how much of each candidate a query's distillation term imitates, summing to 1 over its valid
+    candidates (0 for a query without any): ``RLConfig.distill``.
+
+    "best": all on the candidate of highest reward, the first of ties (expert iteration, Anthony et al.
+    2017, and AlphaZero's policy target: imitate what the search found best). "awr": softmax(A / tau)
+    over the group, A = Eq. 2's advantage (advantage-weighted regression, Peng et al. 2019,
+    arXiv 1910.00177): every candidate, more of the better ones.
+
+    >>> distill_weights(torch.tensor([[0.1, 0.9, 0.5]]), kind="best")
+    tensor([[0., 1., 0.]])
+    >>> distill_weights(torch.tensor([[0.0, 1.0]]), kind="awr", tau=1.0, eps=1e-6, ddof=0).round(decimals=4)
+    tensor([[0.1192, 0.8808]])
+    """
+    rewards, valid = _check_rewards(rewards, valid, eps)
+    if kind == "best":
+        top = torch.where(valid, rewards, -math.inf).argmax(1)
+        w = torch.zeros_like(rewards).scatter_(1, top[:, None], 1.0)
+    elif kind == "awr":
+        if not (math.isfinite(tau) and tau > 0):
+            raise ValueError(f"tau = {tau} is invalid: expected a number > 0")
+        w = torch.where(valid, grpo_advantages(rewards, eps, valid, ddof) / tau, -math.inf).softmax(1)
+    else:
+        raise ValueError(f"distill = {kind!r} is invalid: expected best or awr")
+    return torch.where(valid.any(1, keepdim=True) & valid, w.nan_to_num(0.0), 0.0)
+
+
 def negative_weights(kind: str, sids: torch.Tensor, token_logp: torch.Tensor, valid: torch.Tensor,
                      own: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The weights of negative advantages for ``RLConfig.negatives`` = ``kind``: None for "keep"; else

@@ -225,6 +225,17 @@ def mean_scalars(row: dict) -> dict:
     return {**row, **dict(zip(keys, (vals / world_size).tolist()))}
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any (a decision rank 0 makes alone, e.g. to stop a run
+    whose validation curve is flat, reaches all ranks); ``flag`` itself on one process."""
+    _, world_size = rank_and_size()
+    if world_size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def _collective_device() -> torch.device:
     """Where small tensors for a collective live: the CPU when gloo is in the backend, else the GPU."""
     return torch.device("cpu") if "gloo" in str(dist.get_backend()) else device()

@@ -30,7 +30,14 @@ from __future__ import annotations
 import torch
 
 from ..config import KL_ESTIMATORS, SIBLING_NORMS
-from .advantages import DDOF, EPS, group_advantages, sibling_node_advantages, taper_negatives
+from .advantages import (
+    DDOF,
+    EPS,
+    distill_weights,
+    group_advantages,
+    sibling_node_advantages,
+    taper_negatives,
+)
 
 
 def _drop_padding(valid: torch.Tensor, *logps: torch.Tensor) -> list[torch.Tensor]:
@@ -109,17 +116,36 @@ def sibling_loss(
     return -(surr.sum((1, 2)) / per_query).mean()  # Eq. 19
 
 
+def distill_loss(logp: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The search-distillation term: -1/B sum_x sum_y w(x, y) * (1/L) sum_l log pi_theta(y_l | x, y_<l),
+    maximum likelihood on the group's candidates weighted by ``weights`` (B, C), each query's summing to 1
+    (``advantages.distill_weights``): the policy is pulled towards what the search found, whether or not
+    it would decode it itself. No importance ratio: the target is the search's choice, not a sample of the
+    policy (expert iteration).
+
+    >>> lp = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 1.0]]]))
+    >>> round(float(distill_loss(lp, torch.tensor([[0.0, 1.0]]), torch.tensor([[True, True]]))), 4)
+    0.6931
+    """
+    (logp,) = _drop_padding(valid, logp)
+    per_query = (torch.where(valid, weights.to(logp.dtype), 0.0) * logp.mean(-1)).sum(1)  # (B,)
+    return -per_query.mean()
+
+
 def policy_loss(
     objective: str, logp, old_logp, ref_logp, sids, rewards, valid, *, grpo_weight: float = 1.0,
     sibling_weight: float = 1.0, kl_coef: float = 1e-3, clip_eps: float = 0.2, eps: float = EPS, ddof: int = DDOF,
     sibling_norm: str = "tokens", kl_estimator: str = "k3", baseline: torch.Tensor | None = None,
-    negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
+    negatives: tuple[torch.Tensor, torch.Tensor] | None = None, distill: str = "none", distill_weight: float = 1.0,
+    awr_tau: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of ``objective`` ("grpo", "sibling" or "joint") plus kl_coef * KL to the reference.
+    """The loss of ``objective`` ("grpo", "sibling" or "joint") plus kl_coef * KL to the reference, plus
+    distill_weight * ``distill_loss`` when ``distill`` is "best" or "awr" (``advantages.distill_weights``,
+    with ``awr_tau``).
 
     joint = grpo_weight * (-J_GRPO) + sibling_weight * (-J_sib) (Sec. 4.4). ``baseline`` (B,) replaces
     GRPO's group mean; ``negatives`` = (the (B, C) weights of GRPO's negative advantages, the (B, C, L)
-    weights of Sibling-GRPO's), as ``rl/train.py: estimator_inputs`` makes them from ``RLConfig``.
+    weights of Sibling-GRPO's), as ``rl/train.py: policy_update`` makes them from ``RLConfig``.
     Returns the loss and its parts (floats, for logging).
     """
     grpo_neg, sibling_neg = negatives if negatives is not None else (None, None)
@@ -134,6 +160,10 @@ def policy_loss(
     weights = {"grpo": grpo_weight if objective == "joint" else 1.0,
                "sibling": sibling_weight if objective == "joint" else 1.0}
     loss = sum(weights[k] * v for k, v in parts.items())
+    if distill != "none":
+        w = distill_weights(rewards, valid, distill, awr_tau, eps, ddof)
+        parts["distill"] = distill_loss(logp, w.to(logp.device), valid)
+        loss = loss + distill_weight * parts["distill"]
     if kl_coef > 0:
         parts["kl"] = kl_penalty(logp, ref_logp, valid, kl_estimator)
         loss = loss + kl_coef * parts["kl"]
@@ -145,4 +175,5 @@ def loss_kwargs(rl) -> dict:
     benchmarks and the tutorials)."""
     return dict(grpo_weight=rl.grpo_weight, sibling_weight=rl.sibling_weight, kl_coef=rl.kl_coef,
                 clip_eps=rl.clip_eps, eps=rl.adv_eps, ddof=rl.adv_ddof, sibling_norm=rl.sibling_norm,
-                kl_estimator=rl.kl_estimator)
+                kl_estimator=rl.kl_estimator, distill=rl.distill, distill_weight=rl.distill_weight,
+                awr_tau=rl.awr_tau)

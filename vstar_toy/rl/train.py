@@ -65,9 +65,11 @@ from .advantages import (
     negative_weights,
     own_prefixes,
     reward_range,
+    shifted_baseline,
     sibling_contrast,
     sibling_signal_share,
 )
+from .horizon import flat, transfer
 from .losses import loss_kwargs, policy_loss
 from .value_learning import td_update
 
@@ -83,6 +85,7 @@ class TrainResult:
     value_head: torch.nn.Module | None
     log: pd.DataFrame  # one row per step; evaluation columns filled every eval_every steps
     run_dir: Path | None
+    stopped: int | None = None  # the step at which the validation curve was flat (RLConfig.plateau_evals)
 
 
 @dataclass
@@ -191,9 +194,12 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
     holding = run_lock(run) if run is not None and main else contextlib.nullcontext()
     with holding:  # one writer per run folder: a second process is refused, naming this one
         start, rows = _open_run(run, st, world, cfg, resume, main, say) if run is not None else (0, [])
-        _loop(world, st, cfg, start, rows, run, main, progress, on_step, decode_value)
+        stopped = _loop(world, st, cfg, start, rows, run, main, progress, on_step, decode_value)
+    if stopped is not None:
+        say(f"stopped at step {stopped} of {cfg.rl.steps}: no validation gain above {cfg.rl.plateau_gain:g} over the "
+            f"last {cfg.rl.plateau_evals} evaluations")
     policy.eval()
-    return TrainResult(policy, value_head, pd.DataFrame(rows), run)
+    return TrainResult(policy, value_head, pd.DataFrame(rows), run, stopped)
 
 
 def _open_run(run: Path, st: TrainingState, world: World, cfg: Config, resume: bool, main: bool,
@@ -219,15 +225,22 @@ def _open_run(run: Path, st: TrainingState, world: World, cfg: Config, resume: b
 
 
 def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[dict], run: Path | None, main: bool,
-          progress: bool, on_step: Callable[[dict], None] | None, decode_value) -> None:
+          progress: bool, on_step: Callable[[dict], None] | None, decode_value) -> int | None:
     """Steps ``start`` .. ``cfg.rl.steps`` of the loop, appending to ``rows``; rank 0 evaluates every
-    ``eval_every`` steps and writes ``metrics.csv`` each step and ``state.pt`` after each evaluation."""
+    ``eval_every`` steps and writes ``metrics.csv`` each step and ``state.pt`` after each evaluation.
+    Returns the step at which the validation curve was flat (``RLConfig.plateau_evals``; the run stopped
+    there), or None when it ran every step."""
     rl, dcfg, policy = cfg.rl, cfg.decode, st.policy
     val = world.queries("valid", n=rl.eval_queries, seed=rl.seed)
     eval_cfg = dcfg.beam_at_1x()
+    guide = decode_value if decode_value is not None else st.value_head
+    search = (dcfg.ved_at_1x(), guide) if guide is not None else None  # what VED finds on the policy now
+    sft = _sft_point(run, world, st.reference, val, eval_cfg, search, rl.seed) if main else None
     ddp = distributed.wrap(policy) if distributed.rank_and_size()[1] > 1 else None  # the update's all-reduce
     if st.vopt is not None:
         distributed.sync_gradients(st.vopt)
+    if distributed.any_rank(main and _flat(rows, rl)):  # a resumed run that had already stopped
+        return int(rows[-1]["step"])
 
     bar = tqdm(range(start, rl.steps), desc=f"RL {dcfg.decoder}+{rl.objective}", disable=not progress,
                initial=start, total=rl.steps)
@@ -237,7 +250,8 @@ def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[d
         evaluating = (step + 1) % rl.eval_every == 0 or step + 1 == rl.steps
         if main and evaluating:
             with record_function("evaluation"):
-                row.update(evaluate_policy(world, policy, st.value_head, val, eval_cfg, seed=rl.seed))
+                row.update(evaluate_policy(world, policy, st.value_head, val, eval_cfg, seed=rl.seed, search=search))
+                row["transfer"] = transfer(row["valid_mean_reward"], sft["beam"], sft["ved"])
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         bar.set_postfix(reward=f"{row['reward']:.3f}")
@@ -248,6 +262,35 @@ def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[d
                 atomic_write_text(pd.DataFrame(rows).to_csv(index=False), run / "metrics.csv")
                 if evaluating:
                     atomic_save(st.state_dict(step + 1, rows), run / "state.pt")
+        if evaluating and distributed.any_rank(main and _flat(rows, rl)):  # the horizon: the curve is flat
+            bar.close()  # (its state.pt was written with this evaluation)
+            return step + 1
+    return None
+
+
+def _flat(rows: list[dict], rl) -> bool:
+    """The horizon rule (``horizon.flat``) on the validation mean true reward logged so far."""
+    history = [r["valid_mean_reward"] for r in rows if "valid_mean_reward" in r]
+    return rl.plateau_evals > 0 and flat(history, rl.plateau_evals, rl.plateau_gain)
+
+
+def _sft_point(run: Path | None, world: World, reference, val, eval_cfg, search, seed: int) -> dict:
+    """The SFT policy's validation mean true reward decoded by beam search ("beam") and by the search
+    ("ved"; NaN without a value): the reference point of ``transfer``. Measured once, at the run's start
+    (the value is the pre-trained one then), and kept in ``RUN/sft_point.json`` for a resumed run; a run
+    that was started before this file existed gets NaN."""
+    path = run / "sft_point.json" if run is not None else None
+    if path is not None and path.exists():
+        return json.loads(path.read_text())
+    if path is not None and (run / "state.pt").exists():
+        return {"beam": math.nan, "ved": math.nan}
+    with torch.no_grad():
+        point = {"beam": evaluate(world, reference, val, eval_cfg)[0]["mean_reward"],
+                 "ved": evaluate(world, reference, val, search[0], search[1])[0]["mean_reward"]
+                 if search is not None else math.nan}
+    if path is not None:
+        atomic_write_text(json.dumps(point), path)
+    return point
 
 
 def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: torch.nn.Module | None = None,
@@ -267,6 +310,8 @@ def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: t
         cands, own = candidate_group(policy, q, cfg, guide, distributed.rank_seed(seed % (2**31)), prompts.behaviour)
     with record_function("diagnostics"), torch.no_grad():
         level1_before = policy.start(prompts.behaviour).logp.float().cpu()  # (B, K_1) log pi(y_1 | x)
+        best = torch.as_tensor(world.catalog.sids[best_item(world, q)])[:, None]  # (B, 1, L) the best item's SID
+        best_before = policy.logprobs(prompts.behaviour, best)[:, 0].float().cpu()  # (B, L) log pi(y*_l | x, y*_<l)
     items, valid = cands.items.numpy(), cands.valid
     # 2. rewards: what the learner sees, and (for the log) the truth
     with record_function("reward"):
@@ -278,6 +323,8 @@ def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: t
             r_own = rewards(world, rl.reward, q.users, q.targets, own.items.numpy(), own.logp.numpy())
             baseline = torch.as_tensor(np.where(own.valid, r_own, 0).sum(1) / own.valid.sum(1).clamp_min(1).numpy(),
                                        dtype=torch.float32)
+        if rl.baseline_shift > 0:  # AsymRE: the baseline lowered by delta
+            baseline = shifted_baseline(r, valid, rl.baseline_shift, baseline)
         own_mask = own_prefixes(cands.sids.clamp_min(0), own.sids, valid, own.valid)  # (B, C, L)
     # 3. value TD (Eq. 9)
     v_loss = math.nan
@@ -288,10 +335,12 @@ def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: t
     # 4. policy update
     parts, grad_norm, adv = policy_update(st, prompts, cands.sids, r, valid, cfg, seed, model, baseline, own_mask)
     with record_function("diagnostics"), torch.no_grad():
-        level1_after = policy.start(q.histories).logp.float().cpu()  # the weights changed: a new prefill
+        after = policy.encode(q.histories)  # the weights changed: a new prefill
+        level1_after = policy.start(after).logp.float().cpu()
         sft_top = st.reference.start(prompts.reference).logp.float().cpu().argmax(-1)
         shift = mass_shift(level1_before, level1_after, cands.sids[..., 0], adv, valid,
-                           {"sft_top": sft_top, "oracle_best": best_code(world, q)})
+                           {"sft_top": sft_top, "oracle_best": best[:, 0, 0]})
+        shift |= deep_shift(best_before, policy.logprobs(after, best)[:, 0].float().cpu(), "oracle_best")
         row = {"step": step + 1, **diagnostics(cands, r, r_true, q.targets, cfg), "value_loss": v_loss,
                "grad_norm": grad_norm, "lr": st.scheduler.get_last_lr()[0], **parts, **shift,
                "beam_overlap": float(own_mask[..., -1].sum() / own.valid.sum().clamp_min(1))}
@@ -320,11 +369,22 @@ def candidate_group(policy, q, cfg: Config, guide, seed: int, context: Context |
     return merge_sets(first, decode(policy, prompts, other, value_fn), n), own
 
 
-def best_code(world: World, q) -> torch.Tensor:
-    """(B,) the level-1 code of the user's best item: by true affinity in a synthetic world; on real data
-    (no tastes) the code of the logged next item, the one the semantic reward rates highest."""
-    best = world.affinity(q.users).argmax(1) if world.tastes is not None else q.targets
-    return torch.as_tensor(world.catalog.sids[best, 0])
+def best_item(world: World, q) -> np.ndarray:
+    """(B,) the user's best item: by true affinity in a synthetic world; on real data (no tastes) the
+    logged next item, the one the semantic reward rates highest."""
+    return world.affinity(q.users).argmax(1) if world.tastes is not None else np.asarray(q.targets)
+
+
+def deep_shift(before: torch.Tensor, after: torch.Tensor, name: str) -> dict[str, float]:
+    """The mass one update moved below level 1 along a marked path y* (the user's best item): for each
+    level l >= 2, ``p_NAME_l{l}`` = pi(y*_l | x, y*_<l) before the update and ``dp_NAME_l{l}`` its change,
+    means over queries. ``before``/``after``: (B, L) log pi(y*_l | x, y*_<l). (Level 1 is ``mass_shift``'s.)"""
+    p0, p1 = before.exp(), after.exp()
+    out = {}
+    for lvl in range(1, before.shape[1]):
+        out[f"p_{name}_l{lvl + 1}"] = float(p0[:, lvl].mean())
+        out[f"dp_{name}_l{lvl + 1}"] = float((p1[:, lvl] - p0[:, lvl]).mean())
+    return out
 
 
 def mass_shift(before: torch.Tensor, after: torch.Tensor, codes: torch.Tensor, adv: torch.Tensor,
@@ -432,12 +492,17 @@ def diagnostics(cands, r: torch.Tensor, r_true: np.ndarray, targets: np.ndarray,
     return out
 
 
-def evaluate_policy(world: World, policy, value_head, queries, eval_cfg, seed: int = 0) -> dict:
+def evaluate_policy(world: World, policy, value_head, queries, eval_cfg, seed: int = 0, search=None) -> dict:
     """Validation HR@10 / NDCG@10 and the mean true reward of the candidates, by beam search; and per
     level the Spearman with the prefix reward (Fig. 3) of V_phi (``rho_value_l*``, NaN without a head),
-    log pi, and (``evaluate.scorers``) the world's oracle and the no-learning cosine where it has them."""
+    log pi, and (``evaluate.scorers``) the world's oracle and the no-learning cosine where it has them.
+    ``search`` = (a DecodeConfig, its value): the same users decoded by it too, ``valid_ved_mean_reward``
+    (NaN without one)."""
     m, _ = evaluate(world, policy, queries, eval_cfg)
-    out = {"valid_hr@10": m["hr@10"], "valid_ndcg@10": m["ndcg@10"], "valid_mean_reward": m["mean_reward"]}
+    out = {"valid_hr@10": m["hr@10"], "valid_ndcg@10": m["ndcg@10"], "valid_mean_reward": m["mean_reward"],
+           "valid_ved_mean_reward": math.nan}
+    if search is not None:
+        out["valid_ved_mean_reward"] = evaluate(world, policy, queries, search[0], search[1])[0]["mean_reward"]
     rho = value_quality(world, policy, queries.take(slice(0, 128)), scorers(world, value_head), seed=seed)
     for lvl in range(world.catalog.levels):
         out[f"rho_value_l{lvl + 1}"] = rho["learned"][lvl] if value_head is not None else math.nan
