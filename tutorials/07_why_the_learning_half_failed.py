@@ -221,3 +221,34 @@ wide.round(4)
 #   in test mean true reward, NDCG@10 +0.0005 [-0.012, +0.013]. Training on VED's candidates now pays as
 #   much as training on beam search's, but these 3 seeds cannot tell it better (they could see a
 #   difference of 0.019).
+
+# %% [markdown]
+# ## 5. Over a real horizon: how much of the search's finds training carries (claim 10)
+#
+# VED finds better candidates than beam search on the same policy; the self-evolving loop is meant to move
+# the policy towards them. Every evaluation of a run measures that transfer (`rl/horizon.py: transfer`):
+# the share of VED's lead over beam search on the SFT policy that the trained policy, decoded by beam
+# search, has taken in, on the same validation users (0: nothing carried, 1: the policy alone is as good as
+# the search was). The runs of section 3, at their evaluations:
+
+# %%
+pd.concat({name: log.dropna(subset=["valid_mean_reward"]).set_index("step")[
+    ["valid_mean_reward", "valid_ved_mean_reward", "transfer"]] for name, log in logs.items()}, axis=1).round(3)
+
+# %% [markdown]
+# Short runs say little: the curves are still rising. `vstar-toy horizon --out runs/horizon`
+# (`experiments/claims.py: claim_10`) trains every arm until its validation curve is flat (no gain of 0.005
+# over 5 evaluations, 100 steps) or 400 steps, at m = 0.5 and m = 0.9, 3 seeds: beam search + GRPO, V-STAR
+# as written and corrected, a mixed group, AsymRE's shifted baseline, and two ways of distilling what the
+# search found (the group's best candidate; every candidate weighted by exp(A / tau)). The committed run:
+
+# %%
+results = Path(vstar_toy.__file__).resolve().parents[1] / "docs" / "results" / "horizon"
+keep = ["mean_reward", "transfer", "VED mean_reward", "steps", "hr@1", "hr@50", "distinct_top1"]
+if (results / "claim_10.csv").exists():
+    study = pd.read_csv(results / "claim_10.csv")
+    horizon = study[study.metric.isin(keep)].pivot(index="arm", columns="metric", values="mean")[keep]
+else:
+    print("run `vstar-toy horizon --out runs/horizon` to make the study's table")
+    horizon = pd.DataFrame(columns=keep)
+horizon.round(4)

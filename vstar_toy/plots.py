@@ -417,7 +417,8 @@ TRAINING_PANELS: dict[str, list[tuple[str, str]]] = {
     "reward R the learner sees": [("reward", "mean over C"), ("reward_std", "std within a group")],
     "true reward a(u, y) (oracle, mean over C)": [("true_reward", "")],
     "validation, beam search": [("valid_ndcg@10", "NDCG@10"), ("valid_hr@10", "HR@10")],
-    "validation mean true reward, beam search": [("valid_mean_reward", "")],
+    "validation mean true reward": [("valid_mean_reward", "beam search"), ("valid_ved_mean_reward", "VED")],
+    "transfer: VED's lead carried into the policy": [("transfer", "")],
     "groups with a learning signal": [("zero_var_share", "GRPO groups with no reward variance"),
                                       ("sibling_signal_share", "sibling groups with a contrast")],
     "contrast among siblings": [("adv_spread_global", "GRPO's scale (global)"),
@@ -435,6 +436,8 @@ SQUEEZING_PANELS = {  # what the update does to level-1 mass (issue 20; rl/train
     "advantage mass on that branch (per |C|)": [("adv_sft_top", "SFT top code"),
                                                 ("adv_oracle_best", "user's best code")],
     "policy's own beam set inside the group": [("beam_overlap", "")],
+    "pi(y*_l | y*_<l) along the best item's path": [("p_oracle_best", "level 1"), ("p_oracle_best_l2", "level 2"),
+                                                   ("p_oracle_best_l3", "level 3")],
 }
 TRAINING_PANELS |= SQUEEZING_PANELS
 

@@ -16,14 +16,18 @@ Each step's log row holds the diagnostics a practitioner needs to see why a run 
 (README, "Training diagnostics"): the reward the learner sees (mean and within-group std), the share of
 GRPO groups with no reward variance (they give no gradient), the share of sibling groups with a
 contrast, the KL to the reference, the policy's entropy per level, the gradient norm, the value loss,
-and every ``eval_every`` steps validation HR@10 / NDCG@10 / mean true reward and V's Spearman.
+the mass an update moves onto the SFT policy's top code and along the user's best item's path, and every
+``eval_every`` steps validation HR@10 / NDCG@10 / mean true reward, the same users decoded by VED, the
+``transfer`` of VED's lead into the policy (``rl/horizon.py``) and V's Spearman. A run stops early when
+its validation curve is flat (``RLConfig.plateau_evals``).
 
 Everything random is seeded by (seed, step), so a run is a function of its config, and a run that
 resumes from its last checkpoint continues exactly as if it had never stopped. The run directory
 holds ``metrics.csv`` (one row per step, rewritten atomically each step), ``state.pt`` (weights,
 optimiser states and the log, every ``eval_every`` steps and at the end; tensors and plain types only,
 loaded with ``weights_only=True``: a crafted file cannot run code), ``reference.pt`` (the SFT policy the
-KL term holds on to) and ``config.json``.
+KL term holds on to), ``sft_point.json`` (the SFT policy's validation numbers that ``transfer`` starts
+from) and ``config.json``.
 
 Under torchrun (``distributed.init_from_env()`` called first), each rank decodes and scores its share
 of the global batch and DDP averages the gradients, so a step equals one process on the whole batch
@@ -235,7 +239,7 @@ def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[d
     eval_cfg = dcfg.beam_at_1x()
     guide = decode_value if decode_value is not None else st.value_head
     search = (dcfg.ved_at_1x(), guide) if guide is not None else None  # what VED finds on the policy now
-    sft = _sft_point(run, world, st.reference, val, eval_cfg, search, rl.seed) if main else None
+    sft = _sft_point(run, world, st.reference, val, eval_cfg, search) if main else None
     ddp = distributed.wrap(policy) if distributed.rank_and_size()[1] > 1 else None  # the update's all-reduce
     if st.vopt is not None:
         distributed.sync_gradients(st.vopt)
@@ -274,7 +278,7 @@ def _flat(rows: list[dict], rl) -> bool:
     return rl.plateau_evals > 0 and flat(history, rl.plateau_evals, rl.plateau_gain)
 
 
-def _sft_point(run: Path | None, world: World, reference, val, eval_cfg, search, seed: int) -> dict:
+def _sft_point(run: Path | None, world: World, reference, val, eval_cfg, search) -> dict:
     """The SFT policy's validation mean true reward decoded by beam search ("beam") and by the search
     ("ved"; NaN without a value): the reference point of ``transfer``. Measured once, at the run's start
     (the value is the pre-trained one then), and kept in ``RUN/sft_point.json`` for a resumed run; a run
