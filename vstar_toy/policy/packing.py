@@ -15,9 +15,7 @@ import torch
 
 
 class Packing:
-    """The rows of one ``_extend`` call packed per context, so that attention reads each context's cache
-    once instead of copying it into every row (a beam search step has |C| rows per prompt; the update's
-    log-probs |C| candidates per prompt).
+    """The layout of one ``_extend`` call's rows, packed per context (the module docstring says why).
 
     Context b's rows sit side by side in G slots after its T context positions: one sequence of
     T + G * (P + S) keys per context (each row's P cached prefix positions, then its S new tokens) and
