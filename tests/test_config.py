@@ -115,6 +115,7 @@ BAD = [
     (RLConfig, "distill", "clone", "one of none, best, awr"),
     (RLConfig, "distill_weight", -1.0, "a number in [0, 1e+06]"),
     (RLConfig, "awr_tau", 0.0, "a number in (0, 100]"),
+    (RLConfig, "critic", "td", "one of none, value"),
     (RLConfig, "plateau_evals", -1, "an integer >= 0"),
     (RLConfig, "plateau_gain", 2.0, "a number in [0, 1]"),
     (DecodeConfig, "rerank_width", 0, "an integer >= 1"),

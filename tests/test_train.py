@@ -196,6 +196,7 @@ OPTIONS = [
     {"rl": {"baseline_shift": 0.1}},
     {"rl": {"distill": "best"}},
     {"rl": {"distill": "awr", "awr_tau": 0.5, "objective": "sibling"}},
+    {"rl": {"critic": "value", "negatives": "drop"}},
 ]
 
 
@@ -225,6 +226,20 @@ def test_beam_training_overlaps_its_own_set_fully_and_ved_training_does_not(sft)
         cfg = presets.tiny().replace(decode={"decoder": decoder}, rl={"steps": 2, "eval_every": 2, "eval_queries": 8})
         overlap[decoder] = train(world, policy, cfg, head, **QUIET).log["beam_overlap"]
     assert (overlap["beam"] == 1).all() and (overlap["ved"] < 1).all()
+
+
+def test_the_value_as_critic_changes_the_update_and_needs_a_head(sft):
+    """Same start, same batch: a baseline per depth from V_phi moves the weights elsewhere than Eq. 2."""
+    after = {}
+    for critic in ("none", "value"):
+        world, policy, head = fresh(sft)
+        cfg = presets.tiny().replace(rl={"steps": 1, "eval_every": 5, "objective": "grpo", "critic": critic})
+        after[critic] = train(world, policy, cfg, head, **QUIET).policy
+    assert not same_parameters(after["none"], after["value"])
+    world, policy, _ = fresh(sft)
+    cfg = presets.tiny().replace(decode={"decoder": "beam"}, rl={"critic": "value"})
+    with pytest.raises(ValueError, match="critic = 'value' needs a value head"):
+        train(world, policy, cfg, None, **QUIET)
 
 
 def test_a_mixed_group_needs_a_decoder_other_than_beam(sft):

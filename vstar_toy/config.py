@@ -357,6 +357,7 @@ REWARDS = ("hit", "semantic", "affinity", "minionerec")
 BASELINES = ("group", "beam")
 NEGATIVES = ("keep", "drop", "topr")
 DISTILLS = ("none", "best", "awr")
+CRITICS = ("none", "value")
 GROUPS = ("decoder", "mix")
 KL_ESTIMATORS = ("k3", "k1", "k2")
 UPDATES: dict[str, dict[str, str]] = {
@@ -405,6 +406,14 @@ class RLConfig:
     (sigma_R + eps), in [0, 1] reward units. AsymRE (arXiv 2506.20520): off the policy's own samples a
     baseline below the expected reward learns better, the principled form of dropping negatives
     (``advantages.shifted_baseline``). 0: Eq. 2. Sibling-GRPO keeps its parents' means."""
+    critic: str = "none"
+    """The value as a critic in GRPO's term: "none" (one advantage per candidate, Eq. 2); "value", a baseline
+    per depth: the token y_l (l >= 2) is credited with R(x, y) minus V_phi of its prefix y_<l, so that a
+    token is rewarded for what it adds beyond the state it was chosen in (actor-critic's state baseline,
+    Sutton et al. 2000; VinePPO's per-step advantages, arXiv 2410.01679). V_phi learns the dense step
+    returns of Eq. 8, not R, so per depth and group it is mapped onto R's scale by least squares
+    (``advantages.critic_advantages``); level 1, where every candidate shares the root, keeps the group's
+    baseline. Needs a value head. Sibling-GRPO keeps its parents' means."""
     distill: str = "none"
     """Search distillation, a maximum-likelihood term added to the objective (``losses.distill_loss``):
     "none"; "best", imitate each group's candidate of highest learner reward (expert iteration, Anthony
@@ -477,6 +486,10 @@ class RLConfig:
         _one_of(self, "negatives", NEGATIVES)
         _number_in(self, "baseline_shift", 0, 1)
         _one_of(self, "distill", DISTILLS)
+        _one_of(self, "critic", CRITICS)
+        if self.critic != "none" and self.objective == "sibling":
+            _fail(self, "critic", "'none' with objective 'sibling' (the critic shapes GRPO's term; Sibling-GRPO "
+                                  "keeps its parents' means)")
         _number_in(self, "distill_weight", 0, 1e6)
         _number_in(self, "awr_tau", 0, 100, lo_open=True)
         _one_of(self, "group", GROUPS)

@@ -1,8 +1,10 @@
 """Properties of the update's options (``RLConfig.baseline``, ``negatives``, ``group``; issue 20):
 each advantage form is zero-mean only where it should be, dropped negatives are never negative, TOPR's
 taper never flips a sign nor grows an advantage, and the beam baseline is Eq. 2 when the group is the
-beam set; AsymRE's shifted baseline pushes a group up by exactly delta, and distillation's weights are a
-distribution over the valid candidates that favours the better ones (issue 29). Then pinned examples."""
+beam set; AsymRE's shifted baseline pushes a group up by exactly delta, distillation's weights are a
+distribution over the valid candidates that favours the better ones, and the value as a critic is Eq. 2
+wherever the value says nothing, zero-mean per level, and silent where the value says everything (issue 29).
+Then pinned examples."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from test_advantages import DDOFS, EPS, SETTINGS, reward_batches, sid_trees  # n
 
 from vstar_toy.rl.advantages import (
     baseline_advantages,
+    critic_advantages,
     distill_weights,
     group_advantages,
     grpo_advantages,
@@ -200,3 +203,52 @@ def test_bad_shift_and_distillation_are_one_clear_error():
         distill_weights(torch.ones(1, 2), kind="clone")
     with pytest.raises(ValueError, match="tau"):
         distill_weights(torch.ones(1, 2), kind="awr", tau=0.0)
+
+
+@st.composite
+def valued_batches(draw):
+    """(rewards (B, C), valid (B, C), values (B, C, L)): values on a small grid, so that ties are common,
+    with junk (NaN, inf) on the padding."""
+    rewards, valid = draw(reward_batches(grid=True))
+    b, c = rewards.shape
+    levels = draw(st.integers(1, 4))
+    grid = st.integers(-4, 4).map(lambda k: k / 2)
+    values = torch.tensor(draw(st.lists(grid, min_size=b * c * levels, max_size=b * c * levels)),
+                          dtype=torch.float64).reshape(b, c, levels)
+    values = torch.where(valid[..., None], values, draw(st.sampled_from([math.nan, math.inf, 1e9])))
+    return rewards, valid, values
+
+
+@SETTINGS
+@DDOFS
+@given(valued_batches())
+def test_the_critic_is_eq2_at_level_1_and_zero_mean_at_every_level(ddof, batch):
+    """Level 1 shares the root: Eq. 2. Every level's advantages sum to 0 over the group's valid candidates
+    (least squares keeps the group mean), padding gets 0, and nothing is NaN whatever the padding holds."""
+    rewards, valid, values = batch
+    adv = critic_advantages(rewards, values, EPS, valid, ddof)
+    assert adv.shape == values.shape and bool(torch.isfinite(adv).all())
+    torch.testing.assert_close(adv[..., 0], grpo_advantages(rewards, EPS, valid, ddof))
+    assert (adv[~valid] == 0).all()
+    scale = 1 + torch.where(valid, rewards, 0.0).abs().amax(1) / EPS
+    assert (adv.sum(1).abs() <= 1e-9 * scale[:, None]).all()
+
+
+@SETTINGS
+@DDOFS
+@given(valued_batches())
+def test_a_value_that_says_nothing_leaves_eq2_and_one_that_says_everything_leaves_nothing(ddof, batch):
+    """V equal on the whole group: every level is Eq. 2. V(y_<l) = 2 R + 1 (R affine in V with a positive
+    slope): levels 2..L are 0, since each prefix already predicted its candidate's reward."""
+    rewards, valid, values = batch
+    flat = torch.where(valid[..., None], torch.full_like(values, 0.5), values)
+    plain = grpo_advantages(rewards, EPS, valid, ddof)
+    torch.testing.assert_close(critic_advantages(rewards, flat, EPS, valid, ddof), plain[..., None].expand_as(values))
+    told = torch.where(valid[..., None], 2 * rewards[..., None] + 1, values).expand_as(values).clone()
+    adv = critic_advantages(rewards, told, EPS, valid, ddof)
+    torch.testing.assert_close(adv[..., 1:], torch.zeros_like(adv[..., 1:]), rtol=0, atol=1e-6)
+
+
+def test_a_critic_with_the_wrong_shape_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"values must be \(B, C, L\)"):
+        critic_advantages(torch.ones(2, 3), torch.ones(2, 4, 3))

@@ -298,6 +298,50 @@ def group_advantages(rewards: torch.Tensor, eps: float = EPS, valid: torch.Tenso
     return adv if negatives is None else taper_negatives(adv, negatives)
 
 
+def critic_advantages(rewards: torch.Tensor, values: torch.Tensor, eps: float = EPS,
+                      valid: torch.Tensor | None = None, ddof: int = DDOF,
+                      baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, L) GRPO's advantage per token with the value as a baseline per depth (``RLConfig.critic``).
+
+    Token y_1 keeps the group's advantage (``group_advantages``: every candidate shares the root). Token
+    y_l, l >= 2, is credited with R(x, y) minus a baseline of its prefix y_<l:
+    b_l(x, y) = b(x) + beta_l (V(y_<l) - mean V(y_<l)), where b(x) is the group mean (or ``baseline`` (B,))
+    and beta_l = cov(R, V(y_<l)) / var(V(y_<l)) over the group's valid candidates: least squares of R on V
+    per depth, because V_phi learns the dense returns of Eq. 8, not R. A = (R - b_l) / (sigma_R + eps).
+    With b(x) the group mean each level's advantages sum to 0 over the group, as Eq. 2's do; where V
+    explains nothing (beta = 0, or V equal on the whole group) they are Eq. 2's; where R is an increasing
+    affine function of V(y_<l), the level's advantages are 0: the prefix already said it all.
+
+    ``values`` (B, C, L): V_phi(y_<=l) for l = 1 .. L (``ValueHead.of_candidates``); the last column is not
+    read. Padding gets 0, whatever its values hold.
+
+    >>> r = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    >>> v = torch.tensor([[[5.0, 0.0], [5.0, 0.0], [7.0, 0.0], [7.0, 0.0]]])  # two level-1 branches
+    >>> critic_advantages(r, v, eps=1e-6, ddof=0)[0].round(decimals=4)  # level 2: R minus its branch's mean
+    tensor([[-1.3416, -0.4472],
+            [-0.4472,  0.4472],
+            [ 0.4472, -0.4472],
+            [ 1.3416,  0.4472]])
+    """
+    rewards, valid = _check_rewards(rewards, valid, eps)
+    _check_ddof(ddof)
+    if values.shape[:2] != rewards.shape or values.dim() != 3:
+        raise ValueError(f"values must be (B, C, L) with (B, C) = {tuple(rewards.shape)}, got {tuple(values.shape)}")
+    mu, sigma, _ = _masked_stats(rewards, valid, ddof)
+    b = mu if baseline is None else baseline.to(rewards.dtype)
+    cols = [group_advantages(rewards, eps, valid, ddof, baseline)]  # level 1: the root is shared
+    n = valid.sum(1).clamp_min(1).to(rewards.dtype)
+    for lvl in range(1, values.shape[-1]):
+        v = torch.where(valid, values[..., lvl - 1].to(rewards.dtype), 0.0)  # V(y_<l), l = lvl + 1
+        dv = torch.where(valid, v - v.sum(1, keepdim=True) / n[:, None], 0.0)
+        dr = torch.where(valid, rewards - mu[:, None], 0.0)
+        var = dv.square().sum(1)
+        beta = torch.where(var > 1e-12, (dv * dr).sum(1) / var.clamp_min(1e-12), 0.0)  # least squares of R on V
+        base = b[:, None] + beta[:, None] * dv  # b_l(x, y)
+        cols.append(torch.where(valid, (rewards - base) / (sigma[:, None] + eps), 0.0))
+    return torch.stack(cols, -1)
+
+
 def shifted_baseline(rewards: torch.Tensor, valid: torch.Tensor | None = None, shift: float = 0.0,
                      baseline: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) b(x) - delta: the group's mean reward (or ``baseline`` (B,), e.g. the beam baseline) lowered by

@@ -33,6 +33,7 @@ from ..config import KL_ESTIMATORS, SIBLING_NORMS
 from .advantages import (
     DDOF,
     EPS,
+    critic_advantages,
     distill_weights,
     group_advantages,
     sibling_node_advantages,
@@ -75,15 +76,22 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, valid: torch.Tensor, 
 def grpo_loss(
     logp: torch.Tensor, old_logp: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor,
     clip_eps: float = 0.2, eps: float = EPS, ddof: int = DDOF, baseline: torch.Tensor | None = None,
-    negatives: torch.Tensor | None = None,
+    negatives: torch.Tensor | None = None, critic: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """-J_GRPO: the group advantage A(x, y) of Eq. 2 on every token of y, token-level ratios,
     averaged over the valid tokens of the batch. ``baseline`` (B,) replaces the group mean
     (``advantages.baseline_advantages``); ``negatives`` (B, C) in [0, 1] weights the negative
-    advantages (``advantages.taper_negatives``: 0 drops one, TOPR's weights taper it)."""
+    advantages (``advantages.taper_negatives``: 0 drops one, TOPR's weights taper it); ``critic``
+    (B, C, L), V_phi of each candidate's prefixes, gives each token its own baseline
+    (``advantages.critic_advantages``, ``RLConfig.critic``)."""
     logp, old_logp = _drop_padding(valid, logp, old_logp)
-    adv = group_advantages(rewards, eps, valid, ddof, baseline, negatives).detach()  # (B, C), Eq. 2
-    surr = _surrogate(logp, old_logp, adv[..., None].expand_as(logp), clip_eps)
+    if critic is None:
+        adv = group_advantages(rewards, eps, valid, ddof, baseline, negatives)[..., None].expand_as(logp)  # Eq. 2
+    else:
+        adv = critic_advantages(rewards, critic, eps, valid, ddof, baseline)  # (B, C, L)
+        if negatives is not None:
+            adv = taper_negatives(adv, negatives[..., None].expand_as(adv))
+    surr = _surrogate(logp, old_logp, adv.detach(), clip_eps)
     w = valid[..., None].expand_as(surr).to(surr.dtype)
     return -(surr * w).sum() / w.sum().clamp_min(1.0)
 
@@ -137,7 +145,7 @@ def policy_loss(
     sibling_weight: float = 1.0, kl_coef: float = 1e-3, clip_eps: float = 0.2, eps: float = EPS, ddof: int = DDOF,
     sibling_norm: str = "tokens", kl_estimator: str = "k3", baseline: torch.Tensor | None = None,
     negatives: tuple[torch.Tensor, torch.Tensor] | None = None, distill: str = "none", distill_weight: float = 1.0,
-    awr_tau: float = 1.0,
+    awr_tau: float = 1.0, critic: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of ``objective`` ("grpo", "sibling" or "joint") plus kl_coef * KL to the reference, plus
     distill_weight * ``distill_loss`` when ``distill`` is "best" or "awr" (``advantages.distill_weights``,
@@ -145,13 +153,14 @@ def policy_loss(
 
     joint = grpo_weight * (-J_GRPO) + sibling_weight * (-J_sib) (Sec. 4.4). ``baseline`` (B,) replaces
     GRPO's group mean; ``negatives`` = (the (B, C) weights of GRPO's negative advantages, the (B, C, L)
-    weights of Sibling-GRPO's), as ``rl/train.py: policy_update`` makes them from ``RLConfig``.
+    weights of Sibling-GRPO's), as ``rl/train.py: policy_update`` makes them from ``RLConfig``; ``critic``
+    (B, C, L), V_phi of the candidates' prefixes, a baseline per depth in GRPO's term (``grpo_loss``).
     Returns the loss and its parts (floats, for logging).
     """
     grpo_neg, sibling_neg = negatives if negatives is not None else (None, None)
     parts: dict[str, torch.Tensor] = {}
     if objective in ("grpo", "joint"):
-        parts["grpo"] = grpo_loss(logp, old_logp, rewards, valid, clip_eps, eps, ddof, baseline, grpo_neg)
+        parts["grpo"] = grpo_loss(logp, old_logp, rewards, valid, clip_eps, eps, ddof, baseline, grpo_neg, critic)
     if objective in ("sibling", "joint"):
         parts["sibling"] = sibling_loss(logp, old_logp, sids, rewards, valid, clip_eps, eps, ddof, sibling_norm,
                                         sibling_neg)

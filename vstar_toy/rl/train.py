@@ -183,6 +183,8 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
     rl, dcfg = cfg.rl, cfg.decode
     if dcfg.decoder in VALUE_DECODERS and value_head is None and decode_value is None:
         raise ValueError(f"training with the {dcfg.decoder} decoder needs a value head (see pipeline.value_model)")
+    if rl.critic == "value" and value_head is None:
+        raise ValueError("RLConfig.critic = 'value' needs a value head (see pipeline.value_model)")
     if rl.group == "mix" and dcfg.decoder == "beam":
         raise ValueError("RLConfig.group = 'mix' mixes beam search with another decoder: pass decoder ved, reranked, "
                          "topk or temperature")
@@ -330,6 +332,11 @@ def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: t
         if rl.baseline_shift > 0:  # AsymRE: the baseline lowered by delta
             baseline = shifted_baseline(r, valid, rl.baseline_shift, baseline)
         own_mask = own_prefixes(cands.sids.clamp_min(0), own.sids, valid, own.valid)  # (B, C, L)
+    # the value as a critic: V_phi of each candidate's prefixes as it stood when it guided the decode
+    critic = None
+    if rl.critic == "value":
+        with record_function("update: advantages"), torch.no_grad():
+            critic = st.value_head.of_candidates(policy, q, cands.sids, prompts.behaviour).float().cpu()
     # 3. value TD (Eq. 9)
     v_loss = math.nan
     if st.value_head is not None and st.vopt is not None:
@@ -337,7 +344,8 @@ def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: t
             for _ in range(rl.value_updates):
                 v_loss = td_update(policy, st.value_head, st.vopt, world, q, cands, cfg.value, prompts.behaviour)
     # 4. policy update
-    parts, grad_norm, adv = policy_update(st, prompts, cands.sids, r, valid, cfg, seed, model, baseline, own_mask)
+    parts, grad_norm, adv = policy_update(st, prompts, cands.sids, r, valid, cfg, seed, model, baseline, own_mask,
+                                          critic)
     with record_function("diagnostics"), torch.no_grad():
         after = policy.encode(q.histories)  # the weights changed: a new prefill
         level1_after = policy.start(after).logp.float().cpu()
@@ -413,11 +421,13 @@ def mass_shift(before: torch.Tensor, after: torch.Tensor, codes: torch.Tensor, a
 
 def policy_update(st: TrainingState, prompts: StepPrompts, sids: torch.Tensor, r: torch.Tensor, valid: torch.Tensor,
                   cfg: Config, seed: int, model: torch.nn.Module | None = None, baseline: torch.Tensor | None = None,
-                  own: torch.Tensor | None = None) -> tuple[dict, float, torch.Tensor]:
+                  own: torch.Tensor | None = None, critic: torch.Tensor | None = None
+                  ) -> tuple[dict, float, torch.Tensor]:
     """``inner_epochs`` passes of the objective over one decoded batch; the importance ratios are
     against the behaviour policy (pi_theta_old, frozen before the first pass: ``prompts.behaviour``
     is its prefill; each pass with gradients encodes ``prompts.histories`` anew). ``baseline`` (B,) and
-    ``own`` (B, C, L; ``advantages.own_prefixes``) feed ``RLConfig.baseline`` and ``negatives``.
+    ``own`` (B, C, L; ``advantages.own_prefixes``) feed ``RLConfig.baseline`` and ``negatives``; ``critic``
+    (B, C, L), V_phi of the candidates' prefixes, ``RLConfig.critic``.
     Returns the loss parts, the mean gradient norm before clipping, and GRPO's (B, C) advantages as
     used (for the diagnostics). Padding candidates (-1 codes) get log-prob 0, no loss."""
     rl, policy = cfg.rl, st.policy
@@ -444,7 +454,8 @@ def policy_update(st: TrainingState, prompts: StepPrompts, sids: torch.Tensor, r
                 loss, parts = policy_loss(
                     rl.objective, new, old, ref, sids.to(dev), r.to(dev), valid.to(dev), **loss_kwargs(rl),
                     baseline=None if baseline is None else baseline.to(dev),
-                    negatives=None if negatives is None else tuple(w.to(dev) for w in negatives))
+                    negatives=None if negatives is None else tuple(w.to(dev) for w in negatives),
+                    critic=None if critic is None else critic.to(dev))
                 st.opt.zero_grad()
                 loss.backward()
                 norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.max_grad_norm)))
