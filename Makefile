@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test test-all app bench lint clean
+.PHONY: install demo test test-all app bench docs docs-serve lint clean
 
 # The install: a venv; a CPU torch first, so that torch>=2.3 is already satisfied (a bare `torch` pulls a
 # several-GB CUDA build); the project with its extras; and Debian's chromium for the explorer's browser test
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "installing torch==2.13.0 (CPU)"; \
 	  $(BIN)/python -m pip install -qq torch==2.13.0; }
 	@echo "installing vstar_toy and its extras into $(VENV)"
-	@$(BIN)/python -m pip install -qq -e ".[dev,app,notebooks,qwen,text]"
+	@$(BIN)/python -m pip install -qq -e ".[dev,app,notebooks,qwen,text,docs]"
 	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
 	  apt="apt-get"; [ "$$(id -u)" = 0 ] || apt="sudo -n apt-get"; \
 	  echo "installing Debian's chromium for tests/test_browser.py: $$apt install -y chromium"; \
@@ -50,8 +50,16 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/steps.py
 	$(BIN)/python benchmarks/profile_loop.py
 
+# the documentation site in site/ (strict; the tutorials executed on the cpu_demo preset, renders cached in
+# .cache/mkdocs-jupyter); VSTAR_TOY_DOCS_EXECUTE=false builds without running them. Serve: make docs-serve
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache
