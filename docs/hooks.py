@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vstar_toy"
 BENCHMARK_LINK = re.compile(r"\]\(benchmarks/results/([\w.-]+)\.md\)")
 CODE_CELL = re.compile(r"`([\w/]+\.py): ([^`]+)`")
+BARE_MODULE = re.compile(r"(?<!\[)`([\w/]+\.py)`(?!\])")
 
 
 def _slug(title: str) -> str:
@@ -51,8 +52,8 @@ def _site_links(md: str) -> str:
 
 
 def _link_functions(md: str) -> str:
-    """`rl/advantages.py: grpo_advantages, x` -> each name a link to its reference entry (autorefs);
-    a path of tests keeps its code span."""
+    """`rl/advantages.py: grpo_advantages, x` -> each name a link to its reference entry (autorefs), and
+    a bare `values.py` to its module's; a path of tests keeps its code span."""
     def link(m: re.Match) -> str:
         path, names = m.group(1), m.group(2)
         if path.startswith("tests/"):
@@ -63,7 +64,13 @@ def _link_functions(md: str) -> str:
             ident = name.split(" ")[0]  # "ved_decode" of "ved_decode; ..."
             out.append(f"[`{name}`][{module}.{ident}]" if re.fullmatch(r"[\w.]+", ident) else f"`{name}`")
         return f"[`{path}`][{module}]: " + ", ".join(out)
-    return CODE_CELL.sub(link, md)
+
+    def link_module(m: re.Match) -> str:
+        path = m.group(1)
+        if path.startswith("tests/"):
+            return m.group(0)
+        return f"[`{path}`][vstar_toy.{path.removesuffix('.py').replace('/', '.')}]"
+    return BARE_MODULE.sub(link_module, CODE_CELL.sub(link, md))
 
 
 def modules() -> list[str]:
@@ -125,7 +132,7 @@ def on_files(files, config):
     generated = {path: md for path, (_, md) in readme_pages().items()}
     generated["results.md"] = results_page()
     for m in modules():
-        generated[f"reference/{m}.md"] = f"# `{m}`\n\n::: {m}\n"
+        generated[f"reference/{m}.md"] = f"::: {m}\n"
     for table in sorted((ROOT / "benchmarks" / "results").glob("*.md")):
         generated[f"benchmarks/{table.name}"] = table.read_text()
     for path, content in generated.items():
