@@ -42,6 +42,11 @@ def readme_pages() -> dict[str, tuple[str, str]]:
         if title.startswith("Paper equation"):
             body = _link_functions(body)
         pages[f"{_slug(title)}.md"] = (title, f"# {title}\n{body}")
+    contents = [f"- [{title}]({path})" for path, (title, _) in pages.items() if path != "index.md"]
+    tutorials = [f"- [{p.stem}](tutorials/{p.name})" for p in sorted((ROOT / "tutorials").glob("*.py"))]
+    pages["index.md"] = ("Home", pages["index.md"][1] + "\n## The guide\n\n" + "\n".join(contents)
+                         + "\n\n## The tutorials, run and rendered\n\n" + "\n".join(tutorials)
+                         + "\n\n[The results](results.md) and [the API reference](reference/vstar_toy.md).\n")
     return pages
 
 
