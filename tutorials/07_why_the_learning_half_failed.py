@@ -43,6 +43,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from IPython.display import Image, display
 
 import vstar_toy
 from vstar_toy import plots
@@ -240,7 +241,9 @@ pd.concat({name: log.dropna(subset=["valid_mean_reward"]).set_index("step")[
 # (`experiments/claims.py: claim_10`) trains every arm until its validation curve is flat (no gain of 0.005
 # over 5 evaluations, 100 steps) or 400 steps, at m = 0.5 and m = 0.9, 3 seeds: beam search + GRPO, V-STAR
 # as written and corrected, a mixed group, AsymRE's shifted baseline, and two ways of distilling what the
-# search found (the group's best candidate; every candidate weighted by exp(A / tau)). The committed run:
+# search found (the group's best candidate; every candidate weighted by exp(A / tau)); and, added while the
+# study ran (reported, not chosen from), the value as a critic: GRPO's token y_l credited with R minus V_phi of
+# its prefix y_<l (`RLConfig.critic`). The committed run, means over the 3 seeds:
 
 # %%
 results = Path(vstar_toy.__file__).resolve().parents[1] / "docs" / "results" / "horizon"
@@ -252,3 +255,12 @@ else:
     print("run `vstar-toy horizon --out runs/horizon` to make the study's table")
     horizon = pd.DataFrame(columns=keep)
 horizon.round(4)
+
+# %% [markdown]
+# The learning curves (validation users, every 20 steps; a run that stopped because its curve was flat
+# leaves the mean at its last step), decoded by beam search (top) and by VED with the run's value (bottom):
+
+# %%
+if (results / "horizon.png").exists():
+    display(Image(filename=str(results / "horizon.png")))
+
