@@ -172,8 +172,8 @@ def fig_learning_curves(runner: Runner, path: Path) -> bool:
 def fig_horizon(df: pd.DataFrame, path: Path) -> None:
     """Claim 10's learning curves: per mismatch (columns), the validation mean true reward by beam search
     (top) and the same users decoded by VED (bottom) at every evaluation of each arm's runs, the mean over
-    the seeds still running and the band from the lowest to the highest; a run that stopped (its curve was
-    flat) leaves the mean at its last value's step."""
+    the seeds and the band from the lowest to the highest; a run that stopped (its curve was flat) counts
+    with its last value from then on (the policy it ended with), so a mean never shows only the survivors."""
     curves = df.attrs["curves"]
     fig, axes = plt.subplots(2, len(curves), figsize=(5 * len(curves), 6.4), squeeze=False, sharex="col")
     for j, (m, arms) in enumerate(curves.items()):
@@ -183,7 +183,7 @@ def fig_horizon(df: pd.DataFrame, path: Path) -> None:
                 series = {s: log.set_index("step")[col].dropna() for s, log in per_seed.items() if col in log}
                 if not series or all(v.empty for v in series.values()):
                     continue
-                table = pd.concat(series, axis=1)
+                table = pd.concat(series, axis=1).ffill()  # a stopped run keeps the policy it ended with
                 ax.plot(table.index, table.mean(axis=1), marker="o", ms=2, label=name)
                 ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), alpha=0.15)
             ax.set_title(f"m = {m:g}: validation, decoded by {label}", fontsize=9)
