@@ -109,8 +109,9 @@ def results_page() -> str:
 
 
 def _tree_hash() -> str:
+    """A hash of the package's sources and of this file (which sets the kernels' environment)."""
     h = hashlib.sha256()
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in [*sorted(PACKAGE.rglob("*.py")), Path(__file__)]:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -118,6 +119,10 @@ def _tree_hash() -> str:
 def on_config(config):
     # the tutorials' kernels run in tutorials/: they share the repository's model cache (make demo's models)
     os.environ.setdefault("VSTAR_TOY_CACHE", str(ROOT / ".cache" / "vstar_toy"))
+    # tqdm.auto warns on import in a kernel without ipywidgets (IProgress): a stderr cell on every page,
+    # naming this machine's paths; the progress bars are off in the tutorials anyway
+    quiet = "ignore::Warning:tqdm.auto"
+    os.environ["PYTHONWARNINGS"] = ",".join(w for w in (os.environ.get("PYTHONWARNINGS"), quiet) if w)
     pages = readme_pages()
     tutorials = sorted(p.name for p in (ROOT / "tutorials").glob("*.py"))
     config["nav"] = [

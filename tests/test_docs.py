@@ -114,7 +114,8 @@ def test_every_tutorial_page_shows_figures_and_no_error(tmp_path, model_cache):
             figures[name] = page.locator("article img").count()
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], "
                                   ".output_error, .jp-RenderedText[data-mime-type*='error']").count()
-            assert errors == 0, f"{name}: {errors} error outputs"
+            assert errors == 0, f"{name}: {errors} error or stderr outputs"
+            assert "Traceback" not in page.content(), f"{name}: a traceback"
             assert figures[name] >= 1, f"{name}: no figure"
         if given:  # the committed screenshots, of the real site
             shots = ROOT / "docs" / "screenshots"
