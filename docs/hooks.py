@@ -117,8 +117,9 @@ def _tree_hash() -> str:
 
 
 def on_config(config):
-    # the tutorials' kernels run in tutorials/: they share the repository's model cache (make demo's models)
-    os.environ.setdefault("VSTAR_TOY_CACHE", str(ROOT / ".cache" / "vstar_toy"))
+    # the tutorials' kernels run in tutorials/: they share the repository's model cache (make demo's models),
+    # named relative to it, so that the pages' printed cache paths name no folder of the building machine
+    os.environ.setdefault("VSTAR_TOY_CACHE", "../.cache/vstar_toy")
     # tqdm.auto warns on import in a kernel without ipywidgets (IProgress): a stderr cell on every page,
     # naming this machine's paths; the progress bars are off in the tutorials anyway
     quiet = "ignore::Warning:tqdm.auto"
