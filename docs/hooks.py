@@ -4,8 +4,9 @@
   rewritten for the site (``docs/x`` -> ``x``; a committed benchmark table becomes a page of its own) and the
   paper-equation table's functions linked to their API reference entries;
 - the API reference: one page per module of ``vstar_toy``, rendered by mkdocstrings from the docstrings;
-- the results page: every committed report under ``docs/results/``;
-- the navigation, in the README's order, then the tutorials, the results and the reference.
+- the reports page: every committed report under ``docs/results/`` (the README's Results section is a guide
+  page of its own);
+- the navigation, in the README's order, then the tutorials, the reports and the reference.
 
 Executed tutorials are cached by mkdocs-jupyter, keyed by the notebook's text; the cache folder is keyed here
 by the package's sources too, so that a change of the code a tutorial runs executes it again.
@@ -46,7 +47,7 @@ def readme_pages() -> dict[str, tuple[str, str]]:
     tutorials = [f"- [{p.stem}](tutorials/{p.name})" for p in sorted((ROOT / "tutorials").glob("*.py"))]
     pages["index.md"] = ("Home", pages["index.md"][1] + "\n## The guide\n\n" + "\n".join(contents)
                          + "\n\n## The tutorials, run and rendered\n\n" + "\n".join(tutorials)
-                         + "\n\n[The results](results.md) and [the API reference](reference/vstar_toy.md).\n")
+                         + "\n\n[The committed reports](reports.md) and [the API reference](reference/vstar_toy.md).\n")
     return pages
 
 
@@ -92,9 +93,9 @@ def modules() -> list[str]:
     return out
 
 
-def results_page() -> str:
+def reports_page() -> str:
     """Markdown: the committed reports under docs/results, each folder with its pages and figures."""
-    lines = ["# Results", "", "Every report the README quotes, as committed (`docs/results/`). Each was written",
+    lines = ["# Reports", "", "Every report the README quotes, as committed (`docs/results/`). Each was written",
              "by the command its first lines name; rerun it to regenerate.", ""]
     for folder in sorted(p for p in (ROOT / "docs" / "results").iterdir() if p.is_dir()):
         lines.append(f"## {folder.name}")
@@ -130,7 +131,7 @@ def on_config(config):
         {"Home": "index.md"},
         {"Guide": [{title: path} for path, (title, _) in pages.items() if path != "index.md"]},
         {"Tutorials": [f"tutorials/{name}" for name in tutorials]},
-        {"Results": "results.md"},
+        {"Reports": "reports.md"},
         {"Reference": [{m: f"reference/{m}.md"} for m in modules()]},
     ]
     jupyter = config["plugins"].get("mkdocs-jupyter")
@@ -141,7 +142,7 @@ def on_config(config):
 
 def on_files(files, config):
     generated = {path: md for path, (_, md) in readme_pages().items()}
-    generated["results.md"] = results_page()
+    generated["reports.md"] = reports_page()
     for m in modules():
         generated[f"reference/{m}.md"] = f"::: {m}\n"
     for table in sorted((ROOT / "benchmarks" / "results").glob("*.md")):

@@ -1,6 +1,6 @@
 """The documentation site (mkdocs.yml, docs/hooks.py): it builds in strict mode, every module has its API
 reference page, the paper-equation table links each function to its entry, and every committed report is
-reachable from the results page. The default run builds without executing the tutorials; the slow browser
+reachable from the reports page. The default run builds without executing the tutorials; the slow browser
 test executes them (tiny preset), opens each tutorial page in headless Chromium and counts its figures and
 error cells. ``VSTAR_TOY_DOCS_SITE=site`` points it at a site already built by ``make docs`` instead, and
 then it also writes the screenshots committed under docs/screenshots/.
@@ -55,8 +55,11 @@ def test_the_site_builds_strict_with_every_page(site):
         assert f'id="{module}"' in page.read_text(), f"{module}: no reference heading"
     for name in TUTORIALS:
         assert (site / "tutorials" / name / "index.html").exists(), name
-    for path in hooks.readme_pages():
-        assert (site / path.removesuffix(".md").replace("index", "") / "index.html").exists(), path
+    for path, (title, _) in hooks.readme_pages().items():
+        page = site / path.removesuffix(".md").replace("index", "") / "index.html"
+        assert page.exists(), path
+        if path != "index.md":  # each README section's page holds that section, not something of the same name
+            assert f">{title}<" in page.read_text().replace("&gt;", ">"), title
 
 
 def test_the_equation_table_links_every_function_to_its_reference_entry(site):
@@ -69,11 +72,11 @@ def test_the_equation_table_links_every_function_to_its_reference_entry(site):
         assert f'id="{anchor}"' in (site / "reference" / module / "index.html").read_text(), anchor
 
 
-def test_every_committed_report_is_reachable_from_the_results_page(site):
-    html = (site / "results" / "index.html").read_text()
+def test_every_committed_report_is_reachable_from_the_reports_page(site):
+    html = (site / "reports" / "index.html").read_text()
     for report in sorted((ROOT / "docs" / "results").glob("*/*.md")):
         rel = report.relative_to(ROOT / "docs").with_suffix("")
-        assert f'href="{rel.relative_to("results").as_posix()}/"' in html, rel
+        assert f'href="../{rel.as_posix()}/"' in html, rel
         assert (site / rel / "index.html").exists(), rel
 
 
@@ -121,6 +124,8 @@ def test_every_tutorial_page_shows_figures_and_no_error(tmp_path, model_cache):
             shots = ROOT / "docs" / "screenshots"
             shots.mkdir(exist_ok=True)
             page.goto((site / "tutorials" / TUTORIALS[2] / "index.html").as_uri())
+            page.locator("article img").first.evaluate("e => e.scrollIntoView({block: 'end'})")  # a figure
+            page.wait_for_timeout(800)  # the header's transition
             page.screenshot(path=str(shots / "tutorial.png"))
             page.goto((site / "reference" / "vstar_toy.rl.advantages" / "index.html").as_uri())
             page.screenshot(path=str(shots / "reference.png"))
