@@ -9,7 +9,8 @@
 - the navigation, in the README's order, then the tutorials, the reports and the reference.
 
 Executed tutorials are cached by mkdocs-jupyter, keyed by the notebook's text; the cache folder is keyed here
-by the package's sources too, so that a change of the code a tutorial runs executes it again.
+by the package's sources and this file too (it sets the kernels' environment), so that a change of the code a
+tutorial runs executes it again.
 """
 
 from __future__ import annotations
