@@ -118,6 +118,7 @@ BAD = [
     (RLConfig, "critic", "td", "one of none, value"),
     (RLConfig, "plateau_evals", -1, "an integer >= 0"),
     (RLConfig, "plateau_gain", 2.0, "a number in [0, 1]"),
+    (RLConfig, "plateau_from", -1, "an integer >= 0"),
     (DecodeConfig, "rerank_width", 0, "an integer >= 1"),
     (ValueConfig, "user", "last", "one of mean, mean+last"),
     (PolicyConfig, "item_text", 1, "True or False"),

@@ -308,3 +308,13 @@ def test_a_flat_validation_curve_stops_the_run_and_a_resume_does_not_go_on(sft, 
     assert res.stopped == 2 and len(res.log) == 2
     again = train(world, copy.deepcopy(res.policy), cfg, head, run_dir=tmp_path / "run", **QUIET)
     assert again.stopped == 2 and len(again.log) == 2 and same_parameters(again.policy, res.policy)
+
+
+def test_no_run_stops_before_the_floor_of_the_horizon_rule(sft):
+    """The same always-flat curve with plateau_from = 5: the rule waits for step 5, then stops the run."""
+    world, policy, head = fresh(sft)
+    cfg = presets.tiny().replace(rl={"steps": 8, "eval_every": 1, "eval_queries": 8, "plateau_evals": 1,
+                                     "plateau_gain": 1.0, "plateau_from": 5})
+    res = train(world, policy, cfg, head, **QUIET)
+    assert res.stopped == 5 and len(res.log) == 5
+

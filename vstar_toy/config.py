@@ -472,6 +472,10 @@ class RLConfig:
     best before them. 0: always run ``steps`` (then the maximum horizon)."""
     plateau_gain: float = 0.0
     """What counts as a gain for ``plateau_evals``, in [0, 1] (the validation mean true reward's units)."""
+    plateau_from: int = 0
+    """A floor under the horizon rule, >= 0: no run stops before this step, however flat its curve. Claim 10
+    (README) found runs trained on VED's groups at m = 0.9 flat near SFT for ~200 steps before they took off;
+    a rule without a floor stopped half of them there. 0: the rule acts from the first evaluations."""
     seed: int = 0
     """Seed of batches and decoding, >= 0."""
 
@@ -501,6 +505,7 @@ class RLConfig:
         if self.adv_ddof not in (0, 1) or isinstance(self.adv_ddof, bool):
             _fail(self, "adv_ddof", "0 (population std) or 1 (sample std)")
         _one_of(self, "sibling_norm", SIBLING_NORMS)
+        _int_at_least(self, "plateau_from", 0)
         _int_at_least(self, "inner_epochs", 1)
         _int_at_least(self, "warmup_steps", 0)
         _one_of(self, "optimizer", OPTIMIZERS)

@@ -275,9 +275,11 @@ def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[d
 
 
 def _flat(rows: list[dict], rl) -> bool:
-    """The horizon rule (``horizon.flat``) on the validation mean true reward logged so far."""
+    """The horizon rule (``horizon.flat``) on the validation mean true reward logged so far, from step
+    ``rl.plateau_from`` on."""
     history = [r["valid_mean_reward"] for r in rows if "valid_mean_reward" in r]
-    return rl.plateau_evals > 0 and flat(history, rl.plateau_evals, rl.plateau_gain)
+    late_enough = bool(rows) and rows[-1]["step"] >= rl.plateau_from
+    return rl.plateau_evals > 0 and late_enough and flat(history, rl.plateau_evals, rl.plateau_gain)
 
 
 def _sft_point(run: Path | None, world: World, reference, val, eval_cfg, search) -> dict:
