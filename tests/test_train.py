@@ -318,3 +318,16 @@ def test_no_run_stops_before_the_floor_of_the_horizon_rule(sft):
     res = train(world, policy, cfg, head, **QUIET)
     assert res.stopped == 5 and len(res.log) == 5
 
+
+def test_a_stopped_run_goes_on_when_resumed_with_a_later_floor(sft, tmp_path):
+    """Where a run stops is not part of its identity: resumed with plateau_from = 6, a run stopped at step 2
+    trains on from its checkpoint and stops at step 6."""
+    world, policy, head = fresh(sft)
+    cfg = presets.tiny().replace(rl={"steps": 8, "eval_every": 1, "eval_queries": 8, "plateau_evals": 1,
+                                     "plateau_gain": 1.0})
+    res = train(world, policy, cfg, head, run_dir=tmp_path / "run", **QUIET)
+    later = cfg.replace(rl={**cfg.rl.__dict__, "plateau_from": 6})
+    more = train(world, copy.deepcopy(res.policy), later, head, run_dir=tmp_path / "run", **QUIET)
+    assert res.stopped == 2 and more.stopped == 6 and len(more.log) == 6
+    assert more.log["step"].tolist() == list(range(1, 7))
+

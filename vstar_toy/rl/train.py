@@ -152,14 +152,15 @@ def training_state(policy: torch.nn.Module, cfg: Config, value_head=None) -> Tra
 
 
 def _identity(cfg_json: str) -> dict:
-    """What makes two runs the same run: the config and world, but not rl.steps, so that a finished
-    run can be extended with more steps. A field that the stored config lacks (written before the
-    field existed) counts as its default, which is what that run ran with."""
+    """What makes two runs the same run: the config and world, but not where it stops (rl.steps and the
+    horizon rule's plateau_*), so that a finished or stopped run can be extended. A field that the stored
+    config lacks (written before the field existed) counts as its default, which is what that run ran with."""
     run = json.loads(cfg_json)
     for stage, fields in run["config"].items():
         defaults = dataclasses.asdict(Config.__dataclass_fields__[stage].default_factory())  # e.g. RLConfig()
         run["config"][stage] = {**json.loads(json.dumps(defaults, default=str)), **fields}
-    run["config"]["rl"].pop("steps", None)
+    for field in ("steps", "plateau_evals", "plateau_gain", "plateau_from"):
+        run["config"]["rl"].pop(field, None)
     return run
 
 
