@@ -276,6 +276,8 @@ if (results / "horizon.png").exists():
 #   level for about 200 steps before it takes off. The rule "no gain of 0.005 over 100 steps" stopped half
 #   of the value-guided runs there; the other half trained 400 steps and ended above beam search + GRPO on
 #   their own seed (+0.042 on average), still climbing. The verdict's interval (+-0.27) is that bimodality.
+#   Resumed to step 400 after the study (a probe, not a verdict), the 6 stopped runs all took off: at step 400
+#   AsymRE leads beam search + GRPO on validation by +0.049 on average (seeds +0.067 / +0.072 / +0.007).
 # - **Transfer is about half.** 0.51 at best (m = 0.5), against a goal of 0.8: the search on the trained
 #   policy finds what it found on the SFT policy (0.51), so the policy can at best approach it.
 # - **The value as a critic behaves like V-STAR as written**: its per-depth baselines keep each level's
