@@ -505,7 +505,6 @@ class RLConfig:
         if self.adv_ddof not in (0, 1) or isinstance(self.adv_ddof, bool):
             _fail(self, "adv_ddof", "0 (population std) or 1 (sample std)")
         _one_of(self, "sibling_norm", SIBLING_NORMS)
-        _int_at_least(self, "plateau_from", 0)
         _int_at_least(self, "inner_epochs", 1)
         _int_at_least(self, "warmup_steps", 0)
         _one_of(self, "optimizer", OPTIMIZERS)
@@ -515,6 +514,7 @@ class RLConfig:
         _int_at_least(self, "eval_queries", 1)
         _int_at_least(self, "plateau_evals", 0)
         _number_in(self, "plateau_gain", 0, 1)
+        _int_at_least(self, "plateau_from", 0)
         _int_at_least(self, "seed", 0)
 
 

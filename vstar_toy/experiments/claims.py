@@ -422,11 +422,10 @@ def _horizon_seed(runner: Runner, arm, seed: int, m: float) -> dict:
     out["valid mean_reward"] = runner.score(arm, seed, BEAM_1X, mismatch=m, split="valid")["mean_reward"]
     policy = runner.sft(seed, m) if arm == SFT else runner.trained(seed, arm, mismatch=m)[0]
     cfg = runner.config(seed, m, decode={**BEAM_1X, "n_candidates": max(SHARPENING_KS)}).decode
-    _, sets = evaluate(runner.world(seed, m), policy, runner.test_queries(seed, m), cfg)
-    q = runner.test_queries(seed, m)
+    world, q = runner.world(seed, m), runner.test_queries(seed, m)
+    _, sets = evaluate(world, policy, q, cfg)
     items = np.concatenate([c.items.numpy() for c in sets])
-    true = runner.world(seed, m).affinity(q.users)
-    r = np.take_along_axis(true, np.maximum(items, 0), 1)
+    r = np.take_along_axis(world.affinity(q.users), np.maximum(items, 0), 1)  # the true reward of each candidate
     out |= sharpening(items, q.targets, r, items >= 0, SHARPENING_KS)
     out["steps"] = 0.0 if arm == SFT else float(len(runner.train_logs[(arm, m)][seed]))
     return out
