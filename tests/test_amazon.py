@@ -22,8 +22,8 @@ from vstar_toy.world.amazon import (
     merge_collisions,
     read_compact,
     read_minionerec,
-    rebuild_train,
     shipped_path,
+    training_windows,
     write_compact,
 )
 from vstar_toy.world.rewards import rewards
@@ -114,15 +114,49 @@ def test_rebuilt_windows_precede_every_evaluated_target(world, data):
     assert len(got) == 9484
 
 
+def test_the_tested_model_may_also_learn_from_the_validation_rows_and_nothing_later(data, world):
+    """train_until="test": the windows before the validation period plus the validation rows (4,866), and no
+    window whose history + target is a test row's (no test target leaks into training)."""
+    later = build_world(data, encoder="tfidf", train_until="test")
+    train = later.split == 0
+    assert int(train.sum()) == 9484 + 4866 and int((world.split == 0).sum()) == 9484
+
+    def windows(w, split):
+        keep = w.split == split
+        return {(w.people[u], tuple(x for x in w.histories[u] if x >= 0), int(w.targets[u]))
+                for u in np.flatnonzero(keep)}
+
+    assert windows(later, 1) <= windows(later, 0)  # every validation row is a training window
+    assert not windows(later, 2) & windows(later, 0)  # no test row is
+    assert not (windows(world, 1) | windows(world, 2)) & windows(world, 0)
+    assert "nothing may be chosen on them" in " ".join(later.notes)
+
+
+def test_people_count_users_not_rows(world):
+    assert len(np.unique(world.people[world.split == 2])) == 2024
+    assert len(np.unique(world.people[world.split == 1])) == 1795
+    assert set(world.people[world.split == 0]) <= set(world.people[world.split > 0])
+    q = world.queries("test", n=5, seed=0)
+    assert (world.people_of(q.users) == world.people[q.users]).all()
+
+
+def test_training_windows_examples():
+    rows = [(1, [5, 6], 7), (1, [5, 6, 7], 8), (2, [6, 7, 8], 9)]
+    assert training_windows(rows, before=1) == ([[5]], [6])
+    assert training_windows(rows, before=2) == ([[5], [5, 6], [5, 6, 7]], [6, 7, 8])
+    assert training_windows([(2, [4], 5)], before=1) == ([], [])  # a one-item history has nothing before it
+    with pytest.raises(ValueError, match="does not continue"):
+        training_windows([(1, [5, 6], 7), (2, [5, 6], 9)], before=2)
+    with pytest.raises(ValueError, match="before"):
+        training_windows(rows, before=0)
+
+
 def test_notes_name_the_protocol_and_the_embedding(world):
     notes = " ".join(world.notes)
     assert "train split absent" in notes and "history[:k] -> history[k]" in notes
+    assert "9484 training windows" in notes and "test rows of 2024 users" in notes
     assert "TF-IDF" in notes and "SVD" in notes
     assert "merged" in notes
-
-
-def test_rebuild_train_example():
-    assert rebuild_train([[5, 6, 7], [9]]) == ([[5], [5, 6]], [6, 7])
 
 
 def test_queries_and_smoke_decode(world):

@@ -186,3 +186,27 @@ def test_mean_ci_edge_cases():
         M.mean_ci([])
     with pytest.raises(ValueError, match="confidence"):
         M.mean_ci([1.0, 2.0], confidence=1.5)
+
+
+def test_cluster_ci_matches_the_t_interval_for_independent_rows_and_widens_for_a_persons_copies():
+    rng = np.random.default_rng(0)
+    x = rng.binomial(1, 0.3, size=400).astype(float)
+    mean, lo, hi = M.cluster_ci(x, np.arange(400))
+    t_mean, t_lo, t_hi = M.mean_ci(x)
+    assert mean == t_mean and abs(lo - t_lo) < 0.01 and abs(hi - t_hi) < 0.01
+    people = np.repeat(np.arange(80), 5)  # 80 people, 5 identical rows each: 80 observations, not 400
+    y = np.repeat(x[:80], 5)
+    _, lo_c, hi_c = M.cluster_ci(y, people)
+    _, lo_t, hi_t = M.mean_ci(y)  # as if the 400 rows were independent
+    assert 1.8 < (hi_c - lo_c) / (hi_t - lo_t) < 2.7  # about sqrt(5)
+    assert M.cluster_ci(x, np.arange(400)) == M.cluster_ci(x, np.arange(400))  # seeded
+
+
+def test_cluster_ci_refuses_bad_input():
+    with pytest.raises(ValueError, match="one per value"):
+        M.cluster_ci([1.0, 2.0], [0])
+    with pytest.raises(ValueError, match="n_boot"):
+        M.cluster_ci([1.0, 2.0], [0, 1], n_boot=0)
+    with pytest.raises(ValueError, match="at least one"):
+        M.cluster_ci([], [])
+    assert np.isnan(M.cluster_ci([1.0, 2.0], [3, 3])[1])

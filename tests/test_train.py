@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vstar_toy.config import presets
+from vstar_toy.config import RLConfig, presets
 from vstar_toy.decoding import decode
 from vstar_toy.pipeline import build_world, sft_policy, value_model
 from vstar_toy.rl import train as train_mod
@@ -331,3 +331,14 @@ def test_a_stopped_run_goes_on_when_resumed_with_a_later_floor(sft, tmp_path):
     assert res.stopped == 2 and more.stopped == 6 and len(more.log) == 6
     assert more.log["step"].tolist() == list(range(1, 7))
 
+
+
+def test_a_run_is_named_without_where_it_stops():
+    """The reproduction's run folders follow the identity: an arm with a later stop trains on in the same one."""
+    from vstar_toy.experiments.claims import VSTAR
+    from vstar_toy.rl.train import STOP_FIELDS
+
+    stopped = VSTAR.where(distill="awr", eval_every=20, steps=400, plateau_evals=5, plateau_gain=0.005)
+    later = stopped.where(steps=600, plateau_from=300)
+    assert later != stopped and later.label == stopped.label == "ved1x-joint-distill=awr-eval_every=20"
+    assert set(STOP_FIELDS) <= set(RLConfig.__dataclass_fields__)

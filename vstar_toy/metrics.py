@@ -28,7 +28,8 @@ Named edge cases:
   over them, has Spearman rho = NaN. ``summarize`` averages with ``nanmean``.
 - A NaN reward among valid candidates propagates (MaxReward and that prefix's reward are NaN):
   a NaN reward is an upstream error, not something to hide.
-- ``mean_ci`` uses the sample standard deviation (Bessel, ddof = 1) and Student's t.
+- ``mean_ci`` uses the sample standard deviation (Bessel, ddof = 1) and Student's t; ``cluster_ci`` resamples
+  whole clusters (a person's rows on real data), because the rows of one person are not independent.
 """
 
 from __future__ import annotations
@@ -403,3 +404,37 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
 
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * x.std(ddof=1) / np.sqrt(n))
     return mean, mean - half, mean + half
+
+
+def cluster_ci(values, clusters, confidence: float = 0.95, n_boot: int = 2000,
+               seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean over rows and its percentile bootstrap interval over clusters.
+
+    Each of ``n_boot`` resamples draws as many clusters as there are, with replacement, and takes the mean
+    of all their rows (Field & Welsh 2007, the cluster bootstrap): rows of one cluster, such as the sliding
+    windows of one person's history, move together. ``clusters``: one label per value. Deterministic for a
+    ``seed``. One cluster gives (mean, nan, nan); NaN values propagate; no value raises ``ValueError``.
+
+    >>> mean, low, high = cluster_ci([1.0, 1.0, 0.0, 0.0], clusters=[7, 7, 8, 8])
+    >>> mean, low <= 0.5 <= high
+    (0.5, True)
+    """
+    if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
+        raise ValueError(f"confidence = {confidence!r} is invalid: expected a number in (0, 1)")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot = {n_boot!r} is invalid: expected an integer >= 1")
+    x = _np(values).astype(np.float64).reshape(-1)
+    labels = np.asarray(clusters).reshape(-1)
+    if len(labels) != len(x):
+        raise ValueError(f"clusters has {len(labels)} labels for {len(x)} values: expected one per value")
+    if len(x) == 0:
+        raise ValueError("cluster_ci needs at least one value (got none)")
+    mean = float(x.mean())
+    _, which = np.unique(labels, return_inverse=True)
+    sums, counts = np.bincount(which, weights=x), np.bincount(which).astype(np.float64)
+    if len(sums) == 1:
+        return mean, float("nan"), float("nan")
+    draws = np.random.default_rng(seed).multinomial(len(sums), np.full(len(sums), 1 / len(sums)), size=n_boot)
+    means = (draws @ sums) / (draws @ counts)
+    low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return mean, float(low), float(high)

@@ -114,3 +114,37 @@ def test_prefix_spearman_equals_brute_force(sids, data):
     got = M.prefix_spearman(sids, scores.astype(float), rewards)
     expected = [brute_force_prefix_spearman(sids[q], scores[q].astype(float), rewards[q]) for q in range(b)]
     np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+# -- the cluster bootstrap (metrics.cluster_ci) ---------------------------------------------------------
+
+
+@st.composite
+def clustered(draw):
+    """(values, clusters): 2-30 rows in 1-8 clusters, values in [0, 1] (hits, NDCG)."""
+    n = draw(st.integers(2, 30))
+    values = draw(st.lists(st.floats(0, 1), min_size=n, max_size=n))
+    clusters = draw(st.lists(st.integers(0, 7), min_size=n, max_size=n))
+    return np.array(values), np.array(clusters)
+
+
+@settings(max_examples=60, deadline=None)
+@given(clustered())
+def test_cluster_ci_is_the_mean_inside_the_data_range(vc):
+    values, clusters = vc
+    mean, low, high = M.cluster_ci(values, clusters, n_boot=200)
+    assert mean == values.mean()
+    if len(np.unique(clusters)) > 1:
+        assert values.min() - 1e-12 <= low <= high <= values.max() + 1e-12
+    else:
+        assert np.isnan(low) and np.isnan(high)
+
+
+@settings(max_examples=60, deadline=None)
+@given(clustered(), st.integers(2, 4))
+def test_copies_of_a_persons_rows_add_no_information(vc, k):
+    """Each row repeated k times inside its own cluster: the same interval, for the same seed."""
+    values, _ = vc
+    once = M.cluster_ci(values, np.arange(len(values)), n_boot=200)
+    copies = M.cluster_ci(np.repeat(values, k), np.repeat(np.arange(len(values)), k), n_boot=200)
+    assert np.allclose(once, copies, equal_nan=True)

@@ -21,7 +21,7 @@ import pandas as pd
 from .. import pipeline
 from ..config import Config, RLConfig
 from ..evaluate import evaluate
-from ..rl.train import train
+from ..rl.train import STOP_FIELDS, train
 from ..values import make_value
 
 
@@ -94,9 +94,12 @@ class Arm:
 
     @property
     def label(self) -> str:
-        """The arm in a run folder's name: ``ved1x-joint``, ``ved1x-oracle-joint``, ``ved1x-grpo-baseline=beam``."""
+        """The arm in a run folder's name: ``ved1x-joint``, ``ved1x-oracle-joint``, ``ved1x-grpo-baseline=beam``.
+        Where the run stops (``rl/train.py: STOP_FIELDS``) is not in it: resumed with a later stop, a run goes on
+        in its own folder."""
         guide = "" if self.value == "learned" else f"-{self.value}"
-        extra = "".join(f"-{k}={v:g}" if isinstance(v, float) else f"-{k}={v}" for k, v in self.decode + self.rl)
+        fields = self.decode + tuple((k, v) for k, v in self.rl if k not in STOP_FIELDS)
+        extra = "".join(f"-{k}={v:g}" if isinstance(v, float) else f"-{k}={v}" for k, v in fields)
         return f"{self.decoder}{self.budget_x:g}x{guide}-{self.objective}{extra}"
 
 

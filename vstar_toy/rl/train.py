@@ -151,6 +151,10 @@ def training_state(policy: torch.nn.Module, cfg: Config, value_head=None) -> Tra
     return TrainingState(policy, reference, value_head, opt, vopt, scheduler)
 
 
+STOP_FIELDS = ("steps", "plateau_evals", "plateau_gain", "plateau_from")
+"""RLConfig's fields that say where a run stops, not what it is: left out of its identity and its name."""
+
+
 def _identity(cfg_json: str) -> dict:
     """What makes two runs the same run: the config and world, but not where it stops (rl.steps and the
     horizon rule's plateau_*), so that a finished or stopped run can be extended. A field that the stored
@@ -159,7 +163,7 @@ def _identity(cfg_json: str) -> dict:
     for stage, fields in run["config"].items():
         defaults = dataclasses.asdict(Config.__dataclass_fields__[stage].default_factory())  # e.g. RLConfig()
         run["config"][stage] = {**json.loads(json.dumps(defaults, default=str)), **fields}
-    for field in ("steps", "plateau_evals", "plateau_gain", "plateau_from"):
+    for field in STOP_FIELDS:
         run["config"]["rl"].pop(field, None)
     return run
 

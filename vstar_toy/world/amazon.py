@@ -17,7 +17,7 @@ written by :func:`write_compact`); ``load_world(path)`` reads such a directory. 
    optional extra ``text`` is installed (computed once, cached by the titles' content), else TF-IDF +
    truncated SVD to 64 dims; ``World.embedding`` names which;
 3. queries: every valid / test row is one "user" (split 1 / 2); training pairs are the train rows
-   (split 0) or, when train/ is absent, windows rebuilt from the histories (see :func:`rebuild_train`);
+   (split 0) or, when train/ is absent, windows rebuilt from the histories (see :func:`training_windows`);
 4. histories keep the most recent ``history_len`` items, left-padded with -1.
 
 Every malformed input raises one :class:`DataFormatError` naming the file, the line and the problem;
@@ -403,18 +403,38 @@ def shipped_path(name: str) -> Path:
 # the world
 
 
-def rebuild_train(first: list[list[int]]) -> tuple[list[list[int]], list[int]]:
-    """Training windows from histories: ``h[:k] -> h[k]`` for k = 1 .. len(h) - 1 of each history.
+TRAIN_UNTIL = ("valid", "test")
+"""Where the training windows of a world without train/ end: before the validation period (the model whose
+settings are chosen on validation rows) or before the test period (the model that is tested)."""
 
-    Given the history of each user's *earliest* evaluated row, every window's target precedes all of
-    that user's evaluated targets. ``rebuild_train([[5, 6, 7]]) == ([[5], [5, 6]], [6, 7])``.
+
+def training_windows(rows: list[tuple[int, list[int], int]], before: int) -> tuple[list[list[int]], list[int]]:
+    """One user's legal training windows: ``chronology[:j] -> chronology[j]`` for every target that precedes
+    the period of split ``before`` (1 valid, 2 test).
+
+    ``rows``: the user's evaluated rows in time order, each (split, history, target). MiniOneRec splits all
+    interactions 8:1:1 by time, so the rows are consecutive sliding windows: the chronology is the first
+    row's history followed by every row's target, and the history items before the first row are in the
+    training period. With ``before`` = 1 the windows end before the earliest evaluated target; with 2 they
+    also hold the validation rows (which are windows of that chronology). ``ValueError`` when a row's history
+    does not continue the one before (the rows are not one user's consecutive windows).
+
+    >>> training_windows([(1, [5, 6], 7), (2, [5, 6, 7], 8)], before=1)
+    ([[5]], [6])
+    >>> training_windows([(1, [5, 6], 7), (2, [5, 6, 7], 8)], before=2)
+    ([[5], [5, 6]], [6, 7])
     """
-    hists, targets = [], []
-    for h in first:
-        for k in range(1, len(h)):
-            hists.append(h[:k])
-            targets.append(h[k])
-    return hists, targets
+    if before not in (1, 2):
+        raise ValueError(f"before = {before!r} is invalid: expected 1 (the validation period) or 2 (test)")
+    chronology, period = list(rows[0][1]), [0] * len(rows[0][1])
+    for n, (split, history, target) in enumerate(rows):
+        if n and history != chronology[-len(history):]:
+            raise ValueError(f"row {n} of the user's rows does not continue the one before: history {history} is "
+                             f"not the end of {chronology}")
+        chronology.append(target)
+        period.append(split)
+    js = [j for j in range(1, len(chronology)) if period[j] < before]
+    return [chronology[:j] for j in js], [chronology[j] for j in js]
 
 
 def left_pad(seqs: list[list[int]], length: int) -> np.ndarray:
@@ -445,10 +465,15 @@ def merge_collisions(data: MiniOneRecData) -> tuple[list[int], dict[int, int]]:
 
 
 def build_world(data: MiniOneRecData, history_len: int = 10, encoder: str = "auto",
-                say: Callable[[str], None] = lambda m: None) -> World:
+                say: Callable[[str], None] = lambda m: None, train_until: str = "valid") -> World:
     """The World of a data set read by :func:`read_minionerec` or :func:`read_compact`; the items are
-    embedded by their titles with ``encoder`` (``world/text.py``: "auto", "minilm" or "tfidf")."""
+    embedded by their titles with ``encoder`` (``world/text.py``: "auto", "minilm" or "tfidf").
+    ``train_until`` (``TRAIN_UNTIL``), without train/: the training windows end before the validation period
+    ("valid", for choices made on validation rows) or before the test period ("test", adding the validation
+    rows, for the model that is only tested)."""
     _check_history_len(history_len)
+    if train_until not in TRAIN_UNTIL:
+        raise ValueError(f"train_until = {train_until!r} is invalid: expected one of {', '.join(TRAIN_UNTIL)}")
     # 1. one catalog item per distinct SID, in index order; colliding items merge into the first
     keep, item_of_raw = merge_collisions(data)
     merged = len(data.items) - len(keep)
@@ -475,20 +500,36 @@ def build_world(data: MiniOneRecData, history_len: int = 10, encoder: str = "aut
     titles = tuple(data.titles[r] for r in keep)
     emb, embedding = title_embeddings(list(titles), encoder, say)
     catalog = Catalog.from_sids(data.codes[keep], emb, (CODEBOOK_SIZE,) * data.codes.shape[1], titles)
-    # 4. training pairs: the train rows, or windows inside each user's earliest evaluated history
+    # 4. training pairs: the train rows, or every window whose target precedes the period of ``train_until``
+    people_of: dict[str, int] = {}
+    for split in ("valid", "test"):
+        for user in mapped[split][0]:
+            people_of.setdefault(user, len(people_of))
     if "train" in mapped:
         train_h, train_t = mapped["train"][1], mapped["train"][2]
+        train_p = [people_of.setdefault(u, len(people_of)) for u in mapped["train"][0]]
         protocol = f"train split: {len(train_t)} rows of train/ as given (MiniOneRec's sliding windows)"
     else:
-        first: dict[str, list[int]] = {}
+        rows_of: dict[str, list] = {}
         for split in ("valid", "test"):  # MiniOneRec writes a user's rows in time order, valid before test
-            for user, h in zip(mapped[split][0], mapped[split][1]):
-                first.setdefault(user, h)
-        train_h, train_t = rebuild_train(list(first.values()))
+            for user, h, t in zip(*mapped[split]):
+                rows_of.setdefault(user, []).append((SPLITS[split], h, t))
+        train_h, train_t, train_p = [], [], []
+        for user, rows in rows_of.items():
+            try:
+                h, t = training_windows(rows, SPLITS[train_until])
+            except ValueError as e:
+                raise DataFormatError(data.source, None, f"user {user}: {e}") from None
+            train_h += h
+            train_t += t
+            train_p += [people_of[user]] * len(t)
         protocol = (
-            f"train split absent: {len(train_t)} training pairs rebuilt from the histories of the {len(first)} "
-            "users' earliest valid/test rows (history[:k] -> history[k]), so every training target precedes all "
-            "of that user's evaluated targets; absolute HR/NDCG are not comparable with the paper's Table 1"
+            f"train split absent: {len(train_t)} training windows (history[:k] -> history[k]) from "
+            f"{len(set(train_p))} users, every target before the {train_until} period (rebuilt from the users' "
+            "valid/test rows, which MiniOneRec cuts 8:1:1 by time); absolute HR/NDCG are not comparable with "
+            "the paper's Table 1, which trains on the windows of all users"
+            + ("; the validation rows are among them, so nothing may be chosen on them with this world"
+               if train_until == "test" else "")
         )
     # 5. users = train pairs (split 0), valid rows (1), test rows (2)
     parts = [(train_h, train_t, 0), (mapped["valid"][1], mapped["valid"][2], 1), (mapped["test"][1],
@@ -496,12 +537,15 @@ def build_world(data: MiniOneRecData, history_len: int = 10, encoder: str = "aut
     histories = left_pad([h for hs, _, _ in parts for h in hs], history_len)
     targets = np.array([t for _, ts, _ in parts for t in ts], dtype=np.int64)
     split = np.concatenate([np.full(len(ts), s, dtype=np.int64) for _, ts, s in parts])
+    people = np.array(train_p + [people_of[u] for u in mapped["valid"][0]] + [people_of[u] for u in
+                      mapped["test"][0]], dtype=np.int64)
     train = split == 0
     notes = (
         f"source: {data.source} (MiniOneRec format)",
         protocol,
-        f"queries: {int((split == 1).sum())} valid and {int((split == 2).sum())} test rows, one user each; "
-        f"histories keep the last {history_len} items",
+        f"queries: {int((split == 1).sum())} valid rows of {len(np.unique(people[split == 1]))} users and "
+        f"{int((split == 2).sum())} test rows of {len(np.unique(people[split == 2]))} users (intervals resample "
+        f"users: ``World.people``); histories keep the last {history_len} items",
         f"items: {len(data.items)} item ids, {catalog.n_items} distinct SIDs; {merged} items sharing a SID were "
         "merged into one catalog item (MiniOneRec counts a hit by SID)",
         f"embeddings: {embedding}",
@@ -509,7 +553,7 @@ def build_world(data: MiniOneRecData, history_len: int = 10, encoder: str = "aut
     return World(
         catalog=catalog, histories=histories, targets=targets, split=split,
         train_histories=histories[train], train_targets=targets[train][:, None], name=data.name,
-        collisions_resolved=merged, notes=notes, embedding=embedding,
+        collisions_resolved=merged, notes=notes, embedding=embedding, people=people,
     )
 
 
@@ -519,18 +563,18 @@ def _check_history_len(history_len) -> None:
 
 
 def load_world(source: str | Path, history_len: int = 10, encoder: str = "auto",
-               say: Callable[[str], None] = lambda m: None) -> World:
+               say: Callable[[str], None] = lambda m: None, train_until: str = "valid") -> World:
     """The World of real data: a shipped name (``"amazon18-office"``), a MiniOneRec directory, or a
     compact ``.jsonl.gz`` file. ``history_len``: H, the most recent items kept per history, >= 1;
-    ``encoder``: how titles become item embeddings (``world/text.py``)."""
+    ``encoder``: how titles become item embeddings (``world/text.py``); ``train_until``: see :func:`build_world`."""
     _check_history_len(history_len)
     if isinstance(source, str) and source in SHIPPED:
-        return build_world(read_compact(shipped_path(source)), history_len, encoder, say)
+        return build_world(read_compact(shipped_path(source)), history_len, encoder, say, train_until)
     path = Path(source)
     if path.is_dir():
-        return build_world(read_minionerec(path), history_len, encoder, say)
+        return build_world(read_minionerec(path), history_len, encoder, say, train_until)
     if path.is_file() and path.name.endswith(".gz"):
-        return build_world(read_compact(path), history_len, encoder, say)
+        return build_world(read_compact(path), history_len, encoder, say, train_until)
     raise ValueError(
         f"source = {str(source)!r} is invalid: expected one of {', '.join(SHIPPED)}, a MiniOneRec directory "
         "(index/, info/, valid/, test/) or a compact .jsonl.gz file"

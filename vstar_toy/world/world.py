@@ -55,6 +55,9 @@ class World:
         notes: what a reader must know about how it was built (e.g. the split protocol).
         embedding: what the item embeddings are (what the semantic reward, the value and the cosine
             read): the latent item vectors of a synthetic world, or a title encoder's (``world/text.py``).
+        people: (U,) the person behind each query on real data, where one person has several rows (sliding
+            windows of one history), or None (a synthetic world: one query per user). Intervals over users
+            resample people, not rows (``metrics.cluster_ci``).
     """
 
     catalog: Catalog
@@ -70,6 +73,7 @@ class World:
     collisions_resolved: int = 0
     notes: tuple[str, ...] = ()
     embedding: str = "the world's latent item vectors e(i) (hierarchical Gaussian mixture)"
+    people: np.ndarray | None = None
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -130,6 +134,11 @@ class World:
         if n is not None and n < len(ids):
             ids = np.sort(np.random.default_rng(seed).permutation(ids)[:n])
         return Queries(ids, self.histories[ids], self.targets[ids])
+
+    def people_of(self, users: np.ndarray) -> np.ndarray:
+        """(B,) the person behind each query ``users`` (``people``; a synthetic world's user is its own)."""
+        users = np.asarray(users)
+        return users.copy() if self.people is None else self.people[users]
 
     # -- the truth (synthetic worlds only) ---------------------------------------------------------
     def _need_truth(self) -> None:
