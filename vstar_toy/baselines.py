@@ -12,11 +12,14 @@ content-NN        items by the cosine of their embedding to the latest history i
 transitions       items by how often they followed the query's latest history item in the training pairs
                   (item-to-item counts of last history item -> next item), ties and unseen items by
                   popularity
+SASRec, GRU4Rec   the sequential recommenders of the paper's Table 1 (``seqrec.py``), trained on the same
+                  training windows as the SFT policy, ranking the whole catalog
 SFT, beam search  the tiny SFT policy decoded by beam search at the 1x budget, |C| = K (``evaluate``)
 ================  =========================================================================================
 
-The three counting and content baselines never recommend an item already in the query's history (a
-recommender would not, and MiniOneRec's next items are new to the user); ties are broken by item id.
+The baselines never recommend an item already in the query's history (a recommender would not, and
+MiniOneRec's next items are new to the user); ties are broken by item id. Intervals are over users: on real
+data one user has several rows (sliding windows), so they resample users (``metrics.cluster_ci``).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import dataclasses
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from tqdm.auto import tqdm
 
-from .metrics import hit_rate, mean_ci, ndcg
+from . import seqrec
+from .metrics import cluster_ci, hit_rate, ndcg
 from .world import Queries, World
 
 KS = (3, 5, 10)
@@ -102,14 +107,19 @@ def transitions(world: World, queries: Queries, k: int = 10) -> np.ndarray:
     return _rank(queries, scores, k)
 
 
-RANKERS = {"popular": most_popular, "content-NN (latest item)": content_nn, "transitions (latest item)": transitions}
+RANKERS = {"popular": most_popular, "content-NN (latest item)": content_nn, "transitions (latest item)": transitions,
+           "SASRec": seqrec.ranker("sasrec"), "GRU4Rec": seqrec.ranker("gru4rec")}
 
 
-def baselines_table(world: World, queries: Queries, policy=None, decode_cfg=None) -> pd.DataFrame:
+def baselines_table(world: World, queries: Queries, policy=None, decode_cfg=None,
+                    progress: bool = False) -> pd.DataFrame:
     """One row per baseline (and the SFT policy by beam search when ``policy`` is given): HR@K and
-    NDCG@K for K in 3, 5, 10, each the mean over ``queries`` with its 95% interval over users; with a
-    policy, also the SFT policy's HR@10 and NDCG@10 minus the baseline's, paired by user."""
-    ranked = {name: fn(world, queries, max(KS)) for name, fn in RANKERS.items()}
+    NDCG@K for K in 3, 5, 10, each the mean over ``queries`` with its 95% interval over users (the cluster
+    bootstrap over ``World.people``); with a policy, also the SFT policy's HR@10 and NDCG@10 minus the
+    baseline's, paired by query. ``progress``: a bar over the baselines (SASRec and GRU4Rec train for minutes
+    on real data)."""
+    ranked = {name: fn(world, queries, max(KS)) for name, fn in tqdm(RANKERS.items(), desc="baselines",
+                                                                     disable=not progress)}
     sft = "SFT policy, beam search"
     if policy is not None:
         from .evaluate import evaluate
@@ -122,16 +132,17 @@ def baselines_table(world: World, queries: Queries, policy=None, decode_cfg=None
     # per user, once per ranking: hit and NDCG at each K
     per_user = {name: {(metric, k): fn(items, queries.targets, k) for k in KS
                        for metric, fn in (("hr", hit_rate), ("ndcg", ndcg))} for name, items in ranked.items()}
+    people = world.people_of(queries.users)
     rows = []
     for name, scores in per_user.items():
         row = {"baseline": name}
         for k in KS:
             for metric in ("hr", "ndcg"):
-                mean, low, high = mean_ci(scores[metric, k])
+                mean, low, high = cluster_ci(scores[metric, k], people)
                 row |= {f"{metric}@{k}": mean, f"{metric}@{k}_low": low, f"{metric}@{k}_high": high}
         if sft in per_user:  # the SFT policy minus this baseline, paired by user
             for metric in ("hr", "ndcg"):
-                mean, low, high = mean_ci(per_user[sft][metric, 10] - scores[metric, 10])
+                mean, low, high = cluster_ci(per_user[sft][metric, 10] - scores[metric, 10], people)
                 row |= {f"SFT - it, {metric}@10": mean, f"SFT - it, {metric}@10_low": low,
                         f"SFT - it, {metric}@10_high": high}
         rows.append(row)

@@ -451,16 +451,16 @@ def horizon(out: Annotated[Path, typer.Option(help="report.md, claim_10.csv and 
 def baselines(data: Data = None, preset_name: Preset = "cpu_demo", mismatch: Mismatch = None, seed: Seed = None,
               policy: PolicyDir = None, queries: Annotated[int | None, typer.Option(help="test users (default: all)")]
               = None, as_json: AsJson = False, quiet: Quiet = False):
-    """Non-generative baselines on the test split (most popular, the latest item's content nearest
-    neighbours, item-to-item transitions) beside the SFT policy by beam search: HR@K and NDCG@K with 95%
-    intervals over users (vstar_toy/baselines.py). What a trained policy should at least beat."""
+    """Baselines on the test split (most popular, the latest item's content nearest neighbours, item-to-item
+    transitions, SASRec and GRU4Rec trained on the same windows) beside the SFT policy by beam search: HR@K
+    and NDCG@K with 95% intervals over users (vstar_toy/baselines.py). What a trained policy should beat."""
     from .baselines import KS, baselines_table
     from .pipeline import sft_policy
 
     cfg, w = load(preset_name, mismatch, seed, data)
     test = test_split(w, queries)
     pol = sft_policy(w, cfg, policy, progress=not quiet, say=say_to(quiet))
-    table = baselines_table(w, test, pol, cfg.decode)
+    table = baselines_table(w, test, pol, cfg.decode, progress=not quiet)
     if as_json:
         print(json.dumps({"world": w.name, "embedding": w.embedding, "queries": len(test),
                           "rows": table.to_dict(orient="records")}, default=float))

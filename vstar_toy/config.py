@@ -199,6 +199,59 @@ class SFTConfig:
         _int_at_least(self, "seed", 0)
 
 
+SEQREC_KINDS = ("sasrec", "gru4rec")
+
+
+@dataclass(frozen=True)
+class SeqRecConfig:
+    """A sequential recommender over item ids, the baseline a generative policy is measured against
+    (``seqrec.py``): trained on the world's training windows with a softmax over the whole catalog, chosen
+    epoch by validation HR@10."""
+
+    kind: str = "sasrec"
+    """"sasrec" (Kang & McAuley 2018: causal self-attention over the history) or "gru4rec" (Hidasi et al.
+    2016: a GRU over the history)."""
+    d_model: int = 64
+    """Item embedding and hidden width, >= 8 (divisible by n_heads for SASRec)."""
+    n_layers: int = 2
+    """Self-attention blocks (SASRec) or GRU layers (GRU4Rec), >= 1."""
+    n_heads: int = 1
+    """Attention heads (SASRec), >= 1. The SASRec paper uses one."""
+    dropout: float = 0.3
+    """Dropout on embeddings and inside the blocks, in [0, 0.9). SASRec used 0.2-0.5 by data set size."""
+    lr: float = 1e-3
+    """Adam learning rate, in (0, 1] (both papers' setting)."""
+    weight_decay: float = 0.0
+    """Adam's L2 penalty, in [0, 1]."""
+    batch_size: int = 256
+    """Training windows per step, >= 1."""
+    epochs: int = 200
+    """Maximum passes over the training windows, >= 1; early stopping ends sooner."""
+    patience: int = 10
+    """Epochs without a better validation HR@10 before stopping, >= 1."""
+    eval_queries: int = 0
+    """Validation users scored per epoch, >= 0 (0: all of them; ranking the catalog is cheap)."""
+    seed: int = 0
+    """Seed of the initial weights, the batch order and dropout, >= 0."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in SEQREC_KINDS:
+            _fail(self, "kind", f"one of {', '.join(SEQREC_KINDS)}")
+        _int_at_least(self, "d_model", 8)
+        _int_at_least(self, "n_layers", 1)
+        _int_at_least(self, "n_heads", 1)
+        if self.kind == "sasrec" and self.d_model % self.n_heads:
+            _fail(self, "n_heads", f"a divisor of d_model = {self.d_model}")
+        _number_in(self, "dropout", 0, 0.9, hi_open=True)
+        _number_in(self, "lr", 0, 1, lo_open=True)
+        _number_in(self, "weight_decay", 0, 1)
+        _int_at_least(self, "batch_size", 1)
+        _int_at_least(self, "epochs", 1)
+        _int_at_least(self, "patience", 1)
+        _int_at_least(self, "eval_queries", 0)
+        _int_at_least(self, "seed", 0)
+
+
 VALUE_INPUTS = ("semantic", "backbone")
 VALUE_USERS = ("mean", "mean+last")
 

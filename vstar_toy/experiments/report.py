@@ -264,15 +264,16 @@ NOT_COMPARABLE = (
 
 
 def baselines_section(runner: Runner) -> str:
-    """Markdown: the non-generative baselines and seed 0's SFT policy by beam search on the test users
-    (``vstar_toy/baselines.py``), mean [95% interval over users]."""
+    """Markdown: the baselines (counting, content, SASRec, GRU4Rec) and seed 0's SFT policy by beam search on
+    the test users (``vstar_toy/baselines.py``), mean [95% interval over users]."""
     w, test = runner.world(0), runner.test_queries(0)
     table = baselines_table(w, test, runner.sft(0), runner.config(0).decode)
     cols = [f"{m}@{k}" for m in ("hr", "ndcg") for k in KS] + ["SFT - it, hr@10", "SFT - it, ndcg@10"]
     head = ("\n## Baselines on the same split\n\nEvery catalog item ranked for each of the "
             f"{len(test)} test users, history items excluded (`vstar-toy baselines`; item embeddings: {w.embedding}); "
-            "the SFT policy is seed 0's, by beam search at 1x with |C| = 10. Mean [95% interval over users]; "
-            "'SFT - it': the SFT policy's score minus the baseline's, paired by user.\n\n")
+            "SASRec and GRU4Rec train on the SFT policy's windows; the SFT policy is seed 0's, by beam search at 1x "
+            "with |C| = 10. Mean [95% interval, a bootstrap over users, each with all their rows]; 'SFT - it': the "
+            "SFT policy's score minus the baseline's, paired by row.\n\n")
     rows = [[r["baseline"], *(_with_ci(r[c], r[c + "_low"], r[c + "_high"]) for c in cols)]
             for r in table.to_dict(orient="records")]
     return head + markdown_table(pd.DataFrame(rows, columns=["baseline", *cols]))
