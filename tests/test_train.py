@@ -336,9 +336,13 @@ def test_a_stopped_run_goes_on_when_resumed_with_a_later_floor(sft, tmp_path):
 def test_a_run_is_named_without_where_it_stops():
     """The reproduction's run folders follow the identity: an arm with a later stop trains on in the same one."""
     from vstar_toy.experiments.claims import VSTAR
+    from vstar_toy.experiments.runner import SFT
     from vstar_toy.rl.train import STOP_FIELDS
 
     stopped = VSTAR.where(distill="awr", eval_every=20, steps=400, plateau_evals=5, plateau_gain=0.005)
     later = stopped.where(steps=600, plateau_from=300)
     assert later != stopped and later.label == stopped.label == "ved1x-joint-distill=awr-eval_every=20"
     assert set(STOP_FIELDS) <= set(RLConfig.__dataclass_fields__)
+    reading = stopped.reading(item_text=True)  # another SFT policy to start from: another name, another start
+    assert reading.label == "item_text=True-ved1x-joint-distill=awr-eval_every=20"
+    assert reading.pretrained.label == "sft-item_text=True" and stopped.pretrained == SFT

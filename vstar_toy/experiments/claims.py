@@ -27,7 +27,7 @@ import pandas as pd
 from ..config import BEAM_1X, UPDATES
 from ..evaluate import scorers, value_quality
 from ..metrics import mean_ci
-from .runner import SFT, Arm, Runner
+from .runner import SFT, Arm, Pretrained, Runner
 from .stats import FAILS, HOLDS, UNSURE, combine, compare, not_worse
 
 RANKING = ("hr@3", "hr@5", "hr@10", "ndcg@3", "ndcg@5", "ndcg@10")
@@ -386,9 +386,12 @@ QUICK_HORIZON = {"steps": 60, "eval_every": 10, "plateau_evals": 3, "plateau_gai
 ASYMRE_DELTA = 0.1  # delta of the shifted baseline, fixed before the run: about half a group's reward spread
 HORIZON_MEASURES = ("mean_reward", "ndcg@10", "hr@10")
 SHARPENING_KS = (1, 10, 50)
-HORIZON_LATE = ("value critic",)
+HORIZON_LATE = ("value critic", "AsymRE, item text")
 """Arms added after the study had started (their results reported, outside the choice on validation, which
 stays the one fixed before the run)."""
+ITEM_TEXT = (("item_text", True),)
+"""A policy that reads what the value reads: each history item's embedding beside its SID tokens
+(``PolicyConfig.item_text``), from its own SFT policy and value head."""
 
 
 def horizon_arms(runner: Runner) -> dict[str, Arm]:
@@ -397,7 +400,8 @@ def horizon_arms(runner: Runner) -> dict[str, Arm]:
     mixed group), and three updates meant to make the search's finds stick, each on VED's candidates with
     the joint loss: AsymRE's shifted baseline, distillation of each group's best candidate (expert
     iteration), and advantage-weighted distillation of the whole group (AWR). Added later (``HORIZON_LATE``):
-    the value as a critic, a baseline per depth from V_phi in GRPO's term (``RLConfig.critic``).
+    the value as a critic, a baseline per depth from V_phi in GRPO's term (``RLConfig.critic``); AsymRE from a
+    policy that reads the items' embeddings (``ITEM_TEXT``), which starts from its own SFT policy and value.
     ``--quick``: beam+GRPO, V-STAR+ and the best-candidate distillation, to a shorter horizon. A preset with
     fewer RL steps than the settings run (``tiny``, for tests) keeps its own steps and validation interval."""
     stop = QUICK_HORIZON if runner.settings.quick else HORIZON
@@ -406,15 +410,16 @@ def horizon_arms(runner: Runner) -> dict[str, Arm]:
     arms = {"beam+GRPO": BEAM_GRPO, "V-STAR": VSTAR, "V-STAR+": VSTAR_PLUS,
             "AsymRE": VSTAR.where(baseline_shift=ASYMRE_DELTA), "distill best": VSTAR.where(distill="best"),
             "AWR": VSTAR.where(distill="awr"), "mixed group": VSTAR.where(group="mix"),
-            "value critic": VSTAR.where(critic="value")}
+            "value critic": VSTAR.where(critic="value"),
+            "AsymRE, item text": VSTAR.where(baseline_shift=ASYMRE_DELTA).reading(**dict(ITEM_TEXT))}
     if runner.settings.quick:
         arms = {k: arms[k] for k in ("beam+GRPO", "V-STAR+", "distill best")}
     return {name: arm.where(**stop) for name, arm in arms.items()}
 
 
 def _horizon_seed(runner: Runner, arm, seed: int, m: float) -> dict:
-    """One arm (or ``SFT``) on one seed at mismatch ``m``: test users decoded by beam search (the verdicts)
-    and by VED (what the search finds on the policy now); the sharpening measures of a width-50 beam
+    """One arm (or a ``Pretrained`` policy) on one seed at mismatch ``m``: test users decoded by beam search (the
+    verdicts) and by VED (what the search finds on the policy now); the sharpening measures of a width-50 beam
     (``metrics.sharpening``); the validation mean true reward (the choice); the steps it trained."""
     from ..evaluate import evaluate
     from ..metrics import sharpening
@@ -423,14 +428,15 @@ def _horizon_seed(runner: Runner, arm, seed: int, m: float) -> dict:
     out = {k: beam[k] for k in HORIZON_MEASURES}
     out["VED mean_reward"] = runner.score(arm, seed, {"decoder": "ved"}, mismatch=m)["mean_reward"]
     out["valid mean_reward"] = runner.score(arm, seed, BEAM_1X, mismatch=m, split="valid")["mean_reward"]
-    policy = runner.sft(seed, m) if arm == SFT else runner.trained(seed, arm, mismatch=m)[0]
+    sft = isinstance(arm, Pretrained)
+    policy = runner.sft(seed, m, arm.policy) if sft else runner.trained(seed, arm, mismatch=m)[0]
     cfg = runner.config(seed, m, decode={**BEAM_1X, "n_candidates": max(SHARPENING_KS)}).decode
     world, q = runner.world(seed, m), runner.test_queries(seed, m)
     _, sets = evaluate(world, policy, q, cfg)
     items = np.concatenate([c.items.numpy() for c in sets])
     r = np.take_along_axis(world.affinity(q.users), np.maximum(items, 0), 1)  # the true reward of each candidate
     out |= sharpening(items, q.targets, r, items >= 0, SHARPENING_KS)
-    out["steps"] = 0.0 if arm == SFT else float(len(runner.train_logs[(arm, m)][seed]))
+    out["steps"] = 0.0 if sft else float(len(runner.train_logs[(arm, m)][seed]))
     return out
 
 
@@ -448,19 +454,23 @@ def claim_10(runner: Runner) -> pd.DataFrame:
     labels: dict[tuple[str, float], str] = {}  # (arm name, m) -> its row label
     per_seed, chosen, curves = {}, {}, {}
     for m in HORIZON_MISMATCH:
-        named = {"SFT": SFT, **horizon_arms(runner)}
+        arms, reading = horizon_arms(runner), Pretrained(ITEM_TEXT)
+        named = {"SFT": SFT, **({"SFT, item text": reading} if any(a.pretrained == reading for a in arms.values())
+                                else {}), **arms}
         here = {name: f"{name} @ m={m:g}" for name in named}
+        start_of = {p: here[name] for name, p in named.items() if isinstance(p, Pretrained)}  # an SFT's row
         labels |= {(name, m): label for name, label in here.items()}
         ps = _collect(runner, {here[name]: (lambda s, a=arm, m=m: _horizon_seed(runner, a, s, m))
                                for name, arm in named.items()}, None)
-        sft = ps[here["SFT"]]
-        for label in here.values():  # on the same test users as the SFT policy's two numbers of the same seed
-            ps[label]["transfer"] = [transfer(now, b, v) for now, b, v in
-                                     zip(ps[label]["mean_reward"], sft["mean_reward"], sft["VED mean_reward"])]
+        for name, arm in named.items():  # on the same test users as its SFT policy's two numbers of the same seed
+            sft = ps[start_of[arm if isinstance(arm, Pretrained) else arm.pretrained]]
+            ps[here[name]]["transfer"] = [transfer(now, b, v) for now, b, v in zip(
+                ps[here[name]]["mean_reward"], sft["mean_reward"], sft["VED mean_reward"])]
         per_seed |= ps
-        guided = [here[n] for n in named if n not in ("SFT", "beam+GRPO", *HORIZON_LATE)]
+        guided = [here[n] for n, arm in named.items()
+                  if isinstance(arm, Arm) and n not in ("beam+GRPO", *HORIZON_LATE)]
         chosen[m] = max(guided, key=lambda a: float(np.mean(ps[a]["valid mean_reward"])))
-        curves[m] = {name: runner.train_logs[(arm, m)] for name, arm in named.items() if arm != SFT}
+        curves[m] = {name: runner.train_logs[(arm, m)] for name, arm in named.items() if isinstance(arm, Arm)}
     late = [name for name in HORIZON_LATE if name in named]
 
     def judge(metric):
@@ -469,7 +479,7 @@ def claim_10(runner: Runner) -> pd.DataFrame:
             beam = labels[("beam+GRPO", m)]
             comps.append({**_pair(per_seed, chosen[m], beam, metric), "metric": f"{metric} (chosen on validation)"})
             comps += [{**_pair(per_seed, label, beam, metric), "reported": True} for (name, at), label in labels.items()
-                      if at == m and name not in ("SFT", "beam+GRPO") and label != chosen[m]]
+                      if at == m and name not in ("SFT", "SFT, item text", "beam+GRPO") and label != chosen[m]]
         return comps
 
     df = _frame(10, "Beyond the paper: the learning half over a real horizon", per_seed, judge, "ndcg@10",
@@ -479,7 +489,8 @@ def claim_10(runner: Runner) -> pd.DataFrame:
                         if late else "")
                      + ". Each run stops where its validation curve is flat (experiments/claims.py: HORIZON); "
                        "transfer = (beam-decoded mean true reward - the SFT policy's) / (the SFT policy's "
-                       "VED-decoded - its beam-decoded), on the same test users")
+                       "VED-decoded - its beam-decoded), on the same test users, each arm against the SFT policy it "
+                       "started from")
     df.attrs.update(chosen=chosen, curves=curves)
     return df
 

@@ -69,13 +69,36 @@ def quick_config(cfg: Config) -> Config:
     )
 
 
+def _fields(**fields) -> tuple[tuple[str, object], ...]:
+    """Config fields as sorted (field, value) pairs: hashable, so that they key the caches."""
+    return tuple(sorted(fields.items()))
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """The seed's SFT policy and its pre-trained value head, before any RL; ``policy``: PolicyConfig fields
+    laid over the preset's, as sorted (field, value) pairs (``Pretrained(_fields(item_text=True))``)."""
+
+    policy: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``sft``, ``sft-item_text=True``."""
+        return "sft" + "".join(f"-{k}={v}" for k, v in self.policy)
+
+
+SFT = Pretrained()  # the seed's SFT policy with the preset's PolicyConfig
+
+
 @dataclass(frozen=True)
 class Arm:
     """One RL-trained policy of a reproduction: RL from the seed's SFT policy with candidates from
     ``decoder`` at ``budget_x`` and the loss ``objective``; a value decoder guided by ``value``
     ("learned": V_phi; "oracle": the world's true prefix value, while the head still learns by TD); and
-    ``rl`` / ``decode``: more fields laid over the preset's RLConfig / DecodeConfig as sorted
-    (field, value) pairs (hashable: an arm keys the caches), e.g. ``(("baseline", "beam"),)``."""
+    ``rl`` / ``decode`` / ``policy``: more fields laid over the preset's RLConfig / DecodeConfig /
+    PolicyConfig as sorted (field, value) pairs (hashable: an arm keys the caches), e.g.
+    ``(("baseline", "beam"),)``. A ``policy`` field makes another SFT policy and value head to start from
+    (``pretrained``)."""
 
     decoder: str
     objective: str
@@ -83,6 +106,16 @@ class Arm:
     value: str = "learned"
     rl: tuple[tuple[str, object], ...] = ()
     decode: tuple[tuple[str, object], ...] = ()
+    policy: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def pretrained(self) -> Pretrained:
+        """The SFT policy and value head this arm's RL starts from."""
+        return Pretrained(self.policy)
+
+    def reading(self, **policy) -> Arm:
+        """This arm from a policy with more PolicyConfig fields set: ``VSTAR.reading(item_text=True)``."""
+        return dataclasses.replace(self, policy=_fields(**{**dict(self.policy), **policy}))
 
     def where(self, **rl) -> Arm:
         """This arm with more RLConfig fields set: ``VSTAR.where(baseline="beam")``. A field set to
@@ -100,10 +133,8 @@ class Arm:
         guide = "" if self.value == "learned" else f"-{self.value}"
         fields = self.decode + tuple((k, v) for k, v in self.rl if k not in STOP_FIELDS)
         extra = "".join(f"-{k}={v:g}" if isinstance(v, float) else f"-{k}={v}" for k, v in fields)
-        return f"{self.decoder}{self.budget_x:g}x{guide}-{self.objective}{extra}"
-
-
-SFT = "sft"  # the policy key of the seed's SFT policy, beside the Arms
+        start = "".join(f"{k}={v}-" for k, v in self.policy)
+        return f"{start}{self.decoder}{self.budget_x:g}x{guide}-{self.objective}{extra}"
 
 
 class Runner:
@@ -126,11 +157,13 @@ class Runner:
         # {seed: the run's per-step log}, for the report's learning curves and diagnostics
 
     # -- configs and worlds ----------------------------------------------------------------------
-    def config(self, seed: int, mismatch: float | None = None, **stages) -> Config:
+    def config(self, seed: int, mismatch: float | None = None, policy: tuple = (), **stages) -> Config:
+        """The preset's config for ``seed`` at ``mismatch``, with ``policy`` (sorted PolicyConfig field pairs)
+        and ``stages`` (``decode={...}``, ``rl={...}``) laid over it."""
         world = {"seed": seed} if self.world_loader is None else {}
         if mismatch is not None:
             world["mismatch"] = mismatch
-        cfg = self.base.replace(world=world, policy={"seed": seed}, value={"seed": seed},
+        cfg = self.base.replace(world=world, policy={"seed": seed, **dict(policy)}, value={"seed": seed},
                                 rl={"seed": seed, "steps": min(self.settings.rl_steps, self.base.rl.steps)})
         return cfg.replace(**stages) if stages else cfg
 
@@ -153,29 +186,31 @@ class Runner:
         return self._cached(("test", seed, mismatch), lambda: w.queries("test", n=n))
 
     # -- models ------------------------------------------------------------------------------------
-    def sft(self, seed: int, mismatch: float | None = None):
+    def sft(self, seed: int, mismatch: float | None = None, policy: tuple = ()):
+        """The SFT policy of ``seed`` (``policy``: PolicyConfig fields over the preset's, as in ``Pretrained``)."""
         def make():
-            return pipeline.sft_policy(self.world(seed, mismatch), self.config(seed, mismatch),
+            return pipeline.sft_policy(self.world(seed, mismatch), self.config(seed, mismatch, policy),
                                        progress=self.progress, say=self.say, backbone=self.backbone)
-        return self._cached(("sft", seed, mismatch), make)
+        return self._cached(("sft", seed, mismatch, policy), make)
 
-    def value(self, seed: int, mismatch: float | None = None):
+    def value(self, seed: int, mismatch: float | None = None, policy: tuple = ()):
+        """The value head pre-trained on that SFT policy's samples."""
         def make():
-            return pipeline.value_model(self.world(seed, mismatch), self.sft(seed, mismatch),
-                                        self.config(seed, mismatch), progress=self.progress, say=self.say)
-        return self._cached(("value", seed, mismatch), make)
+            return pipeline.value_model(self.world(seed, mismatch), self.sft(seed, mismatch, policy),
+                                        self.config(seed, mismatch, policy), progress=self.progress, say=self.say)
+        return self._cached(("value", seed, mismatch, policy), make)
 
     def trained(self, seed: int, arm: Arm, mismatch: float | None = None):
         """(policy, value head) after RL from this seed's SFT policy and pre-trained head (``Arm``)."""
         def make():
-            cfg = self.config(seed, mismatch,
+            cfg = self.config(seed, mismatch, arm.policy,
                               decode={"decoder": arm.decoder, "budget_x": arm.budget_x, **dict(arm.decode)},
                               rl={"objective": arm.objective, **dict(arm.rl)})
             where = f"m{cfg.world.mismatch}-" if self.world_loader is None else ""  # real data: no knob
             name = f"s{seed}-{where}{arm.label}"
             self.say(f"RL run {name}")
-            policy = copy.deepcopy(self.sft(seed, mismatch))
-            head = copy.deepcopy(self.value(seed, mismatch))
+            policy = copy.deepcopy(self.sft(seed, mismatch, arm.policy))
+            head = copy.deepcopy(self.value(seed, mismatch, arm.policy))
             guide_value = None if arm.value == "learned" else make_value(arm.value, self.world(seed, mismatch))
             res = train(self.world(seed, mismatch), policy, cfg, head, run_dir=self.out / "runs" / name,
                         progress=self.progress, say=self.say, decode_value=guide_value)
@@ -184,15 +219,15 @@ class Runner:
         return self._cached(("rl", seed, arm, mismatch), make)
 
     # -- scores ------------------------------------------------------------------------------------
-    def score(self, policy: Arm | str, seed: int, decode: dict, mismatch: float | None = None,
+    def score(self, policy: Arm | Pretrained, seed: int, decode: dict, mismatch: float | None = None,
               value: str = "learned", split: str = "test") -> dict:
-        """Test metrics of ``policy`` (``SFT`` or an ``Arm``) decoded with the preset's DecodeConfig and
-        ``decode``'s fields laid over it; a value decoder ranks prefixes by ``value`` ("learned": the
-        policy's head; "oracle": the world's truth, ``vstar_toy.values``). ``split`` "valid": on all the
+        """Test metrics of ``policy`` (``SFT``, another ``Pretrained`` or an ``Arm``) decoded with the preset's
+        DecodeConfig and ``decode``'s fields laid over it; a value decoder ranks prefixes by ``value`` ("learned":
+        the policy's head; "oracle": the world's truth, ``vstar_toy.values``). ``split`` "valid": on all the
         validation users instead (for choices made before a test, as claim 9's)."""
         def make():
-            if policy == SFT:
-                pol, head = self.sft(seed, mismatch), self.value(seed, mismatch)
+            if isinstance(policy, Pretrained):
+                pol, head = self.sft(seed, mismatch, policy.policy), self.value(seed, mismatch, policy.policy)
             else:
                 pol, head = self.trained(seed, policy, mismatch=mismatch)
             cfg = self.config(seed, mismatch, decode={**decode, "seed": seed}).decode
