@@ -68,3 +68,13 @@ def test_the_command_scores_the_baselines_of_any_minionerec_folder(tmp_path):
     out = json.loads(res.stdout)
     assert [r["baseline"] for r in out["rows"]] == [*baselines.RANKERS, "SFT policy, beam search"]
     assert out["queries"] == 2 and "TF-IDF" in out["embedding"]
+
+
+def test_intervals_resample_people_not_rows(world, monkeypatch):
+    """Both test rows are one person's: one cluster, so no interval; as two people, an interval."""
+    import dataclasses
+
+    monkeypatch.setattr(baselines, "RANKERS", {"popular": baselines.most_popular})
+    two = baselines.baselines_table(world, queries(world)).iloc[0]
+    one = baselines.baselines_table(dataclasses.replace(world, people=np.array([7, 7])), queries(world)).iloc[0]
+    assert np.isfinite(two["hr@10_low"]) and np.isnan(one["hr@10_low"]) and one["hr@10"] == two["hr@10"]
