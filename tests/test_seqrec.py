@@ -66,3 +66,15 @@ def test_gru4rec_skips_the_padding_and_rankings_leave_out_the_history(counting_w
 def test_bad_settings_are_refused(field, value, match):
     with pytest.raises(ValueError, match=match):
         SeqRecConfig(**{field: value})
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "gru4rec"])
+def test_target_ranks_say_what_the_recommended_list_says(counting_world, kind):
+    model = seqrec.MODELS[kind](counting_world.catalog.n_items, 4, SeqRecConfig(kind=kind, d_model=16)).eval()
+    q = counting_world.queries("valid")
+    ranks = seqrec.target_ranks(model, q.histories, q.targets, batch=64)
+    for k in (1, 10, 50):
+        assert ((ranks < k) == hit_rate(seqrec.recommend(model, q.histories, k), q.targets, k).astype(bool)).all()
+    inside = q.histories.copy()
+    inside[:, -1] = q.targets  # the target in its own history: never recommended
+    assert (seqrec.target_ranks(model, inside, q.targets) == counting_world.catalog.n_items).all()

@@ -32,7 +32,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import SeqRecConfig
-from .metrics import hit_rate
 from .seeding import seeded
 from .world import Queries, World
 
@@ -99,6 +98,26 @@ def recommend(model: nn.Module, histories: np.ndarray, k: int, batch: int = 1024
                                for s in range(0, len(histories), batch)])
 
 
+def target_ranks(model: nn.Module, histories: np.ndarray, targets: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """(B,) each target's 0-based place in ``recommend``'s order (its own history's items excluded, ties by
+    item id), without sorting the catalog: the items scored above it, plus those tied with a smaller id. A
+    target inside its history is never recommended: N. ``rank < k`` is HR@k."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(histories), batch):
+            h, t = histories[s : s + batch], targets[s : s + batch]
+            sc = scores(model, h).numpy().astype(np.float64)
+            rows = np.repeat(np.arange(len(h)), h.shape[1])
+            seen = h.reshape(-1)
+            sc[rows[seen >= 0], seen[seen >= 0]] = -np.inf
+            mine = sc[np.arange(len(t)), t][:, None]
+            ids = np.arange(sc.shape[1])[None]
+            rank = (sc > mine).sum(1) + ((sc == mine) & (ids < t[:, None])).sum(1)
+            out.append(np.where(np.isneginf(mine[:, 0]), sc.shape[1], rank))
+    return np.concatenate(out)
+
+
 def _windows(world: World) -> tuple[np.ndarray, np.ndarray]:
     """(histories (S, H), next items (S,)): every (history, logged next item) training pair."""
     t = world.train_targets
@@ -136,8 +155,7 @@ def fit(world: World, cfg: SeqRecConfig | None = None, progress: bool = True) ->
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
-        hr = float("nan") if val is None else float(hit_rate(recommend(model, val.histories, 10), val.targets,
-                                                             10).mean())
+        hr = float("nan") if val is None else float((target_ranks(model, val.histories, val.targets) < 10).mean())
         log.append({"epoch": epoch + 1, "loss": total / len(nxt), "valid_hr@10": hr})
         bar.set_postfix(loss=f"{total / len(nxt):.3f}", hr10=f"{hr:.3f}")
         if hr > best or val is None:
@@ -162,4 +180,4 @@ def ranker(kind: str):
     return rank
 
 
-__all__ = ["GRU4Rec", "MODELS", "SASRec", "fit", "ranker", "recommend", "scores"]
+__all__ = ["GRU4Rec", "MODELS", "SASRec", "fit", "ranker", "recommend", "scores", "target_ranks"]
