@@ -409,15 +409,14 @@ settings are chosen on validation rows) or before the test period (the model tha
 
 
 def training_windows(rows: list[tuple[int, list[int], int]], before: int) -> tuple[list[list[int]], list[int]]:
-    """One user's legal training windows: ``chronology[:j] -> chronology[j]`` for every target that precedes
-    the period of split ``before`` (1 valid, 2 test).
+    """One user's legal training windows: every (history, next item) pair whose next item precedes the period
+    of split ``before`` (1 valid, 2 test).
 
-    ``rows``: the user's evaluated rows in time order, each (split, history, target). MiniOneRec splits all
-    interactions 8:1:1 by time, so the rows are consecutive sliding windows: the chronology is the first
-    row's history followed by every row's target, and the history items before the first row are in the
-    training period. With ``before`` = 1 the windows end before the earliest evaluated target; with 2 they
-    also hold the validation rows (which are windows of that chronology). ``ValueError`` when a row's history
-    does not continue the one before (the rows are not one user's consecutive windows).
+    ``rows``: the user's evaluated rows in time order, each (split, history, target). MiniOneRec cuts all
+    interactions 8:1:1 by time and writes one row per interaction after a user's first, in the period of its
+    target; so the user's first evaluated row is their earliest interaction after the training period, and
+    its history lies inside that period: its windows ``h[:k] -> h[k]`` are legal for both. Before the test
+    period, the validation rows are legal too (their targets are in the validation period).
 
     >>> training_windows([(1, [5, 6], 7), (2, [5, 6, 7], 8)], before=1)
     ([[5]], [6])
@@ -426,15 +425,12 @@ def training_windows(rows: list[tuple[int, list[int], int]], before: int) -> tup
     """
     if before not in (1, 2):
         raise ValueError(f"before = {before!r} is invalid: expected 1 (the validation period) or 2 (test)")
-    chronology, period = list(rows[0][1]), [0] * len(rows[0][1])
-    for n, (split, history, target) in enumerate(rows):
-        if n and history != chronology[-len(history):]:
-            raise ValueError(f"row {n} of the user's rows does not continue the one before: history {history} is "
-                             f"not the end of {chronology}")
-        chronology.append(target)
-        period.append(split)
-    js = [j for j in range(1, len(chronology)) if period[j] < before]
-    return [chronology[:j] for j in js], [chronology[j] for j in js]
+    first = rows[0][1]
+    hists, targets = [first[:k] for k in range(1, len(first))], first[1:]
+    if before == 2:
+        hists += [list(h) for split, h, _ in rows if split == 1]
+        targets += [t for split, _, t in rows if split == 1]
+    return hists, list(targets)
 
 
 def left_pad(seqs: list[list[int]], length: int) -> np.ndarray:
@@ -516,10 +512,7 @@ def build_world(data: MiniOneRecData, history_len: int = 10, encoder: str = "aut
                 rows_of.setdefault(user, []).append((SPLITS[split], h, t))
         train_h, train_t, train_p = [], [], []
         for user, rows in rows_of.items():
-            try:
-                h, t = training_windows(rows, SPLITS[train_until])
-            except ValueError as e:
-                raise DataFormatError(data.source, None, f"user {user}: {e}") from None
+            h, t = training_windows(rows, SPLITS[train_until])
             train_h += h
             train_t += t
             train_p += [people_of[user]] * len(t)
