@@ -346,3 +346,22 @@ def test_a_run_is_named_without_where_it_stops():
     reading = stopped.reading(item_text=True)  # another SFT policy to start from: another name, another start
     assert reading.label == "item_text=True-ved1x-joint-distill=awr-eval_every=20"
     assert reading.pretrained.label == "sft-item_text=True" and stopped.pretrained == SFT
+
+
+def test_a_cosine_sft_schedule_resumes_to_the_uninterrupted_result():
+    """SFT with warm-up and cosine decay (SFTConfig.schedule), stopped after epoch 1 and resumed from that
+    checkpoint, ends with the uninterrupted run's weights; the rate has decayed by the end."""
+    from vstar_toy.pipeline import make_policy
+    from vstar_toy.rl.sft import lr_factor, train_sft
+
+    cfg = presets.tiny()
+    cfg = cfg.replace(sft={"epochs": 3, "patience": 3, "eval_queries": 8, "schedule": "cosine", "warmup_steps": 2})
+    world = build_world(cfg.world)
+    states = []
+    whole = make_policy(world, cfg)
+    train_sft(whole, world, cfg.sft, progress=False, on_checkpoint=lambda s: states.append(copy.deepcopy(s)))
+    again = make_policy(world, cfg)
+    train_sft(again, world, cfg.sft, progress=False, state=states[0])
+    assert same_parameters(whole, again)
+    assert states[-1]["sched"]["_last_lr"][0] < 1e-3 * cfg.sft.lr  # decayed to 0 by the last step
+    assert lr_factor(5, 10) == 1.0 and lr_factor(0, 10, warmup=4) == 0.25

@@ -170,6 +170,9 @@ class PolicyConfig:
         _int_at_least(self, "seed", 0)
 
 
+SFT_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class SFTConfig:
     """Supervised next-item training on the logged histories (rl/sft.py)."""
@@ -186,10 +189,18 @@ class SFTConfig:
     """Epochs without a better validation HR@10 before stopping, >= 1."""
     eval_queries: int = 300
     """Validation users scored per epoch (HR@10 by beam search), >= 1."""
+    schedule: str = "constant"
+    """The learning rate over training (``SFT_SCHEDULES``): "constant", or "cosine" (decayed to 0 by the last
+    step of ``epochs``, Loshchilov & Hutter 2017), each after ``warmup_steps`` of linear warm-up."""
+    warmup_steps: int = 0
+    """Optimiser steps of linear warm-up from 0 to ``lr``, >= 0."""
     seed: int = 0
     """Seed of batching order, >= 0."""
 
     def __post_init__(self) -> None:
+        if self.schedule not in SFT_SCHEDULES:
+            _fail(self, "schedule", f"one of {', '.join(SFT_SCHEDULES)}")
+        _int_at_least(self, "warmup_steps", 0)
         _int_at_least(self, "epochs", 1)
         _int_at_least(self, "batch_size", 1)
         _number_in(self, "lr", 0, 1, lo_open=True)

@@ -1,14 +1,16 @@
 """Supervised pre-training on the logs: next-item likelihood (the paper's SFT stage).
 
 The loss is the mean negative log-likelihood of the logged next items' SID tokens given the history,
-restricted to valid children (each history encoded once for all its logged items). Validation HR@10
-by beam search picks the epoch to keep (early stopping with ``patience``).
+restricted to valid children (each history encoded once for all its logged items), with AdamW at a constant
+or warmed-up cosine rate (``SFTConfig.schedule``, ``lr_factor``). Validation HR@10 by beam search picks the
+epoch to keep (early stopping with ``patience``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -42,6 +44,22 @@ def target_nll(policy: SIDPolicy, histories: np.ndarray, sids: torch.Tensor) -> 
     return -(lp.sum(-1) * real).sum() / (real.sum() * sids.shape[-1]).clamp_min(1)
 
 
+def lr_factor(step: int, total: int, schedule: str = "constant", warmup: int = 0) -> float:
+    """The learning rate's multiplier at optimiser step ``step`` (0-based) of ``total``: a linear warm-up over
+    the first ``warmup`` steps, then 1 ("constant") or a cosine from 1 to 0 at step ``total``.
+
+    >>> [round(lr_factor(s, 10, "cosine", warmup=2), 3) for s in (0, 1, 2, 6, 10)]
+    [0.5, 1.0, 1.0, 0.5, 0.0]
+    >>> lr_factor(5, 10)
+    1.0
+    """
+    up = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "constant":
+        return up
+    after = min(1.0, max(0, step - warmup) / max(1, total - warmup))  # the cosine's progress after the warm-up
+    return up * 0.5 * (1.0 + math.cos(math.pi * after))
+
+
 def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = True, state: dict | None = None,
               on_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``policy`` in place; returns one log row per epoch (loss, validation HR@10).
@@ -59,10 +77,14 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     n_batches = (len(hist) + cfg.batch_size - 1) // cfg.batch_size
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, cfg.epochs * n_batches, cfg.schedule, cfg.warmup_steps))
     best_hr, best_state, bad, log, start = -1.0, None, 0, [], 0
     if state is not None:
         policy.load_state_dict(state["policy"])
         opt.load_state_dict(state["opt"])
+        if "sched" in state:  # a checkpoint written before schedules existed ran at a constant rate
+            sched.load_state_dict(state["sched"])
         gen.set_state(state["generator"])
         best_hr, best_state, bad = float(state["best_hr"]), state["best_policy"], int(state["bad"])
         log, start = json.loads(state["log"]), int(state["epoch"])
@@ -79,6 +101,7 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 opt.step()
+                sched.step()
                 total += float(loss.detach())
         hr = validation_hr(policy, val)
         log.append({"epoch": epoch + 1, "loss": total / n_batches, "valid_hr@10": hr})
@@ -88,7 +111,8 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
         else:
             bad += 1
         if on_checkpoint is not None:
-            on_checkpoint({"policy": policy.state_dict(), "opt": opt.state_dict(), "generator": gen.get_state(),
+            on_checkpoint({"policy": policy.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                           "generator": gen.get_state(),
                            "best_hr": best_hr, "best_policy": best_state, "bad": bad, "log": json.dumps(log),
                            "epoch": epoch + 1})
         if bad >= cfg.patience:
