@@ -12,6 +12,7 @@ from vstar_toy.config import (
     DecodeConfig,
     PolicyConfig,
     RLConfig,
+    SeqRecConfig,
     SFTConfig,
     ValueConfig,
     WorldConfig,
@@ -19,7 +20,7 @@ from vstar_toy.config import (
     presets,
 )
 
-STAGES = (WorldConfig, PolicyConfig, SFTConfig, ValueConfig, DecodeConfig, RLConfig)
+STAGES = (WorldConfig, PolicyConfig, SFTConfig, ValueConfig, DecodeConfig, RLConfig, SeqRecConfig)
 
 # (class, field, bad value, a fragment of the expected range the message must give)
 BAD = [
@@ -61,6 +62,21 @@ BAD = [
     (SFTConfig, "patience", 0, "an integer >= 1"),
     (SFTConfig, "eval_queries", 0, "an integer >= 1"),
     (SFTConfig, "seed", -1, "an integer >= 0"),
+    (SFTConfig, "schedule", "linear", "one of constant, cosine"),
+    (SFTConfig, "warmup_steps", -1, "an integer >= 0"),
+    (SeqRecConfig, "kind", "bert4rec", "one of sasrec, gru4rec"),
+    (SeqRecConfig, "d_model", 4, "an integer >= 8"),
+    (SeqRecConfig, "n_layers", 0, "an integer >= 1"),
+    (SeqRecConfig, "n_heads", 0, "an integer >= 1"),
+    (SeqRecConfig, "n_heads", 3, "a divisor of d_model = 64"),
+    (SeqRecConfig, "dropout", 0.9, "a number in [0, 0.9)"),
+    (SeqRecConfig, "lr", 0.0, "a number in (0, 1]"),
+    (SeqRecConfig, "weight_decay", 2.0, "a number in [0, 1]"),
+    (SeqRecConfig, "batch_size", 0, "an integer >= 1"),
+    (SeqRecConfig, "epochs", 0, "an integer >= 1"),
+    (SeqRecConfig, "patience", 0, "an integer >= 1"),
+    (SeqRecConfig, "eval_queries", -1, "an integer >= 0"),
+    (SeqRecConfig, "seed", -1, "an integer >= 0"),
     (ValueConfig, "inputs", "text", "one of semantic, backbone"),
     (ValueConfig, "hidden", 3, "an integer >= 4"),
     (ValueConfig, "gamma", 0.0, "a number in (0, 1]"),
