@@ -38,20 +38,25 @@ from .world import Queries, World
 KS = (3, 5, 10)
 
 
-def _top_k(scores: np.ndarray, histories: np.ndarray, k: int) -> np.ndarray:
-    """(B, k) item ids of the highest ``scores`` (B, N), history items excluded, ties by item id."""
+def unseen_scores(scores: np.ndarray, histories: np.ndarray) -> np.ndarray:
+    """A float64 copy of ``scores`` (B, N) with each row's history items (B, H; -1 padding) at -inf."""
     scores = scores.astype(np.float64).copy()
     rows = np.repeat(np.arange(len(scores)), histories.shape[1])
     seen = histories.reshape(-1)
     scores[rows[seen >= 0], seen[seen >= 0]] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")  # stable: equal scores keep item-id order
+    return scores
+
+
+def top_k(scores: np.ndarray, histories: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) item ids of the highest ``scores`` (B, N), history items excluded, ties by item id."""
+    order = np.argsort(-unseen_scores(scores, histories), axis=1, kind="stable")  # stable: ties keep id order
     return order[:, :k]
 
 
 def _rank(queries: Queries, scores, k: int, chunk: int = 512) -> np.ndarray:
     """(B, k): ``scores(histories)`` -> (b, N) for chunks of queries, each chunk's top k."""
     h = queries.histories
-    return np.concatenate([_top_k(scores(h[s : s + chunk]), h[s : s + chunk], k) for s in range(0, len(h), chunk)])
+    return np.concatenate([top_k(scores(h[s : s + chunk]), h[s : s + chunk], k) for s in range(0, len(h), chunk)])
 
 
 def popularity(world: World) -> np.ndarray:
@@ -149,5 +154,5 @@ def baselines_table(world: World, queries: Queries, policy=None, decode_cfg=None
     return pd.DataFrame(rows)
 
 
-__all__ = ["RANKERS", "baselines_table", "content_nn", "most_popular", "popularity", "transition_counts",
-           "transitions"]
+__all__ = ["RANKERS", "baselines_table", "content_nn", "most_popular", "popularity", "top_k", "transition_counts",
+           "transitions", "unseen_scores"]

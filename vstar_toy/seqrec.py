@@ -90,11 +90,11 @@ def scores(model: nn.Module, histories: np.ndarray) -> torch.Tensor:
 
 def recommend(model: nn.Module, histories: np.ndarray, k: int, batch: int = 1024) -> np.ndarray:
     """(B, k) the top-k items for each history, its own items excluded, ties by item id."""
-    from .baselines import _top_k
+    from .baselines import top_k  # here: baselines lists this module's rankers
 
     model.eval()
     with torch.no_grad():
-        return np.concatenate([_top_k(scores(model, histories[s : s + batch]).numpy(), histories[s : s + batch], k)
+        return np.concatenate([top_k(scores(model, histories[s : s + batch]).numpy(), histories[s : s + batch], k)
                                for s in range(0, len(histories), batch)])
 
 
@@ -102,15 +102,14 @@ def target_ranks(model: nn.Module, histories: np.ndarray, targets: np.ndarray, b
     """(B,) each target's 0-based place in ``recommend``'s order (its own history's items excluded, ties by
     item id), without sorting the catalog: the items scored above it, plus those tied with a smaller id. A
     target inside its history is never recommended: N. ``rank < k`` is HR@k."""
+    from .baselines import unseen_scores
+
     model.eval()
     out = []
     with torch.no_grad():
         for s in range(0, len(histories), batch):
             h, t = histories[s : s + batch], targets[s : s + batch]
-            sc = scores(model, h).numpy().astype(np.float64)
-            rows = np.repeat(np.arange(len(h)), h.shape[1])
-            seen = h.reshape(-1)
-            sc[rows[seen >= 0], seen[seen >= 0]] = -np.inf
+            sc = unseen_scores(scores(model, h).numpy(), h)
             mine = sc[np.arange(len(t)), t][:, None]
             ids = np.arange(sc.shape[1])[None]
             rank = (sc > mine).sum(1) + ((sc == mine) & (ids < t[:, None])).sum(1)

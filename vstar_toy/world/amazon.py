@@ -16,7 +16,8 @@ written by :func:`write_compact`); ``load_world(path)`` reads such a directory. 
 2. embeddings e(i) of the titles (``world/text.py``): all-MiniLM-L6-v2 sentence embeddings when the
    optional extra ``text`` is installed (computed once, cached by the titles' content), else TF-IDF +
    truncated SVD to 64 dims; ``World.embedding`` names which;
-3. queries: every valid / test row is one "user" (split 1 / 2); training pairs are the train rows
+3. queries: every valid / test row is one query (split 1 / 2), ``World.people`` naming the user behind it
+   (a user has one row per interaction in the period: sliding windows); training pairs are the train rows
    (split 0) or, when train/ is absent, windows rebuilt from the histories (see :func:`training_windows`);
 4. histories keep the most recent ``history_len`` items, left-padded with -1.
 
