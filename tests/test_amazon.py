@@ -130,6 +130,7 @@ def test_the_tested_model_may_also_learn_from_the_validation_rows_and_nothing_la
     assert not windows(later, 2) & windows(later, 0)  # no test row is
     assert not (windows(world, 1) | windows(world, 2)) & windows(world, 0)
     assert "nothing may be chosen on them" in " ".join(later.notes)
+    assert later.valid_seen and not world.valid_seen  # SFT and SASRec keep their last epoch on ``later``
 
 
 def test_people_count_users_not_rows(world):

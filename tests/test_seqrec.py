@@ -78,3 +78,21 @@ def test_target_ranks_say_what_the_recommended_list_says(counting_world, kind):
     inside = q.histories.copy()
     inside[:, -1] = q.targets  # the target in its own history: never recommended
     assert (seqrec.target_ranks(model, inside, q.targets) == counting_world.catalog.n_items).all()
+
+
+def test_a_world_whose_validation_rows_are_training_pairs_keeps_the_last_epoch(counting_world):
+    """World.valid_seen: every epoch runs (patience 1 does not stop it), none is chosen on validation."""
+    seen = dataclasses.replace(counting_world, valid_seen=True)
+    cfg = SeqRecConfig(**{**FAST, "epochs": 3, "patience": 1})
+    _, log = seqrec.fit(seen, cfg, progress=False)
+    assert [r["epoch"] for r in log] == [1, 2, 3] and all(np.isnan(r["valid_hr@10"]) for r in log)
+
+
+def test_the_tested_config_takes_the_settings_chosen_on_validation_only_where_no_epoch_can_be_chosen(counting_world):
+    from vstar_toy.config import SEQREC_TESTED
+
+    seen = dataclasses.replace(counting_world, valid_seen=True)
+    for kind in ("sasrec", "gru4rec"):
+        assert seqrec.tested_config(kind, counting_world, seed=3) == SeqRecConfig(kind=kind, seed=3)
+        chosen = seqrec.tested_config(kind, seen)
+        assert chosen.kind == kind and chosen.epochs == SEQREC_TESTED[kind]["epochs"] < SeqRecConfig().epochs

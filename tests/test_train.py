@@ -365,3 +365,20 @@ def test_a_cosine_sft_schedule_resumes_to_the_uninterrupted_result():
     assert same_parameters(whole, again)
     assert states[-1]["sched"]["_last_lr"][0] < 1e-3 * cfg.sft.lr  # decayed to 0 by the last step
     assert lr_factor(5, 10) == 1.0 and lr_factor(0, 10, warmup=4) == 0.25
+
+
+def test_sft_on_a_world_whose_validation_rows_are_training_pairs_runs_every_epoch_and_keeps_the_last():
+    """World.valid_seen (real data loaded for the tested model): nothing is chosen on the validation rows, so
+    no early stopping (patience 1 would stop a validation-chosen run) and the weights of the last epoch."""
+    from vstar_toy.pipeline import make_policy
+    from vstar_toy.rl.sft import train_sft
+
+    cfg = presets.tiny().replace(sft={"epochs": 3, "patience": 1, "eval_queries": 8})
+    world = dataclasses.replace(build_world(cfg.world), valid_seen=True)
+    states = []
+    policy = make_policy(world, cfg)
+    log = train_sft(policy, world, cfg.sft, progress=False, on_checkpoint=lambda s: states.append(copy.deepcopy(s)))
+    assert [r["epoch"] for r in log] == [1, 2, 3] and all(np.isnan(r["valid_hr@10"]) for r in log)
+    last = make_policy(world, cfg)
+    last.load_state_dict(states[-1]["policy"])
+    assert same_parameters(policy, last)

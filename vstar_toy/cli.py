@@ -126,8 +126,11 @@ def sft(out: Annotated[Path, typer.Option(help="checkpoint directory to write")]
     log = train_sft(policy, w, cfg.sft, progress=not quiet)
     with run_lock(out):
         checkpoint.save(out, w, policy, extra={"sft_log": log, "preset": preset_name})
-    best = max(r["valid_hr@10"] for r in log)
-    print(f"saved {out}: {len(log)} epochs, best validation HR@10 = {best:.4f}")
+    if w.valid_seen:
+        print(f"saved {out}: {len(log)} epochs, the last kept (the validation rows are training windows here)")
+    else:
+        best = max(r["valid_hr@10"] for r in log)
+        print(f"saved {out}: {len(log)} epochs, best validation HR@10 = {best:.4f}")
 
 
 ValueInputs = Annotated[str | None, typer.Option(

@@ -43,12 +43,14 @@ def build_world(cfg: WorldConfig) -> World:
 
 
 @functools.lru_cache(maxsize=4)
-def load_data(source: str) -> World:
+def load_data(source: str, train_until: str = "test") -> World:
     """The world of a real data set: a shipped name (``amazon18-office``) or a MiniOneRec directory
-    (memoised by its name)."""
+    (memoised by its name). By default the world of the model that is tested: trained on every window
+    whose target precedes the test period, validation rows included (``World.valid_seen``); settings are
+    chosen with ``train_until="valid"`` (docs/results/office_validation)."""
     from .world.amazon import load_world
 
-    return load_world(source)
+    return load_world(source, train_until=train_until)
 
 
 def _key(*parts) -> str:
@@ -60,9 +62,13 @@ def _key(*parts) -> str:
 def _world_key(world: World):
     """What shapes a world's logs beyond its trie: the synthetic config (mismatch, seed, ...), or the
     real data set's name and a hash of its content (an edited CSV, or another folder of the same name,
-    is another data set). Two worlds with one catalog but different logs train different policies."""
+    is another data set). Two worlds with one catalog but different logs train different policies, and
+    one whose validation rows are training pairs trains without choosing an epoch (``World.valid_seen``)."""
     cfg = getattr(world, "config", None)
-    return cfg if dataclasses.is_dataclass(cfg) else {"name": world.name, "data": checkpoint.data_fingerprint(world)}
+    if dataclasses.is_dataclass(cfg):
+        return cfg
+    return {"name": world.name, "data": checkpoint.data_fingerprint(world)} | ({"valid_seen": True} if world.valid_seen
+                                                                                else {})
 
 
 def _backbone_key(backbone: str) -> dict:
@@ -115,8 +121,7 @@ def sft_policy(world: World, cfg: Config, policy_dir: str | Path | None = None, 
                              f"{holds}: drop --backbone or pass another --policy")
         say(f"policy: loaded from {policy_dir}")
         return policy
-    key = _key(_world_key(world), cfg.policy, cfg.sft, *_policy_parts(backbone))
-    d = cache_root() / f"sft-{checkpoint.fingerprint(world)}-{key}"
+    d = sft_cache_dir(world, cfg, backbone)
 
     def build() -> SIDPolicy:
         name = "the default SFT policy" if backbone is None else f"an SFT policy on backbone {backbone}"
@@ -159,6 +164,13 @@ def _save_partial(directory: Path, path: Path, state: dict) -> None:
     its meta.json exists)."""
     directory.mkdir(parents=True, exist_ok=True)
     files.atomic_save(state, path)
+
+
+def sft_cache_dir(world: World, cfg: Config, backbone: str | None = None) -> Path:
+    """The cache entry of the SFT policy that ``sft_policy`` trains for ``cfg`` (and ``backbone``): complete
+    once its meta.json exists, which holds the training log (``sft_log``)."""
+    key = _key(_world_key(world), cfg.policy, cfg.sft, *_policy_parts(backbone))
+    return cache_root() / f"sft-{checkpoint.fingerprint(world)}-{key}"
 
 
 def value_cache_dir(world: World, policy, cfg: Config) -> Path:

@@ -18,7 +18,8 @@ Training (``fit``) differs from the papers' in one documented way: the loss is t
 next item over the whole catalog (RecBole's ``loss_type="CE"``), which Klenitskiy & Vasilev (RecSys 2023)
 found to make SASRec stronger than its original one-negative binary loss; the windows are the world's
 training pairs (``World.train_histories`` -> ``train_targets``), the same the SFT policy learns from, and
-the epoch kept is the one with the best validation HR@10. Ranking (``recommend``) excludes the history's
+the epoch kept is the one with the best validation HR@10 (a fixed number of epochs where the validation rows
+are training windows: ``tested_config``). Ranking (``recommend``) excludes the history's
 items, as every baseline of ``baselines.py`` does.
 """
 
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import SeqRecConfig
+from .config import SEQREC_TESTED, SeqRecConfig
 from .seeding import seeded
 from .world import Queries, World
 
@@ -128,13 +129,15 @@ def _windows(world: World) -> tuple[np.ndarray, np.ndarray]:
 def fit(world: World, cfg: SeqRecConfig | None = None, progress: bool = True) -> tuple[nn.Module, list[dict]]:
     """(model, log): ``cfg.kind`` trained on ``world``'s training windows with Adam and the catalog-wide
     cross-entropy, keeping the epoch with the best validation HR@10 (one log row per epoch; a world without
-    validation users keeps the last). Same seed, same model."""
+    validation users, or whose validation rows are training pairs (``World.valid_seen``), keeps the last).
+    Same seed, same model."""
     cfg = cfg or SeqRecConfig()
     hist, nxt = _windows(world)
     if len(nxt) == 0:
         raise ValueError(f"{world.name} has no training pairs")
-    n_valid = int((world.split == 1).sum())  # none (a hand-made world): every epoch runs, the last is kept
-    val = world.queries("valid", n=cfg.eval_queries or n_valid, seed=cfg.seed) if n_valid else None
+    n_valid = int((world.split == 1).sum())  # none, or seen in training: every epoch runs, the last is kept
+    val = world.queries("valid", n=cfg.eval_queries or n_valid, seed=cfg.seed) if n_valid and not world.valid_seen \
+        else None
     with seeded(cfg.seed):
         model = MODELS[cfg.kind](world.catalog.n_items, hist.shape[1], cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -169,14 +172,21 @@ def fit(world: World, cfg: SeqRecConfig | None = None, progress: bool = True) ->
     return model, log
 
 
+def tested_config(kind: str, world: World, seed: int = 0) -> SeqRecConfig:
+    """The settings ``kind`` is fitted with on ``world``: its defaults, the epoch chosen by validation HR@10; or,
+    where the validation rows are training windows (``World.valid_seen``), the settings chosen on validation
+    with the number of epochs that validation run kept (``config.SEQREC_TESTED``)."""
+    return SeqRecConfig(kind=kind, seed=seed, **(SEQREC_TESTED[kind] if world.valid_seen else {}))
+
+
 def ranker(kind: str):
-    """A ``baselines.RANKERS`` entry: (world, queries, k) -> (B, k), ``kind`` fitted with its defaults."""
+    """A ``baselines.RANKERS`` entry: (world, queries, k) -> (B, k), ``kind`` fitted with ``tested_config``."""
     def rank(world: World, queries: Queries, k: int = 10, progress: bool = False) -> np.ndarray:
-        model, _ = fit(world, SeqRecConfig(kind=kind), progress=progress)
+        model, _ = fit(world, tested_config(kind, world), progress=progress)
         return recommend(model, queries.histories, k)
 
     rank.__doc__ = f"(B, k) the top k items of {kind} trained on the world's windows (seqrec.fit)."
     return rank
 
 
-__all__ = ["GRU4Rec", "MODELS", "SASRec", "fit", "ranker", "recommend", "scores", "target_ranks"]
+__all__ = ["GRU4Rec", "MODELS", "SASRec", "fit", "ranker", "recommend", "scores", "target_ranks", "tested_config"]

@@ -3,7 +3,8 @@
 The loss is the mean negative log-likelihood of the logged next items' SID tokens given the history,
 restricted to valid children (each history encoded once for all its logged items), with AdamW at a constant
 or warmed-up cosine rate (``SFTConfig.schedule``, ``lr_factor``). Validation HR@10 by beam search picks the
-epoch to keep (early stopping with ``patience``).
+epoch to keep (early stopping with ``patience``), except on a world whose validation rows are training pairs
+(``World.valid_seen``): there every epoch runs and the last is kept.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def lr_factor(step: int, total: int, schedule: str = "constant", warmup: int = 0
 
 def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = True, state: dict | None = None,
               on_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train ``policy`` in place; returns one log row per epoch (loss, validation HR@10).
+    """Train ``policy`` in place; returns one log row per epoch (loss, validation HR@10: NaN where the world's
+    validation rows are training pairs, ``World.valid_seen``, and the last epoch is kept).
 
     ``on_checkpoint(state)`` is called after every epoch with what resuming needs (tensors and plain
     types); ``state`` resumes from it, and a resumed run equals an uninterrupted one (the batch order
@@ -73,7 +75,7 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
         raise ValueError(f"{world.name} has no training pairs")
     sids = torch.as_tensor(world.catalog.sids)[targets.clamp_min(0)]  # (S, T, L)
     sids[targets < 0] = -1
-    val = world.queries("valid", n=cfg.eval_queries, seed=cfg.seed)
+    val = None if world.valid_seen else world.queries("valid", n=cfg.eval_queries, seed=cfg.seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     n_batches = (len(hist) + cfg.batch_size - 1) // cfg.batch_size
@@ -103,10 +105,10 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
                 opt.step()
                 sched.step()
                 total += float(loss.detach())
-        hr = validation_hr(policy, val)
+        hr = float("nan") if val is None else validation_hr(policy, val)
         log.append({"epoch": epoch + 1, "loss": total / n_batches, "valid_hr@10": hr})
         bar.set_postfix(loss=f"{total / n_batches:.3f}", hr10=f"{hr:.3f}")
-        if hr > best_hr:
+        if hr > best_hr or val is None:
             best_hr, best_state, bad = hr, copy.deepcopy(policy.state_dict()), 0
         else:
             bad += 1

@@ -548,6 +548,7 @@ def build_world(data: MiniOneRecData, history_len: int = 10, encoder: str = "aut
         catalog=catalog, histories=histories, targets=targets, split=split,
         train_histories=histories[train], train_targets=targets[train][:, None], name=data.name,
         collisions_resolved=merged, notes=notes, embedding=embedding, people=people,
+        valid_seen=train_until == "test" and "train" not in mapped,
     )
 
 

@@ -58,6 +58,10 @@ class World:
         people: (U,) the person behind each query on real data, where one person has several rows (sliding
             windows of one history), or None (a synthetic world: one query per user). Intervals over users
             resample people, not rows (``metrics.cluster_ci``).
+        valid_seen: True where the validation rows are among the training pairs (real data loaded for the model
+            that is only tested: ``load_world(train_until="test")``). Nothing may be chosen on them then: SFT
+            and the sequential recommenders run their configured epochs and keep the last, with the settings
+            chosen on a world without them.
     """
 
     catalog: Catalog
@@ -74,6 +78,7 @@ class World:
     notes: tuple[str, ...] = ()
     embedding: str = "the world's latent item vectors e(i) (hierarchical Gaussian mixture)"
     people: np.ndarray | None = None
+    valid_seen: bool = False
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
