@@ -308,6 +308,9 @@ def test_a_flat_validation_curve_stops_the_run_and_a_resume_does_not_go_on(sft, 
     assert res.stopped == 2 and len(res.log) == 2
     again = train(world, copy.deepcopy(res.policy), cfg, head, run_dir=tmp_path / "run", **QUIET)
     assert again.stopped == 2 and len(again.log) == 2 and same_parameters(again.policy, res.policy)
+    seen = dataclasses.replace(world, valid_seen=True)  # its validation curve reads training windows
+    with pytest.raises(ValueError, match="validation rows are training windows"):
+        train(seen, copy.deepcopy(res.policy), cfg, head, **QUIET)
 
 
 def test_no_run_stops_before_the_floor_of_the_horizon_rule(sft):

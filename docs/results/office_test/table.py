@@ -26,9 +26,9 @@ SFT = "SFT policy, beam search (|C| = 10)"
 
 
 def sft_rows(w, test, seed: int) -> np.ndarray:
-    """(B, 10) the chosen SFT policy's top 10 by beam search at 1x, for one seed of weights and batch order."""
-    cfg = preset("cpu_demo").for_real_data()
-    cfg = cfg.replace(policy={"seed": seed}, sft={"seed": seed})
+    """(B, 10) the chosen SFT policy's top 10 by beam search at 1x, for one seed of its initial weights (the
+    seed's SFT policy of ``vstar-toy reproduce --data``, ``experiments.runner``; shared through the cache)."""
+    cfg = preset("cpu_demo").for_real_data().replace(policy={"seed": seed})
     pol = sft_policy(w, cfg, progress=False, say=lambda m: None)
     dcfg = dataclasses.replace(cfg.decode.beam_at_1x(), n_candidates=10, warm_beam=min(cfg.decode.warm_beam, 9))
     _, sets = evaluate(w, pol, test, dcfg)
