@@ -159,7 +159,7 @@ def fit(world: World, cfg: SeqRecConfig | None = None, progress: bool = True) ->
                 total += float(loss.detach()) * len(idx)
         hr = float("nan") if val is None else float((target_ranks(model, val.histories, val.targets) < 10).mean())
         log.append({"epoch": epoch + 1, "loss": total / len(nxt), "valid_hr@10": hr})
-        bar.set_postfix(loss=f"{total / len(nxt):.3f}", hr10=f"{hr:.3f}")
+        bar.set_postfix(loss=f"{total / len(nxt):.3f}", **({} if val is None else {"hr10": f"{hr:.3f}"}))
         if hr > best or val is None:
             best, best_state, bad = hr, copy.deepcopy(model.state_dict()), 0
         else:

@@ -107,7 +107,7 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
                 total += float(loss.detach())
         hr = float("nan") if val is None else validation_hr(policy, val)
         log.append({"epoch": epoch + 1, "loss": total / n_batches, "valid_hr@10": hr})
-        bar.set_postfix(loss=f"{total / n_batches:.3f}", hr10=f"{hr:.3f}")
+        bar.set_postfix(loss=f"{total / n_batches:.3f}", **({} if val is None else {"hr10": f"{hr:.3f}"}))
         if hr > best_hr or val is None:
             best_hr, best_state, bad = hr, copy.deepcopy(policy.state_dict()), 0
         else:

@@ -194,9 +194,9 @@ def train(world: World, policy, cfg: Config, value_head=None, run_dir: str | Pat
         raise ValueError("RLConfig.group = 'mix' mixes beam search with another decoder: pass decoder ved, reranked, "
                          "topk or temperature")
     if rl.plateau_evals and world.valid_seen:
-        raise ValueError(f"RLConfig.plateau_evals = {rl.plateau_evals} stops on the validation curve, but {world.name}'s "
-                         "validation rows are training windows (World.valid_seen): run a fixed number of steps, or "
-                         "choose the horizon on a world loaded with train_until='valid'")
+        raise ValueError(f"RLConfig.plateau_evals = {rl.plateau_evals} stops on the validation curve, but "
+                         f"{world.name}'s validation rows are training windows (World.valid_seen): run a fixed number "
+                         "of steps, or choose the horizon on a world loaded with train_until='valid'")
     rank, world_size = distributed.rank_and_size()
     distributed.check_batch(rl.batch_queries, world_size)
     main = rank == 0
