@@ -143,11 +143,14 @@ def test_catalog_rejects_duplicates_and_bad_codes():
 def test_queries_bad_split_raises(world):
     with pytest.raises(ValueError, match="'dev'.*train, valid, test"):
         world.queries("dev")
+    with pytest.raises(ValueError, match="'dev'.*train, valid, test"):
+        world.size("dev")
 
 
 def test_queries_cover_the_split(world):
     sizes = [len(world.queries(s)) for s in ("train", "valid", "test")]
     assert sum(sizes) == len(world.split)
+    assert sizes == [world.size(s) for s in ("train", "valid", "test")]
     q = world.queries("test", n=5, seed=3)
     assert len(q) == 5 and (world.split[q.users] == 2).all()
     np.testing.assert_array_equal(q.targets, world.targets[q.users])

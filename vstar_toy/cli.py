@@ -216,7 +216,7 @@ def named_update(name: str | None) -> dict:
 
 def test_split(world, queries: int | None):
     """The first ``queries`` test users (all of them when None), refusing a count the split cannot give."""
-    n_split = int((world.split == 2).sum())
+    n_split = world.size("test")
     if queries is not None and not 1 <= queries <= n_split:
         raise ValueError(f"--queries = {queries} is invalid: expected 1 .. {n_split} (the test users of {world.name})")
     return world.queries("test", n=queries)

@@ -135,7 +135,7 @@ def fit(world: World, cfg: SeqRecConfig | None = None, progress: bool = True) ->
     hist, nxt = _windows(world)
     if len(nxt) == 0:
         raise ValueError(f"{world.name} has no training pairs")
-    n_valid = int((world.split == 1).sum())  # none, or seen in training: every epoch runs, the last is kept
+    n_valid = world.size("valid")  # none, or seen in training: every epoch runs, the last is kept
     val = world.queries("valid", n=cfg.eval_queries or n_valid, seed=cfg.seed) if n_valid and not world.valid_seen \
         else None
     with seeded(cfg.seed):

@@ -93,7 +93,7 @@ def _others(cfg: Config, chosen: dict) -> dict:
 
 
 def _markdown(table: pd.DataFrame, chosen: dict, cfg: Config, steps: int, seconds: float) -> str:
-    n_valid = int((pipeline.build_world(cfg.world).split == 1).sum())
+    n_valid = pipeline.build_world(cfg.world).size("valid")
     return "\n".join([
         "# The RL recipe, chosen on the validation split",
         "",

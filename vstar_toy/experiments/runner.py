@@ -181,7 +181,7 @@ class Runner:
 
     def test_queries(self, seed: int, mismatch: float | None = None):
         w = self.world(seed, mismatch)
-        n_split = int((w.split == 2).sum())
+        n_split = w.size("test")
         n = n_split if self.settings.test_queries == 0 else min(self.settings.test_queries, n_split)
         return self._cached(("test", seed, mismatch), lambda: w.queries("test", n=n))
 

@@ -424,13 +424,13 @@ def training_windows(rows: list[tuple[int, list[int], int]], before: int) -> tup
     >>> training_windows([(1, [5, 6], 7), (2, [5, 6, 7], 8)], before=2)
     ([[5], [5, 6]], [6, 7])
     """
-    if before not in (1, 2):
+    if before not in (SPLITS["valid"], SPLITS["test"]):
         raise ValueError(f"before = {before!r} is invalid: expected 1 (the validation period) or 2 (test)")
     first = rows[0][1]
     hists, targets = [first[:k] for k in range(1, len(first))], first[1:]
-    if before == 2:
-        hists += [list(h) for split, h, _ in rows if split == 1]
-        targets += [t for split, _, t in rows if split == 1]
+    if before == SPLITS["test"]:
+        hists += [list(h) for split, h, _ in rows if split == SPLITS["valid"]]
+        targets += [t for split, _, t in rows if split == SPLITS["valid"]]
     return hists, list(targets)
 
 
@@ -525,20 +525,21 @@ def build_world(data: MiniOneRecData, history_len: int = 10, encoder: str = "aut
             + ("; the validation rows are among them, so nothing may be chosen on them with this world"
                if train_until == "test" else "")
         )
-    # 5. users = train pairs (split 0), valid rows (1), test rows (2)
-    parts = [(train_h, train_t, 0), (mapped["valid"][1], mapped["valid"][2], 1), (mapped["test"][1],
-             mapped["test"][2], 2)]
+    # 5. users = train pairs, valid rows, test rows (``SPLITS``)
+    parts = [(train_h, train_t, SPLITS["train"]), (mapped["valid"][1], mapped["valid"][2], SPLITS["valid"]),
+             (mapped["test"][1], mapped["test"][2], SPLITS["test"])]
     histories = left_pad([h for hs, _, _ in parts for h in hs], history_len)
     targets = np.array([t for _, ts, _ in parts for t in ts], dtype=np.int64)
     split = np.concatenate([np.full(len(ts), s, dtype=np.int64) for _, ts, s in parts])
     people = np.array(train_p + [people_of[u] for u in mapped["valid"][0]] + [people_of[u] for u in
                       mapped["test"][0]], dtype=np.int64)
-    train = split == 0
+    train = split == SPLITS["train"]
+    valid, test = split == SPLITS["valid"], split == SPLITS["test"]
     notes = (
         f"source: {data.source} (MiniOneRec format)",
         protocol,
-        f"queries: {int((split == 1).sum())} valid rows of {len(np.unique(people[split == 1]))} users and "
-        f"{int((split == 2).sum())} test rows of {len(np.unique(people[split == 2]))} users (intervals resample "
+        f"queries: {int(valid.sum())} valid rows of {len(np.unique(people[valid]))} users and "
+        f"{int(test.sum())} test rows of {len(np.unique(people[test]))} users (intervals resample "
         f"users: ``World.people``); histories keep the last {history_len} items",
         f"items: {len(data.items)} item ids, {catalog.n_items} distinct SIDs; {merged} items sharing a SID were "
         "merged into one catalog item (MiniOneRec counts a hit by SID)",

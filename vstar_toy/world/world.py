@@ -129,6 +129,12 @@ class World:
         return pd.DataFrame(rows)
 
     # -- queries ----------------------------------------------------------------------------------
+    def size(self, split: str) -> int:
+        """How many queries ``split`` ("train", "valid" or "test": ``users.SPLITS``) holds."""
+        if split not in U.SPLITS:
+            raise ValueError(f"split = {split!r} is invalid: expected one of {', '.join(U.SPLITS)}")
+        return int((self.split == U.SPLITS[split]).sum())
+
     def queries(self, split: str = "test", n: int | None = None, seed: int = 0) -> Queries:
         """The queries of one split; the first ``n`` of a seeded permutation when ``n`` is given."""
         if split not in U.SPLITS:
