@@ -129,17 +129,19 @@ class World:
         return pd.DataFrame(rows)
 
     # -- queries ----------------------------------------------------------------------------------
-    def size(self, split: str) -> int:
-        """How many queries ``split`` ("train", "valid" or "test": ``users.SPLITS``) holds."""
+    def _in(self, split: str) -> np.ndarray:
+        """(U,) bool: the queries of ``split`` ("train", "valid" or "test": ``users.SPLITS``)."""
         if split not in U.SPLITS:
             raise ValueError(f"split = {split!r} is invalid: expected one of {', '.join(U.SPLITS)}")
-        return int((self.split == U.SPLITS[split]).sum())
+        return self.split == U.SPLITS[split]
+
+    def size(self, split: str) -> int:
+        """How many queries ``split`` holds."""
+        return int(self._in(split).sum())
 
     def queries(self, split: str = "test", n: int | None = None, seed: int = 0) -> Queries:
         """The queries of one split; the first ``n`` of a seeded permutation when ``n`` is given."""
-        if split not in U.SPLITS:
-            raise ValueError(f"split = {split!r} is invalid: expected one of {', '.join(U.SPLITS)}")
-        ids = np.flatnonzero(self.split == U.SPLITS[split])
+        ids = np.flatnonzero(self._in(split))
         if len(ids) == 0:
             raise ValueError(f"the {split} split of {self.name} is empty")
         if n is not None and n < len(ids):
