@@ -424,13 +424,11 @@ def profile(policy: QwenPolicy, hist: np.ndarray, beams: int, path: str) -> None
             f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15) + "\n\n")
 
 
-def _ddp_worker(rank: int, world: int, port: int, size: dict, seed: int, repeats: int, result: str) -> None:
+def _ddp_worker(rank: int, size: dict, seed: int, repeats: int, result: str) -> None:
     """One rank of the DDP row: its half of the queries, one joint-loss step through ``distributed.wrap``."""
     from vstar_toy.rl import distributed
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    distributed.init_from_env(timeout_min=5)
+    _, world = distributed.init_from_env(timeout_min=5)
     try:
         if size["backbone"] == "tiny-qwen":
             torch.set_num_threads(1)
@@ -470,20 +468,16 @@ def _ddp_worker(rank: int, world: int, port: int, size: dict, seed: int, repeats
 
 def ddp_rows(rows: Rows, size: dict, seed: int, repeats: int, tiny: bool) -> None:
     """Row 6: two processes (nccl on two GPUs; gloo on the CPU with ``--tiny``), else a note why not."""
-    import socket
     import tempfile
 
-    import torch.multiprocessing as mp
+    from vstar_toy.rl import distributed
 
     if not tiny and torch.cuda.device_count() < 2:
         rows.add("DDP step, 2 processes", None, "", error=f"skipped: {torch.cuda.device_count()} GPU(s) here, 2 needed")
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as d:
         result = os.path.join(d, "ddp.json")
-        mp.spawn(_ddp_worker, args=(2, port, size, seed, repeats, result), nprocs=2)
+        distributed.spawn_local(_ddp_worker, 2, (size, seed, repeats, result))  # a file rendezvous: no port race
         with open(result) as f:
             r = json.load(f)
     backend = "gloo, CPU" if tiny else "nccl"

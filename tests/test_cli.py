@@ -3,7 +3,6 @@ bad input exits with status 2 and one line naming the problem."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -174,12 +173,10 @@ def test_bad_input_exits_2_with_one_line(args, words, tmp_path):
 
 
 def test_torchrun_train_two_processes(tmp_path):
-    """The multi-process entry point as a user types it: rank 0 prints one summary and writes the run."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(port)]
+    """The multi-process entry point as a user types it: rank 0 prints one summary and writes the run.
+    ``--standalone``: torchrun binds a port of its own choosing (no free port picked here and bound later,
+    which another process on a busy machine could take in between)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     res = subprocess.run([*torchrun, "-m", "vstar_toy.cli", "train", "--preset", "tiny", "--decoder", "beam",
                           "--steps", "2", "--queries", "20", "--out", str(tmp_path / "ddp"), "--json"],
                          capture_output=True, text=True, timeout=300,

@@ -8,20 +8,18 @@ gradients agree to a relative 1e-5 at the first step. Parameters are compared ag
 moved them, not element by element: Adam divides each gradient coordinate by its own scale, so where
 the true gradient is zero (key biases: softmax ignores a shift) it turns rounding noise into steps.
 
-The two ranks are started by ``torch.multiprocessing.spawn`` with the environment torchrun would set
-(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT on a free port), then go through ``init_from_env`` as the
-CLI does under torchrun.
+The two ranks are started by ``distributed.spawn_local`` with the environment torchrun would set (RANK,
+WORLD_SIZE; a file rendezvous instead of a port, which a busy machine could take between choosing and
+binding it), then go through ``init_from_env`` as the CLI does under torchrun.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 
 import pandas as pd
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from vstar_toy.config import preset
@@ -76,11 +74,9 @@ def run(run_dir) -> dict:
     return {"policy": res.policy.state_dict(), "value": res.value_head.state_dict(), "log": res.log, "grads": grads}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, out: str) -> None:
     """One rank: torchrun's environment, ``init_from_env``, ``train``; saves its parameters and log."""
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
     assert distributed.init_from_env() == (rank, WORLD_SIZE)
     try:
         result = run(os.path.join(out, f"run{rank}"))  # each rank is given its own dir: only rank 0's is written
@@ -89,17 +85,11 @@ def _worker(rank: int, port: int, out: str) -> None:
         distributed.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """What each of the 2 ranks saved: [{policy, value, log}] by rank, and the output directory."""
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD_SIZE, join=True)
+    distributed.spawn_local(_worker, WORLD_SIZE, (str(out),))
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)], out
 
 

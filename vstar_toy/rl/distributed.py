@@ -30,7 +30,8 @@ values otherwise (entropy, a mean over tree nodes).
 Launching: call ``init_from_env()`` first (it reads torchrun's environment; a no-op in one process),
 build the SFT policy and value head inside ``with main_first():`` (rank 0 trains and caches them, the
 others then load the cache), call ``rl.train.train`` on every rank with the same arguments, write any
-other output only where ``is_main()``, and ``shutdown()`` at the end.
+other output only where ``is_main()``, and ``shutdown()`` at the end. ``spawn_local`` starts W processes
+on this machine with the same environment for tests and rehearsals; they meet through a file, not a port.
 
 FSDP is not offered: decoding calls ``start`` / ``step``, not ``forward``, so FSDP would have to gather
 every parameter around each decoder call anyway, and the backbones here fit one device per rank
@@ -74,8 +75,35 @@ def init_from_env(backend: str | None = None, timeout_min: float = 60.0) -> tupl
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend or ("cpu:gloo,cuda:nccl" if cuda else "gloo"),
-                            timeout=datetime.timedelta(minutes=timeout_min))
+                            init_method=os.environ.get(INIT_METHOD, "env://"), rank=int(os.environ.get("RANK", "0")),
+                            world_size=world_size, timeout=datetime.timedelta(minutes=timeout_min))
     return dist.get_rank(), dist.get_world_size()
+
+
+INIT_METHOD = "VSTAR_TOY_INIT_METHOD"
+"""An environment variable that, where set, replaces torchrun's ``env://`` rendezvous (``MASTER_ADDR`` and
+``MASTER_PORT``) with its ``init_method``, e.g. ``file:///tmp/x``: what ``spawn_local`` sets."""
+
+
+def spawn_local(fn, nprocs: int, args: tuple = ()) -> None:
+    """Run ``fn(rank, *args)`` in ``nprocs`` new processes on this machine, each with the environment torchrun
+    would give it (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``), so that ``init_from_env`` joins them.
+
+    They meet through a file in a fresh temporary folder (``init_method="file://..."``), not a TCP port: a
+    port chosen free and bound later by rank 0 can be taken in between by another process on a busy machine,
+    and the ranks then fail to meet. ``fn`` must be importable (defined at a module's top level)."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_local_rank, args=(fn, nprocs, f"file://{os.path.join(d, 'rendezvous')}", args), nprocs=nprocs,
+                 join=True)
+
+
+def _local_rank(rank: int, fn, nprocs: int, init_method: str, args: tuple) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nprocs), INIT_METHOD: init_method})
+    fn(rank, *args)
 
 
 def rank_and_size() -> tuple[int, int]:
@@ -242,4 +270,5 @@ def _collective_device() -> torch.device:
 
 
 __all__ = ["init_from_env", "rank_and_size", "is_main", "device", "main_first", "shutdown", "check_batch", "shard",
-           "rank_seed", "broadcast", "wrap", "all_reduce_mean", "sync_gradients", "mean_scalars", "STRATEGIES"]
+           "rank_seed", "broadcast", "wrap", "all_reduce_mean", "sync_gradients", "mean_scalars", "spawn_local",
+           "INIT_METHOD", "STRATEGIES"]
