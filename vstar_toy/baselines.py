@@ -24,8 +24,6 @@ data one user has several rows (sliding windows), so they resample users (``metr
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -130,9 +128,7 @@ def baselines_table(world: World, queries: Queries, policy=None, decode_cfg=None
         from .evaluate import evaluate
 
         n = min(max(KS), world.catalog.n_items)
-        cfg = dataclasses.replace(decode_cfg.beam_at_1x(), n_candidates=n,
-                                  warm_beam=min(decode_cfg.warm_beam, max(1, n - 1)))
-        _, sets = evaluate(world, policy, queries, cfg)
+        _, sets = evaluate(world, policy, queries, decode_cfg.beam_at_1x(n))
         ranked[sft] = np.concatenate([c.items.numpy() for c in sets])
     # per user, once per ranking: hit and NDCG at each K
     per_user = {name: {(metric, k): fn(items, queries.targets, k) for k in KS

@@ -403,9 +403,17 @@ class DecodeConfig:
         _number_in(self, "temperature", 0, 100, lo_open=True)
         _int_at_least(self, "seed", 0)
 
-    def beam_at_1x(self) -> DecodeConfig:
-        """These settings with beam search at the 1x budget (``BEAM_1X``): how every policy is tested."""
-        return dataclasses.replace(self, **BEAM_1X)
+    def beam_at_1x(self, n_candidates: int | None = None) -> DecodeConfig:
+        """These settings with beam search at the 1x budget (``BEAM_1X``): how every policy is tested; with
+        ``n_candidates``, that many beams (and VED's warm-up beam narrowed below it where it must be).
+
+        >>> DecodeConfig().beam_at_1x(4).warm_beam
+        3
+        """
+        if n_candidates is None:
+            return dataclasses.replace(self, **BEAM_1X)
+        return dataclasses.replace(self, **BEAM_1X, n_candidates=n_candidates,
+                                   warm_beam=min(self.warm_beam, max(1, n_candidates - 1)))
 
     def ved_at_1x(self) -> DecodeConfig:
         """These settings with VED at the 1x budget (``VED_1X``): what the search finds on a policy, the

@@ -67,8 +67,10 @@ def _world_key(world: World):
     cfg = getattr(world, "config", None)
     if dataclasses.is_dataclass(cfg):
         return cfg
-    return {"name": world.name, "data": checkpoint.data_fingerprint(world)} | ({"valid_seen": True} if world.valid_seen
-                                                                                else {})
+    key = {"name": world.name, "data": checkpoint.data_fingerprint(world)}
+    if world.valid_seen:  # only then: the keys of every other world stay what they were
+        key["valid_seen"] = True
+    return key
 
 
 def _backbone_key(backbone: str) -> dict:

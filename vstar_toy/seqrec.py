@@ -135,9 +135,9 @@ def fit(world: World, cfg: SeqRecConfig | None = None, progress: bool = True) ->
     hist, nxt = _windows(world)
     if len(nxt) == 0:
         raise ValueError(f"{world.name} has no training pairs")
-    n_valid = world.size("valid")  # none, or seen in training: every epoch runs, the last is kept
-    val = world.queries("valid", n=cfg.eval_queries or n_valid, seed=cfg.seed) if n_valid and not world.valid_seen \
-        else None
+    n_valid = world.size("valid")
+    chosen = n_valid > 0 and not world.valid_seen  # else (none, or seen in training) every epoch runs, the last kept
+    val = world.queries("valid", n=cfg.eval_queries or n_valid, seed=cfg.seed) if chosen else None
     with seeded(cfg.seed):
         model = MODELS[cfg.kind](world.catalog.n_items, hist.shape[1], cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -45,6 +45,7 @@ import contextlib
 import datetime
 import inspect
 import os
+import tempfile
 
 import torch
 import torch.distributed as dist
@@ -92,8 +93,6 @@ def spawn_local(fn, nprocs: int, args: tuple = ()) -> None:
     They meet through a file in a fresh temporary folder (``init_method="file://..."``), not a TCP port: a
     port chosen free and bound later by rank 0 can be taken in between by another process on a busy machine,
     and the ranks then fail to meet. ``fn`` must be importable (defined at a module's top level)."""
-    import tempfile
-
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as d:

@@ -7,7 +7,6 @@ table.md beside this file. Run from the repository with `VSTAR_TOY_ENCODER` unse
 installed: `nice python docs/results/office_test/table.py` (about 25 minutes on 2 cores).
 """
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -30,8 +29,7 @@ def sft_rows(w, test, seed: int) -> np.ndarray:
     seed's SFT policy of ``vstar-toy reproduce --data``, ``experiments.runner``; shared through the cache)."""
     cfg = preset("cpu_demo").for_real_data().replace(policy={"seed": seed})
     pol = sft_policy(w, cfg, progress=False, say=lambda m: None)
-    dcfg = dataclasses.replace(cfg.decode.beam_at_1x(), n_candidates=10, warm_beam=min(cfg.decode.warm_beam, 9))
-    _, sets = evaluate(w, pol, test, dcfg)
+    _, sets = evaluate(w, pol, test, cfg.decode.beam_at_1x(10))
     return np.concatenate([c.items.numpy() for c in sets])
 
 

@@ -76,9 +76,7 @@ def main(only: set[str]) -> None:
         cfg = base.replace(**over)
         t = time.time()
         pol = sft_policy(seen if name in FIXED else w, cfg, progress=False, say=lambda m: None)
-        dcfg = dataclasses.replace(cfg.decode.beam_at_1x(), n_candidates=width,
-                                   warm_beam=min(cfg.decode.warm_beam, width - 1))
-        _, sets = evaluate(w, pol, val, dcfg)
+        _, sets = evaluate(w, pol, val, cfg.decode.beam_at_1x(width))
         items = np.concatenate([c.items.numpy() for c in sets])
         hits[name] = hit_rate(items, val.targets, 10), ndcg(items, val.targets, 10)
         log = read_meta(sft_cache_dir(seen if name in FIXED else w, cfg))["sft_log"]
