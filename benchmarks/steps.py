@@ -53,7 +53,8 @@ def worker(preset_name: str, steps: int, threads: int) -> dict:
 
     from vstar_toy import pipeline
     from vstar_toy.config import preset
-    from vstar_toy.rl.train import evaluate_policy, train_step, training_state
+    from vstar_toy.rl.diagnostics import evaluate_policy
+    from vstar_toy.rl.train import train_step, training_state
 
     torch.set_num_threads(threads)
     cfg = preset(preset_name)

@@ -174,10 +174,10 @@ def test_real_data_cache_keys_follow_the_content(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, words", [
     (["--candidates", "100000"], ["--candidates = 100000", "holds 200 items"]),
-    (["--queries", "0"], ["--queries = 0", "expected 1 .. 30"]),
+    (["--queries", "0"], ["--queries", "greater than or equal to 1"]),  # click refuses it while parsing
     (["--queries", "100"], ["--queries = 100", "expected 1 .. 30"]),
-    (["--decoder", "topk", "--budget-x", "2"], ["budget_x = 2.0", "topk"]),
-    (["--value", "wisdom"], ["value = 'wisdom'", "learned, oracle, logp, cosine"]),
+    (["--decoder", "topk", "--budget-x", "2"], ["--budget-x = 2.0", "topk"]),
+    (["--value", "wisdom"], ["--value", "'wisdom'", "'learned', 'oracle', 'logp', 'cosine'"]),
 ])
 def test_decode_options_are_checked_before_training(args, words, tmp_path):
     res = cli("decode", "--preset", "tiny", *args, cache=tmp_path / "cache", timeout=120)

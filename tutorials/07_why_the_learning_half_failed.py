@@ -50,8 +50,9 @@ from vstar_toy import plots
 from vstar_toy.config import UPDATES, preset
 from vstar_toy.decoding import beam_search, decode
 from vstar_toy.pipeline import build_world, sft_policy, value_model
-from vstar_toy.rl.advantages import baseline_advantages, grpo_advantages, own_prefixes, taper_negatives
+from vstar_toy.rl.advantages import grpo_advantages
 from vstar_toy.rl.train import train
+from vstar_toy.rl.updates import baseline_advantages, own_prefixes, taper_negatives
 from vstar_toy.world.rewards import rewards
 
 PRESET = os.environ.get("VSTAR_TOY_TUTORIAL_PRESET", "cpu_demo")  # the test suite runs every tutorial on "tiny"

@@ -31,24 +31,10 @@ from tqdm.auto import tqdm
 
 from . import seqrec
 from .metrics import cluster_ci, hit_rate, ndcg
+from .ranking import top_k
 from .world import Queries, World
 
 KS = (3, 5, 10)
-
-
-def unseen_scores(scores: np.ndarray, histories: np.ndarray) -> np.ndarray:
-    """A float64 copy of ``scores`` (B, N) with each row's history items (B, H; -1 padding) at -inf."""
-    scores = scores.astype(np.float64).copy()
-    rows = np.repeat(np.arange(len(scores)), histories.shape[1])
-    seen = histories.reshape(-1)
-    scores[rows[seen >= 0], seen[seen >= 0]] = -np.inf
-    return scores
-
-
-def top_k(scores: np.ndarray, histories: np.ndarray, k: int) -> np.ndarray:
-    """(B, k) item ids of the highest ``scores`` (B, N), history items excluded, ties by item id."""
-    order = np.argsort(-unseen_scores(scores, histories), axis=1, kind="stable")  # stable: ties keep id order
-    return order[:, :k]
 
 
 def _rank(queries: Queries, scores, k: int, chunk: int = 512) -> np.ndarray:
@@ -150,5 +136,4 @@ def baselines_table(world: World, queries: Queries, policy=None, decode_cfg=None
     return pd.DataFrame(rows)
 
 
-__all__ = ["RANKERS", "baselines_table", "content_nn", "most_popular", "popularity", "top_k", "transition_counts",
-           "transitions", "unseen_scores"]
+__all__ = ["RANKERS", "baselines_table", "content_nn", "most_popular", "popularity", "transition_counts", "transitions"]

@@ -1,13 +1,13 @@
 """Configuration: frozen dataclasses, one per stage, validated on construction.
 
 Every field carries a docstring with its paper symbol (where there is one), its valid range and
-where the default comes from. A bad value raises one ``ValueError`` that names the field, the
-value and the valid range, e.g.::
+where the default comes from. A bad value raises one ``ConfigError`` (a ``ValueError``) that names the
+field, the value and the valid range, e.g.::
 
     >>> WorldConfig(mismatch=1.5)
     Traceback (most recent call last):
     ...
-    ValueError: WorldConfig.mismatch = 1.5 is invalid: expected a number in [0, 1]
+    vstar_toy.config.ConfigError: WorldConfig.mismatch = 1.5 is invalid: expected a number in [0, 1]
 
 Named presets at the bottom (``presets.cpu_demo()``, ``presets.paper()`` ...) bundle the stages
 into one :class:`Config` and say in one line why their values are what they are.
@@ -15,18 +15,31 @@ into one :class:`Config` and say in one line why their values are what they are.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import math
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, get_args, get_origin, get_type_hints
 
 # ----------------------------------------------------------------------------------------------
 # validation helpers
 
 
+class ConfigError(ValueError):
+    """A field's value outside its range: the message names the class, the field, the value and what was
+    expected; the command line reads ``field`` to name the flag the user typed."""
+
+    def __init__(self, cls: type, field: str, value: object, expected: str) -> None:
+        super().__init__(f"{cls.__name__}.{field} = {value!r} is invalid: expected {expected}")
+        self.cls, self.field, self.value, self.expected = cls, field, value, expected
+
+
 def _fail(obj: object, name: str, expected: str) -> None:
-    value = getattr(obj, name)
-    raise ValueError(f"{type(obj).__name__}.{name} = {value!r} is invalid: expected {expected}")
+    raise ConfigError(type(obj), name, getattr(obj, name), expected)
 
 
 def _is_number(x: object) -> bool:
@@ -47,9 +60,39 @@ def _number_in(obj: object, name: str, lo: float, hi: float, lo_open=False, hi_o
         _fail(obj, name, f"a number in {lb}{lo:g}, {hi:g}{rb}")
 
 
-def _one_of(obj: object, name: str, options: tuple[str, ...]) -> None:
-    if getattr(obj, name) not in options:
-        _fail(obj, name, f"one of {', '.join(options)}")
+@functools.cache
+def choices(cls: type) -> dict[str, tuple[str, ...]]:
+    """The fields of the config class ``cls`` that name one of a few options (a ``Literal`` type), with
+    their options: the one place a field's choices are declared (the command line offers them too).
+
+    >>> choices(DecodeConfig)["priority"]
+    ('G', 'V', 'H')
+    """
+    return {name: get_args(t) for name, t in get_type_hints(cls).items() if get_origin(t) is Literal}
+
+
+def _check_choices(obj: object) -> None:
+    for name, options in choices(type(obj)).items():
+        if getattr(obj, name) not in options:
+            _fail(obj, name, f"one of {', '.join(options)}")
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of the config class ``cls``, whitespace joined into one paragraph:
+    the one place a knob is documented, read by the command line's ``--help`` and the explorer's knobs.
+    (Python keeps no attribute docstrings at run time; they are read from the class's source.)
+
+    >>> field_docs(WorldConfig)["levels"]
+    'SID length L (paper Sec. 3.1), >= 1. Default 3 as in the paper (Sec. 5.1).'
+    """
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,6 +145,7 @@ class WorldConfig:
     """Seed of everything in the world, >= 0. Same seed, same world bit for bit."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _int_at_least(self, "n_items", 16)
         _int_at_least(self, "levels", 1)
         cs = self.codebook_sizes
@@ -159,6 +203,7 @@ class PolicyConfig:
     """Seed of the initial weights, >= 0."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _int_at_least(self, "d_model", 8)
         _int_at_least(self, "n_layers", 1)
         _int_at_least(self, "n_heads", 1)
@@ -170,7 +215,8 @@ class PolicyConfig:
         _int_at_least(self, "seed", 0)
 
 
-SFT_SCHEDULES = ("constant", "cosine")
+SFTSchedule = Literal["constant", "cosine"]
+SFT_SCHEDULES = get_args(SFTSchedule)
 
 
 @dataclass(frozen=True)
@@ -189,7 +235,7 @@ class SFTConfig:
     """Epochs without a better validation HR@10 before stopping, >= 1."""
     eval_queries: int = 300
     """Validation users scored per epoch (HR@10 by beam search), >= 1."""
-    schedule: str = "constant"
+    schedule: SFTSchedule = "constant"
     """The learning rate over training (``SFT_SCHEDULES``): "constant", or "cosine" (decayed to 0 by the last
     step of ``epochs``, Loshchilov & Hutter 2017), each after ``warmup_steps`` of linear warm-up."""
     warmup_steps: int = 0
@@ -198,8 +244,7 @@ class SFTConfig:
     """Seed of batching order, >= 0."""
 
     def __post_init__(self) -> None:
-        if self.schedule not in SFT_SCHEDULES:
-            _fail(self, "schedule", f"one of {', '.join(SFT_SCHEDULES)}")
+        _check_choices(self)
         _int_at_least(self, "warmup_steps", 0)
         _int_at_least(self, "epochs", 1)
         _int_at_least(self, "batch_size", 1)
@@ -210,7 +255,8 @@ class SFTConfig:
         _int_at_least(self, "seed", 0)
 
 
-SEQREC_KINDS = ("sasrec", "gru4rec")
+SeqRecKind = Literal["sasrec", "gru4rec"]
+SEQREC_KINDS = get_args(SeqRecKind)
 
 
 @dataclass(frozen=True)
@@ -219,7 +265,7 @@ class SeqRecConfig:
     (``seqrec.py``): trained on the world's training windows with a softmax over the whole catalog, chosen
     epoch by validation HR@10."""
 
-    kind: str = "sasrec"
+    kind: SeqRecKind = "sasrec"
     """"sasrec" (Kang & McAuley 2018: causal self-attention over the history) or "gru4rec" (Hidasi et al.
     2016: a GRU over the history)."""
     d_model: int = 64
@@ -246,8 +292,7 @@ class SeqRecConfig:
     """Seed of the initial weights, the batch order and dropout, >= 0."""
 
     def __post_init__(self) -> None:
-        if self.kind not in SEQREC_KINDS:
-            _fail(self, "kind", f"one of {', '.join(SEQREC_KINDS)}")
+        _check_choices(self)
         _int_at_least(self, "d_model", 8)
         _int_at_least(self, "n_layers", 1)
         _int_at_least(self, "n_heads", 1)
@@ -269,20 +314,22 @@ training windows), chosen on Office's 4,866 validation rows (docs/results/office
 policy"): the variant with the best validation HR@10, run for the epochs its validation run kept."""
 
 
-VALUE_INPUTS = ("semantic", "backbone")
-VALUE_USERS = ("mean", "mean+last")
+ValueInputs = Literal["semantic", "backbone"]
+VALUE_INPUTS = get_args(ValueInputs)
+ValueUser = Literal["mean", "mean+last"]
+VALUE_USERS = get_args(ValueUser)
 
 
 @dataclass(frozen=True)
 class ValueConfig:
     """The value head V_phi and its TD training (Sec. 4.1, Eq. 5-9)."""
 
-    inputs: str = "semantic"
+    inputs: ValueInputs = "semantic"
     """What V_phi reads besides the parent's backbone state (policy/value.py): "semantic" (the items'
     embeddings: the history's mean and the centroid of the items under the prefix; the toy's stand-in
     for an LLM that knows items by their text) or "backbone" (the backbone's states and the head's own
     code embeddings only, the paper's literal head on an id-only backbone; kept to measure the gap)."""
-    user: str = "mean"
+    user: ValueUser = "mean"
     """How the semantic head sees the user: "mean" (the mean embedding of the history's items) or
     "mean+last" (and, beside it, the latest history item's embedding with its own cosine to the prefix:
     on real data, whose histories are ordered, the latest item says more about the next one than the
@@ -309,8 +356,7 @@ class ValueConfig:
     """Seed of the head's initial weights and of its training batches, >= 0."""
 
     def __post_init__(self) -> None:
-        _one_of(self, "inputs", VALUE_INPUTS)
-        _one_of(self, "user", VALUE_USERS)
+        _check_choices(self)
         _int_at_least(self, "hidden", 4)
         _number_in(self, "gamma", 0, 1, lo_open=True)
         w = self.step_weights
@@ -328,25 +374,28 @@ class ValueConfig:
         _int_at_least(self, "seed", 0)
 
 
-PRIORITIES = ("G", "V", "H")
-ROOT_GATES = ("open", "closed")
+Priority = Literal["G", "V", "H"]
+PRIORITIES = get_args(Priority)
+RootGate = Literal["open", "closed"]
+ROOT_GATES = get_args(RootGate)
+Decoder = Literal["beam", "topk", "temperature", "ved", "reranked"]
+DECODER_NAMES = get_args(Decoder)
+"""The decoders a ``DecodeConfig`` may name; ``vstar_toy.decoding.DECODERS`` registers one function for each
+(and checks that it does)."""
 VALUE_DECODERS = ("ved", "reranked")  # the decoders that rank prefixes by a value
-RANKS = ("value", "logp")
-
-
-def decoder_names() -> tuple[str, ...]:
-    """The decoders a DecodeConfig may name: the keys of ``vstar_toy.decoding.DECODERS``, the one registry
-    (imported here, not at the top: a config is read before the decoders' torch code is needed)."""
-    from .decoding import DECODERS
-
-    return tuple(DECODERS)
+Rank = Literal["value", "logp"]
+RANKS = get_args(Rank)
+ValueKind = Literal["learned", "oracle", "logp", "cosine"]
+VALUE_KINDS = get_args(ValueKind)
+"""What a value decoder ranks prefixes by (``values.make_value``): V_phi, the world's true prefix value, log pi or
+the cosine of the history to the prefix's items."""
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
     """Candidate construction: beam search, sampling and VED (Sec. 4.2)."""
 
-    decoder: str = "ved"
+    decoder: Decoder = "ved"
     """Which decoder builds C(x): one of beam, topk, temperature, ved, reranked (the paper's public
     code's reading of VED: a top-b tree reranked by the value, ``decoding/reranked.py``)."""
     n_candidates: int = 16
@@ -360,13 +409,13 @@ class DecodeConfig:
     """lambda, the entropy weight of the priority G = V + lambda * H (Eq. 11), >= 0. Paper: 0.1."""
     beta: float = 0.1
     """beta, the UCB exploration weight (Eq. 13), >= 0. Not given in the paper; 0.1 here."""
-    priority: str = "G"
+    priority: Priority = "G"
     """Expansion rule (Table 3): G = V + lambda*H, V only, or H only."""
-    root_gate: str = "open"
+    root_gate: RootGate = "open"
     """VED's gate at the root, which Eq. 14 leaves open (the root is alone at depth 0): "open" lets
     every walk add a level-1 branch while the root has unexpanded codes (the literal reading);
     "closed" keeps the warm start's level-1 branches and spends the expansions below them."""
-    rank: str = "value"
+    rank: Rank = "value"
     """How a value decoder (ved, reranked) ranks the |C| candidates it selected by value, the order that
     HR@K and NDCG@K read: "value" (the paper's value-aware extraction: by V) or "logp" (by log pi(y|x),
     as beam search ranks). The set is the same either way. On real data, ranking by log pi is what
@@ -383,7 +432,7 @@ class DecodeConfig:
     """Seed of the sampling decoders and of VED's child sampling, >= 0."""
 
     def __post_init__(self) -> None:
-        _one_of(self, "decoder", decoder_names())
+        _check_choices(self)
         _int_at_least(self, "n_candidates", 1)
         _number_in(self, "budget_x", 1, 16)
         if self.decoder in ("topk", "temperature") and self.budget_x != 1:
@@ -394,9 +443,6 @@ class DecodeConfig:
             _fail(self, "warm_beam", f"an integer in [1, n_candidates) = [1, {self.n_candidates})")
         _number_in(self, "lam", 0, 1e6)
         _number_in(self, "beta", 0, 1e6)
-        _one_of(self, "priority", PRIORITIES)
-        _one_of(self, "root_gate", ROOT_GATES)
-        _one_of(self, "rank", RANKS)
         if self.rerank_width is not None:
             _int_at_least(self, "rerank_width", 1)
         _int_at_least(self, "top_k", 1)
@@ -428,16 +474,26 @@ VED_1X = {"decoder": "ved", "budget_x": 1.0}
 """What training's evaluations measure the search by: VED at the 1x budget with the preset's |C| and b0."""
 
 
-OBJECTIVES = ("grpo", "sibling", "joint")
-SIBLING_NORMS = ("tokens", "candidates")
-OPTIMIZERS = ("adam", "adamw")
-REWARDS = ("hit", "semantic", "affinity", "minionerec")
-BASELINES = ("group", "beam")
-NEGATIVES = ("keep", "drop", "topr")
-DISTILLS = ("none", "best", "awr")
-CRITICS = ("none", "value")
-GROUPS = ("decoder", "mix")
-KL_ESTIMATORS = ("k3", "k1", "k2")
+Objective = Literal["grpo", "sibling", "joint"]
+OBJECTIVES = get_args(Objective)
+SiblingNorm = Literal["tokens", "candidates"]
+SIBLING_NORMS = get_args(SiblingNorm)
+Optimizer = Literal["adam", "adamw"]
+OPTIMIZERS = get_args(Optimizer)
+Reward = Literal["hit", "semantic", "affinity", "minionerec"]
+REWARDS = get_args(Reward)
+Baseline = Literal["group", "beam"]
+BASELINES = get_args(Baseline)
+Negatives = Literal["keep", "drop", "topr"]
+NEGATIVES = get_args(Negatives)
+Distill = Literal["none", "best", "awr"]
+DISTILLS = get_args(Distill)
+Critic = Literal["none", "value"]
+CRITICS = get_args(Critic)
+Group = Literal["decoder", "mix"]
+GROUPS = get_args(Group)
+KLEstimator = Literal["k3", "k1", "k2"]
+KL_ESTIMATORS = get_args(KLEstimator)
 UPDATES: dict[str, dict[str, str]] = {
     "paper": {"baseline": "group", "negatives": "keep", "group": "decoder"},
     "vstar+": {"baseline": "group", "negatives": "drop", "group": "decoder"},
@@ -456,23 +512,23 @@ class RLConfig:
     """Policy updates, >= 1."""
     batch_queries: int = 64
     """Training users per step, >= 1. Paper: 64 per GPU."""
-    objective: str = "joint"
+    objective: Objective = "joint"
     """grpo (Eq. 2), sibling (Eq. 19), or joint = grpo_weight * GRPO + sibling_weight * Sibling-GRPO."""
     grpo_weight: float = 1.0
     """Weight of the GRPO term in the joint objective, >= 0."""
     sibling_weight: float = 1.0
     """Weight of the Sibling-GRPO term in the joint objective, >= 0."""
-    reward: str = "semantic"
+    reward: Reward = "semantic"
     """R(x, y): hit, semantic (cos to e(y*)), affinity (the oracle), or minionerec (the paper's public
     code: 1 for the hit, else minus a rank penalty, so most groups carry no gradient)."""
-    baseline: str = "group"
+    baseline: Baseline = "group"
     """b(x) in the group advantage A = (R - b(x)) / (sigma_R + eps): "group", the group's mean reward
     (Eq. 2 as written); or "beam", the policy's own expected reward for the query, estimated by the
     learner's mean reward of the policy's beam-search set at 1x (a greedy/beam baseline as in ReMax,
     arXiv 2310.10505). "beam" costs one more beam search per training query (1 + (L-1)|C| forward
     tokens, no gradient; shared with ``negatives`` and the diagnostics) and equals Eq. 2 when the
     group is that beam set. Sibling-GRPO keeps its own baseline, the parent's mean (Eq. 18)."""
-    negatives: str = "keep"
+    negatives: Negatives = "keep"
     """What happens to negative advantages (Eq. 2 and Eq. 18) of candidates the policy would not have
     decoded itself: "keep" (as written); "drop" (set to 0 unless the candidate, or for a node its
     prefix, is in the policy's own beam-search set at 1x); or "topr" (tapered off-policy REINFORCE,
@@ -483,16 +539,16 @@ class RLConfig:
     """delta, lowered from GRPO's baseline (the group mean, or the beam baseline): A = (R - b(x) + delta) /
     (sigma_R + eps), in [0, 1] reward units. AsymRE (arXiv 2506.20520): off the policy's own samples a
     baseline below the expected reward learns better, the principled form of dropping negatives
-    (``advantages.shifted_baseline``). 0: Eq. 2. Sibling-GRPO keeps its parents' means."""
-    critic: str = "none"
+    (``updates.shifted_baseline``). 0: Eq. 2. Sibling-GRPO keeps its parents' means."""
+    critic: Critic = "none"
     """The value as a critic in GRPO's term: "none" (one advantage per candidate, Eq. 2); "value", a baseline
     per depth: the token y_l (l >= 2) is credited with R(x, y) minus V_phi of its prefix y_<l, so that a
     token is rewarded for what it adds beyond the state it was chosen in (actor-critic's state baseline,
     Sutton et al. 2000; VinePPO's per-step advantages, arXiv 2410.01679). V_phi learns the dense step
     returns of Eq. 8, not R, so per depth and group it is mapped onto R's scale by least squares
-    (``advantages.critic_advantages``); level 1, where every candidate shares the root, keeps the group's
+    (``updates.critic_advantages``); level 1, where every candidate shares the root, keeps the group's
     baseline. Needs a value head. Sibling-GRPO keeps its parents' means."""
-    distill: str = "none"
+    distill: Distill = "none"
     """Search distillation, a maximum-likelihood term added to the objective (``losses.distill_loss``):
     "none"; "best", imitate each group's candidate of highest learner reward (expert iteration, Anthony
     et al. 2017; AlphaZero's policy target); "awr", every candidate weighted by softmax(A / tau) of Eq. 2's
@@ -501,7 +557,7 @@ class RLConfig:
     """Weight of the distillation term, >= 0 (the policy-gradient terms keep their own weights)."""
     awr_tau: float = 1.0
     """tau of "awr" distillation, in (0, 100]: small picks the best candidates, large weighs all alike."""
-    group: str = "decoder"
+    group: Group = "decoder"
     """The candidate group the update sees: "decoder" (the |C| candidates of ``DecodeConfig.decoder``)
     or "mix" (|C|/2 by beam search and |C|/2 by the decoder, each at its own 1x budget, duplicates
     removed and the set padded), so that one group contrasts the policy's own region with the
@@ -511,7 +567,7 @@ class RLConfig:
     (experiments/recipe.py, docs/results/recipe); the paper's 1e-5 is for a 1.5B backbone."""
     kl_coef: float = 1e-3
     """KL coefficient to the frozen SFT reference, >= 0. Paper Sec. 5.1: 1e-3."""
-    kl_estimator: str = "k3"
+    kl_estimator: KLEstimator = "k3"
     """The per-token estimate of KL(pi_theta || pi_ref) (Schulman, "Approximating KL divergence"):
     "k3" = exp(d) - d - 1 (unbiased, never negative; TRL's GRPO and DeepSeekMath), "k1" = -d
     (unbiased, can be negative), "k2" = d^2 / 2 (biased, low variance), with d = log pi_ref - log pi_theta."""
@@ -523,7 +579,7 @@ class RLConfig:
     adv_ddof: int = 1
     """The standard deviation of Eq. 2 and Eq. 18: 1 = sample std (Bessel's correction; TRL and the
     paper's public code use it), 0 = population std."""
-    sibling_norm: str = "tokens"
+    sibling_norm: SiblingNorm = "tokens"
     """How the Sibling-GRPO node sum of Eq. 19 is averaged per query: "tokens" (/ |C(x)| L, the count
     GRPO averages over, so the joint loss weighs both terms alike) or "candidates" (/ |C(x)|, Eq. 19 as
     written: up to L times GRPO's weight). rl/losses.py explains."""
@@ -533,7 +589,7 @@ class RLConfig:
     the chosen learning rate (V-STAR drifted away from the SFT policy: KL x4), so 1."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up over this many steps (from lr / (warmup_steps + 1)), >= 0."""
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     """The policy's optimiser: adam or adamw (weight decay 0.01)."""
     max_grad_norm: float = 1.0
     """Gradient clipping of the policy update (global L2 norm), > 0."""
@@ -558,34 +614,25 @@ class RLConfig:
     """Seed of batches and decoding, >= 0."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _int_at_least(self, "steps", 1)
         _int_at_least(self, "batch_queries", 1)
-        _one_of(self, "objective", OBJECTIVES)
         _number_in(self, "grpo_weight", 0, 1e6)
         _number_in(self, "sibling_weight", 0, 1e6)
-        _one_of(self, "reward", REWARDS)
-        _one_of(self, "baseline", BASELINES)
-        _one_of(self, "negatives", NEGATIVES)
         _number_in(self, "baseline_shift", 0, 1)
-        _one_of(self, "distill", DISTILLS)
-        _one_of(self, "critic", CRITICS)
         if self.critic != "none" and self.objective == "sibling":
             _fail(self, "critic", "'none' with objective 'sibling' (the critic shapes GRPO's term; Sibling-GRPO "
                                   "keeps its parents' means)")
         _number_in(self, "distill_weight", 0, 1e6)
         _number_in(self, "awr_tau", 0, 100, lo_open=True)
-        _one_of(self, "group", GROUPS)
-        _one_of(self, "kl_estimator", KL_ESTIMATORS)
         _number_in(self, "lr", 0, 1, lo_open=True)
         _number_in(self, "kl_coef", 0, 1e6)
         _number_in(self, "clip_eps", 0, 1)
         _number_in(self, "adv_eps", 0, 1, lo_open=True)
         if self.adv_ddof not in (0, 1) or isinstance(self.adv_ddof, bool):
             _fail(self, "adv_ddof", "0 (population std) or 1 (sample std)")
-        _one_of(self, "sibling_norm", SIBLING_NORMS)
         _int_at_least(self, "inner_epochs", 1)
         _int_at_least(self, "warmup_steps", 0)
-        _one_of(self, "optimizer", OPTIMIZERS)
         _number_in(self, "max_grad_norm", 0, 1e6, lo_open=True)
         _int_at_least(self, "value_updates", 0)
         _int_at_least(self, "eval_every", 1)
@@ -613,10 +660,8 @@ class Config:
 
     def __post_init__(self) -> None:
         if len(self.value.step_weights) != self.world.levels:
-            raise ValueError(
-                f"ValueConfig.step_weights = {self.value.step_weights!r} is invalid: expected one weight "
-                f"per SID level (WorldConfig.levels = {self.world.levels})"
-            )
+            raise ConfigError(ValueConfig, "step_weights", self.value.step_weights,
+                              f"one weight per SID level (WorldConfig.levels = {self.world.levels})")
 
     def replace(self, **stages: dict) -> Config:
         """Copy with some fields changed, stage by stage: ``cfg.replace(world={"mismatch": 0.9})``."""

@@ -10,6 +10,8 @@ reports):
   even by SIGKILL). A second process waits for the first, then finds the entry complete and reuses it;
   an entry is complete when its last file (``meta.json``) exists, so a holder killed half-way leaves
   nothing that the next one mistakes for a finished entry;
+- ``cache_entry``: the protocol every cache follows on top of ``entry_lock``: load a complete entry, else
+  take its lock, look again, and build it (or resume what a killed holder left);
 - ``run_lock``: one writer per run folder; a second process is refused at once with the holder's PID;
 - ``check_output_dir``: an output path checked before any work (a file where a folder is wanted, a
   folder that cannot be created or written) with one clear error.
@@ -24,9 +26,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from filelock import FileLock, Timeout
 
+T = TypeVar("T")
 LOCK = ".lock"
 CACHE_ENV = "VSTAR_TOY_CACHE"
 OWNER = ".owner"  # who holds a run folder's lock: "process PID on HOST since TIME"
@@ -109,6 +113,25 @@ def entry_lock(entry: Path, say: Callable[[str], None] = print) -> Iterator[bool
         yield waited
     finally:
         lock.release()
+
+
+def cache_entry(entry: Path, who: str, what: str, load: Callable[[], T], build: Callable[[], T],
+                say: Callable[[str], None] = print, hint: str = "", last: str = "meta.json") -> T:
+    """The cache entry ``entry`` (a folder): ``load()`` when it is complete (its ``last`` file, written last,
+    exists), else ``build()`` under the entry's lock (``entry_lock``). A process that waited for another one
+    finds the entry complete and loads it, or, if the other was killed, builds it itself (``build`` resumes
+    from the partial state the other left, where it keeps one). ``who`` and ``what`` name the entry in the
+    notes ``say`` prints; ``hint`` follows the note of a reuse."""
+    if (entry / last).exists():
+        say(f"{who}: reusing {what} in {entry}{hint}")
+        return load()
+    with entry_lock(entry, say) as waited:
+        if (entry / last).exists():
+            say(f"{who}: reusing {what} that another process wrote in {entry} while this one waited")
+            return load()
+        if waited:
+            say(f"{who}: the process that held {entry} ended without finishing it; this one takes over")
+        return build()
 
 
 @contextlib.contextmanager

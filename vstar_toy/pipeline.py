@@ -53,6 +53,29 @@ def load_data(source: str, train_until: str = "test") -> World:
     return load_world(source, train_until=train_until)
 
 
+def check_names(data: str | None = None, backbone: str | None = None) -> None:
+    """Refuse, before any work, a data set (``--data``) or a backbone (``--backbone``) that names nothing."""
+    if data is not None:
+        from .world.amazon import SHIPPED
+
+        if data not in SHIPPED and not Path(data).exists():
+            raise ValueError(f"--data = {data!r} is invalid: expected {', '.join(SHIPPED)}, a MiniOneRec directory or "
+                             "a compact .jsonl.gz file")
+    if backbone is not None:
+        from .policy.qwen import BACKBONES
+
+        if backbone not in BACKBONES and not Path(backbone).is_dir():
+            raise ValueError(f"--backbone = {backbone!r} is invalid: expected one of {', '.join(BACKBONES)} "
+                             "or a local checkpoint directory")
+
+
+def load(cfg: Config, data: str | None = None, backbone: str | None = None) -> World:
+    """The world a command runs on: the synthetic world of ``cfg.world``, or the real data set ``data``, the
+    names checked first (``check_names``)."""
+    check_names(data, backbone)
+    return build_world(cfg.world) if data is None else load_data(data)
+
+
 def _key(*parts) -> str:
     blob = json.dumps([CACHE_VERSION] + [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts],
                       sort_keys=True, default=str)
@@ -140,25 +163,8 @@ def sft_policy(world: World, cfg: Config, policy_dir: str | Path | None = None, 
         partial.unlink(missing_ok=True)
         return policy
 
-    return _cache_entry(d, "policy", "the cached SFT policy", lambda: checkpoint.load_policy(d, world), build, say,
+    return files.cache_entry(d, "policy", "the cached SFT policy", lambda: checkpoint.load_policy(d, world), build, say,
                         hint=" (pass --policy DIR to use another)")
-
-
-def _cache_entry(d: Path, who: str, what: str, load: Callable, build: Callable, say: Callable[[str], None],
-                 hint: str = ""):
-    """The cache entry ``d``: loaded when complete (its ``meta.json`` is written last), else built under
-    the entry's lock (``files.entry_lock``). A process that waited for another one finds the entry
-    complete and loads it, or, if the other was killed, resumes from the partial state it left."""
-    if (d / "meta.json").exists():
-        say(f"{who}: reusing {what} in {d}{hint}")
-        return load()
-    with files.entry_lock(d, say) as waited:
-        if (d / "meta.json").exists():
-            say(f"{who}: reusing {what} that another process wrote in {d} while this one waited")
-            return load()
-        if waited:
-            say(f"{who}: the process that held {d} ended without finishing it; this one takes over")
-        return build()
 
 
 def _save_partial(directory: Path, path: Path, state: dict) -> None:
@@ -208,5 +214,28 @@ def value_model(world: World, policy, cfg: Config, policy_dir: str | Path | None
         partial.unlink(missing_ok=True)
         return head
 
-    return _cache_entry(d, "value head", "the cached one", lambda: checkpoint.load_value(d, world, policy), build,
+    return files.cache_entry(d, "value head", "the cached one", lambda: checkpoint.load_value(d, world, policy), build,
                         say)
+
+
+def trained_value(world: World, cfg: Config, policy_dir: str | Path | None = None, progress: bool = True,
+                  say: Callable[[str], None] = print) -> tuple[SIDPolicy, ValueHead, bool, float]:
+    """(policy, head, trained, seconds) of `vstar-toy value`: with ``policy_dir``, a head pre-trained by TD on
+    that checkpoint and saved beside it; without, the cached SFT policy and its cached head (trained once).
+    ``trained`` is False when the head was read from the cache."""
+    import time
+
+    if policy_dir is not None:
+        files.check_output_dir(Path(policy_dir), "--policy")  # the head is saved there
+        policy = checkpoint.load_policy(policy_dir, world)
+        t0 = time.perf_counter()
+        head, _ = pretrain_value(policy, world, cfg.value, progress=progress)
+        seconds = time.perf_counter() - t0
+        meta = checkpoint.read_meta(policy_dir)
+        checkpoint.save(policy_dir, world, policy, head, extra={k: v for k, v in meta.items() if k.endswith("_log")})
+        return policy, head, True, seconds
+    policy = sft_policy(world, cfg, None, progress=progress, say=say)
+    trained = not (value_cache_dir(world, policy, cfg) / "meta.json").exists()  # else the cached head is read
+    t0 = time.perf_counter()
+    head = value_model(world, policy, cfg, None, progress=progress, say=say)
+    return policy, head, trained, time.perf_counter() - t0

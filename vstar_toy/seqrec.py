@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import SEQREC_TESTED, SeqRecConfig
+from .ranking import top_k, unseen_scores
 from .seeding import seeded
 from .world import Queries, World
 
@@ -91,8 +92,6 @@ def scores(model: nn.Module, histories: np.ndarray) -> torch.Tensor:
 
 def recommend(model: nn.Module, histories: np.ndarray, k: int, batch: int = 1024) -> np.ndarray:
     """(B, k) the top-k items for each history, its own items excluded, ties by item id."""
-    from .baselines import top_k  # here: baselines lists this module's rankers
-
     model.eval()
     with torch.no_grad():
         return np.concatenate([top_k(scores(model, histories[s : s + batch]).numpy(), histories[s : s + batch], k)
@@ -103,8 +102,6 @@ def target_ranks(model: nn.Module, histories: np.ndarray, targets: np.ndarray, b
     """(B,) each target's 0-based place in ``recommend``'s order (its own history's items excluded, ties by
     item id), without sorting the catalog: the items scored above it, plus those tied with a smaller id. A
     target inside its history is never recommended: N. ``rank < k`` is HR@k."""
-    from .baselines import unseen_scores
-
     model.eval()
     out = []
     with torch.no_grad():

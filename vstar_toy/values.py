@@ -32,12 +32,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .config import VALUE_KINDS
 from .policy.base import State
 from .policy.value import ValueHead
 from .world import Queries, World
 
 ValueFn = Callable[[State, torch.Tensor, torch.Tensor], torch.Tensor]
-VALUE_KINDS = ("learned", "oracle", "logp", "cosine")
 
 
 class NodeTableValue:

@@ -12,8 +12,9 @@ import pandas as pd
 import streamlit as st
 
 from vstar_toy import files, plots
-from vstar_toy.config import REWARDS, UPDATES
+from vstar_toy.config import REWARDS, UPDATES, DecodeConfig, RLConfig, field_docs
 from vstar_toy.evaluate import value_quality
+from vstar_toy.rl import diagnostics as rl_diagnostics
 from vstar_toy.rl import train as rl_train
 from vstar_toy.rl.advantages import sibling_contrast
 from vstar_toy.rl.losses import policy_loss
@@ -52,20 +53,24 @@ def training_ui(settings: Settings) -> TrainingView:
                              placeholder="a folder with metrics.csv and config.json, "
                                          "e.g. runs/reproduce/runs/s0-m0.5-ved1x-joint")
         return TrainingView(mode, None, runs + ([path.strip()] if path.strip() else []))
-    cfg = data.config(settings.preset)
+    cfg, doc = data.config(settings.preset), field_docs(RLConfig)  # the knobs' help: the config fields' own docs
     c1, c2, c3 = st.columns([2, 2, 1])
-    objective = c1.selectbox("objective", list(OBJECTIVES), format_func=OBJECTIVES.get, key="objective")
+    objective = c1.selectbox("objective", list(OBJECTIVES), format_func=OBJECTIVES.get, key="objective",
+                             help=doc["objective"])
     decoder = c2.radio("decoder building C(x)", list(DECODERS), format_func=DECODERS.get, horizontal=True,
-                       key="decoder")
-    steps = c3.number_input("steps", 1, 1000, min(cfg.rl.steps, 10), key="steps")
+                       key="decoder", help=field_docs(DecodeConfig)["decoder"])
+    steps = c3.number_input("steps", 1, 1000, min(cfg.rl.steps, 10), key="steps", help=doc["steps"])
     with st.expander("more knobs"):
         k1, k2, k3, k4, k5 = st.columns(5)
-        eval_every = k1.number_input("evaluate every (steps)", 1, 1000, min(cfg.rl.eval_every, 5), key="eval_every")
-        batch = k2.number_input("users per step", 1, 1024, cfg.rl.batch_queries, key="batch_queries")
+        eval_every = k1.number_input("evaluate every (steps)", 1, 1000, min(cfg.rl.eval_every, 5), key="eval_every",
+                                     help=doc["eval_every"])
+        batch = k2.number_input("users per step", 1, 1024, cfg.rl.batch_queries, key="batch_queries",
+                                help=doc["batch_queries"])
         reward = k3.selectbox("reward R(x, y)", REWARDS, index=REWARDS.index(cfg.rl.reward), key="train_reward",
-                              help="what the learner sees; affinity is the oracle")
-        lr = k4.select_slider("learning rate", sorted({*LEARNING_RATES, cfg.rl.lr}), value=cfg.rl.lr, key="lr")
-        seed = k5.number_input("seed", 0, 10_000, cfg.rl.seed, key="train_seed")
+                              help=doc["reward"])
+        lr = k4.select_slider("learning rate", sorted({*LEARNING_RATES, cfg.rl.lr}), value=cfg.rl.lr, key="lr",
+                              help=doc["lr"])
+        seed = k5.number_input("seed", 0, 10_000, cfg.rl.seed, key="train_seed", help=doc["seed"])
         update = st.radio("update", list(UPDATES), horizontal=True, key="update",
                           help="paper: GRPO's group mean as the baseline (Eq. 2, as written); vstar+: the corrected "
                                "V-STAR of claim 9 (tutorial 07)")
@@ -198,5 +203,5 @@ def page(settings: Settings) -> None:
     for run in view.runs:
         runs.setdefault(run, resolve(run))
     runs_view(runs)
-    show_source(settings, [rl_train.train, rl_train.train_step, rl_train.evaluate_policy, policy_loss,
+    show_source(settings, [rl_train.train, rl_train.train_step, rl_diagnostics.evaluate_policy, policy_loss,
                            sibling_contrast, td_update, value_quality, plots.training_curves])

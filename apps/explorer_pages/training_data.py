@@ -22,26 +22,19 @@ from .data import config, load_models
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """The Training page's knobs: what a run changes in the preset's config (the rest is the preset's)."""
+    """The Training page's knobs: what a run changes in the preset's config (the rest is the preset's). Each is
+    the config field of its name (``decoder``: ``DecodeConfig.decoder``, the others ``RLConfig``'s; their docs:
+    ``config.field_docs``, shown as the knobs' help), and ``update`` a name of ``config.UPDATES``."""
 
     decoder: str
-    """Who builds C(x) during training: beam (the GRPO baseline) or ved (V-STAR)."""
     objective: str
-    """grpo (Eq. 2), sibling (Eq. 19) or joint (both)."""
     steps: int
-    """Policy updates."""
     eval_every: int
-    """Validation HR@10 / NDCG@10 and the Spearman of V and log pi every this many steps."""
     batch_queries: int
-    """Training users per step."""
     reward: str
-    """R(x, y) the learner sees (world.rewards)."""
     lr: float
-    """The policy's Adam learning rate."""
     seed: int
-    """Seed of the batches and of decoding."""
     update: str = "paper"
-    """The update's estimator, a name of ``config.UPDATES``: paper (Eq. 2 and 19 as written) or vstar+."""
 
     def name(self) -> str:
         """The run directory's name: a run is a function of its config, so equal knobs find the same run."""

@@ -16,12 +16,12 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from test_advantages import DDOFS, EPS, SETTINGS, reward_batches, sid_trees  # noqa: I001
 
-from vstar_toy.rl.advantages import (
+from vstar_toy.rl.advantages import grpo_advantages
+from vstar_toy.rl.updates import (
     baseline_advantages,
     critic_advantages,
     distill_weights,
     group_advantages,
-    grpo_advantages,
     negative_weights,
     own_prefixes,
     shifted_baseline,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import VALUE_DECODERS, DecodeConfig
+from ..config import DECODER_NAMES, VALUE_DECODERS, DecodeConfig
 from .beam import beam_search
 from .reranked import reranked_decode
 from .sampling import sample
@@ -46,10 +46,11 @@ def _reranked(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateS
 
 DECODERS: dict[str, Callable[..., CandidateSets]] = {"beam": _beam, "topk": _topk, "temperature": _temperature,
                                                      "ved": _ved, "reranked": _reranked}
-"""The decoders by name: what ``DecodeConfig.decoder`` may be (``config.decoder_names``) and how ``decode``
+"""The decoders by name: what ``DecodeConfig.decoder`` may be (``config.DECODER_NAMES``) and how ``decode``
 reaches each. A new decoder is one function and one entry here; ``VALUE_DECODERS`` (config) lists those
 that read a value."""
-assert set(VALUE_DECODERS) <= set(DECODERS), "config.VALUE_DECODERS names a decoder that is not registered"
+if tuple(DECODERS) != DECODER_NAMES:  # one list of names, declared in config (which imports nothing of the package)
+    raise ImportError(f"decoding.DECODERS registers {tuple(DECODERS)}; config.DECODER_NAMES declares {DECODER_NAMES}")
 
 
 def decode(policy, histories, cfg: DecodeConfig, value_fn=None) -> CandidateSets:

@@ -17,6 +17,27 @@ from .claims import CLAIMS
 from .report import write_report
 from .runner import Runner, Settings
 
+SWEEPS = (8, 10)
+"""The claims that sweep the synthetic world's mismatch knob: they have no real-data reading."""
+
+
+def claim_ids(claims: str | None, quick: bool = False, real_data: bool = False) -> list[int]:
+    """The claims `vstar-toy reproduce --claims` names ("1,2,5"); by default every claim, without the horizon
+    study (10) under ``quick`` (it is `vstar-toy horizon --quick`) and without the sweeps on real data."""
+    if claims is None:
+        return [c for c in CLAIMS if not (real_data and c in SWEEPS) and not (quick and c == 10)]
+    try:
+        ids = [int(c) for c in claims.split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"--claims = {claims!r} is invalid: expected comma-separated integers such as 1,2,5") from None
+    unknown = [c for c in ids if c not in CLAIMS]
+    if unknown:
+        raise ValueError(f"--claims = {claims!r} is invalid: expected numbers in 1..{len(CLAIMS)}")
+    if real_data and any(c in SWEEPS for c in ids):
+        raise ValueError("--claims: claims 8 and 10 sweep the synthetic world's mismatch knob; leave them out "
+                         "with --data")
+    return ids
+
 
 def reproduce(claims: list[int], base: Config, settings: Settings, out: str | Path, progress: bool = True,
               say: Callable[[str], None] | None = None, world_loader: Callable | None = None,
@@ -33,6 +54,22 @@ def reproduce(claims: list[int], base: Config, settings: Settings, out: str | Pa
         runner = Runner(base, settings, out, progress=progress, say=say, world_loader=world_loader,
                         backbone=backbone)
         return _run_claims(claims, runner, label)
+
+
+def reproduce_named(out: str | Path, claims: str | None = None, preset_name: str = "cpu_demo", seeds: int | None = None,
+                    quick: bool = False, test_queries: int | None = None, data: str | None = None,
+                    backbone: str | None = None, progress: bool = True,
+                    say: Callable[[str], None] | None = None) -> dict:
+    """``reproduce`` as `vstar-toy reproduce` names its inputs: the claims as "1,2,5" (``claim_ids``), a preset
+    by name, the settings' seeds, size and test users (``Settings.make``), and real data by name."""
+    from ..config import preset
+    from ..pipeline import check_names, load_data
+
+    check_names(data, backbone)
+    ids = claim_ids(claims, quick, real_data=data is not None)
+    settings = Settings.make(quick=quick, test_queries=test_queries, **({} if seeds is None else {"seeds": seeds}))
+    return reproduce(ids, preset(preset_name), settings, out, progress=progress, say=say, label=data or "",
+                     world_loader=None if data is None else lambda: load_data(data), backbone=backbone)
 
 
 def _run_claims(claims: list[int], runner: Runner, label: str) -> dict:

@@ -30,15 +30,8 @@ from __future__ import annotations
 import torch
 
 from ..config import KL_ESTIMATORS, SIBLING_NORMS
-from .advantages import (
-    DDOF,
-    EPS,
-    critic_advantages,
-    distill_weights,
-    group_advantages,
-    sibling_node_advantages,
-    taper_negatives,
-)
+from .advantages import DDOF, EPS, sibling_node_advantages
+from .updates import critic_advantages, distill_weights, group_advantages, taper_negatives
 
 
 def _drop_padding(valid: torch.Tensor, *logps: torch.Tensor) -> list[torch.Tensor]:
@@ -80,10 +73,10 @@ def grpo_loss(
 ) -> torch.Tensor:
     """-J_GRPO: the group advantage A(x, y) of Eq. 2 on every token of y, token-level ratios,
     averaged over the valid tokens of the batch. ``baseline`` (B,) replaces the group mean
-    (``advantages.baseline_advantages``); ``negatives`` (B, C) in [0, 1] weights the negative
-    advantages (``advantages.taper_negatives``: 0 drops one, TOPR's weights taper it); ``critic``
+    (``updates.baseline_advantages``); ``negatives`` (B, C) in [0, 1] weights the negative
+    advantages (``updates.taper_negatives``: 0 drops one, TOPR's weights taper it); ``critic``
     (B, C, L), V_phi of each candidate's prefixes, gives each token its own baseline
-    (``advantages.critic_advantages``, ``RLConfig.critic``)."""
+    (``updates.critic_advantages``, ``RLConfig.critic``)."""
     logp, old_logp = _drop_padding(valid, logp, old_logp)
     if critic is None:
         adv = group_advantages(rewards, eps, valid, ddof, baseline, negatives)[..., None].expand_as(logp)  # Eq. 2
@@ -127,7 +120,7 @@ def sibling_loss(
 def distill_loss(logp: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The search-distillation term: -1/B sum_x sum_y w(x, y) * (1/L) sum_l log pi_theta(y_l | x, y_<l),
     maximum likelihood on the group's candidates weighted by ``weights`` (B, C), each query's summing to 1
-    (``advantages.distill_weights``): the policy is pulled towards what the search found, whether or not
+    (``updates.distill_weights``): the policy is pulled towards what the search found, whether or not
     it would decode it itself. No importance ratio: the target is the search's choice, not a sample of the
     policy (expert iteration).
 
@@ -148,7 +141,7 @@ def policy_loss(
     awr_tau: float = 1.0, critic: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of ``objective`` ("grpo", "sibling" or "joint") plus kl_coef * KL to the reference, plus
-    distill_weight * ``distill_loss`` when ``distill`` is "best" or "awr" (``advantages.distill_weights``,
+    distill_weight * ``distill_loss`` when ``distill`` is "best" or "awr" (``updates.distill_weights``,
     with ``awr_tau``).
 
     joint = grpo_weight * (-J_GRPO) + sibling_weight * (-J_sib) (Sec. 4.4). ``baseline`` (B,) replaces

