@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import UPDATES, Config, preset
+from .config import Config, preset
 from .flags import first_test_users
 
 
@@ -107,22 +107,22 @@ def _training(w, pol, head, q, cfg: Config, rl_steps: int, out: Path) -> None:
     import pandas as pd
 
     from . import plots
+    from .experiments.runner import BEAM_GRPO, VSTAR, VSTAR_PLUS
+    from .rl import columns
     from .rl.train import train as run_training
 
     logs, scores = {}, [{"policy": "SFT", **_test_row(w, pol, q, cfg)}]
-    arms = [("beam+GRPO", "beam", "grpo", "paper"), ("V-STAR", "ved", "joint", "paper"),
-            ("V-STAR+", "ved", "joint", "vstar+")]
-    for name, decoder, objective, update in arms:
-        rcfg = cfg.replace(decode={"decoder": decoder},
-                           rl={"objective": objective, "steps": rl_steps, **UPDATES[update]})
-        res = run_training(w, copy.deepcopy(pol), rcfg, copy.deepcopy(head), run_dir=out / "runs" / name,
+    for arm in (BEAM_GRPO, VSTAR, VSTAR_PLUS):
+        stages = arm.stages()
+        rcfg = cfg.replace(decode=stages["decode"], rl={**stages["rl"], "steps": rl_steps})
+        res = run_training(w, copy.deepcopy(pol), rcfg, copy.deepcopy(head), run_dir=out / "runs" / arm.name,
                            progress=True)  # an interrupted demo resumes its runs
-        logs[name] = res.log
-        scores.append({"policy": name, **_test_row(w, res.policy, q, cfg),
-                       "train_reward_last10": float(res.log["reward"].tail(10).mean()),
-                       "adv_spread_global": float(res.log["adv_spread_global"].mean()),
-                       "adv_on_best": float(res.log["adv_oracle_best"].mean()),
-                       "moved_to_best": float(res.log["dp_oracle_best"].sum())})
+        logs[arm.name] = res.log
+        scores.append({"policy": arm.name, **_test_row(w, res.policy, q, cfg),
+                       "train_reward_last10": float(res.log[columns.REWARD].tail(10).mean()),
+                       "adv_spread_global": float(res.log[columns.ADV_SPREAD_GLOBAL].mean()),
+                       "adv_on_best": float(res.log[columns.pushed(columns.ORACLE_BEST)].mean()),
+                       "moved_to_best": float(res.log[columns.moved(columns.ORACLE_BEST)].sum())})
     plots.save(plots.training_curves(logs), out / "training.png")
     trained = pd.DataFrame(scores)
     trained.to_csv(out / "training.csv", index=False)

@@ -13,6 +13,7 @@ from matplotlib.collections import PatchCollection
 from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 
+from .rl import columns
 from .world import World, sid_str
 
 
@@ -411,33 +412,33 @@ def save(fig, path) -> None:
 # ----------------------------------------------------------------------------------------------
 # training curves (the explorer's Training page, notebook 05)
 
-# The panels of ``training_curves``: title -> [(column of rl.train's log, label of its line style)].
-# ``{l}`` in a column stands for each SID level 1 .. L.
+# The panels of ``training_curves``: title -> [(column of rl.train's log (rl/columns.py), label of its line
+# style)]. ``{l}`` in a column stands for each SID level 1 .. L.
 TRAINING_PANELS: dict[str, list[tuple[str, str]]] = {
-    "reward R the learner sees": [("reward", "mean over C"), ("reward_std", "std within a group")],
-    "true reward a(u, y) (oracle, mean over C)": [("true_reward", "")],
-    "validation, beam search": [("valid_ndcg@10", "NDCG@10"), ("valid_hr@10", "HR@10")],
-    "validation mean true reward": [("valid_mean_reward", "beam search"), ("valid_ved_mean_reward", "VED")],
-    "transfer: VED's lead carried into the policy": [("transfer", "")],
-    "groups with a learning signal": [("zero_var_share", "GRPO groups with no reward variance"),
-                                      ("sibling_signal_share", "sibling groups with a contrast")],
-    "contrast among siblings": [("adv_spread_global", "GRPO's scale (global)"),
-                                ("adv_spread_sibling", "Sibling-GRPO (Eq. 18)")],
-    "KL to the SFT reference (k3)": [("loss_kl", "")],
-    "gradient norm before clipping": [("grad_norm", "")],
-    "entropy H at the decoded prefixes (Eq. 12)": [("entropy_l{l}", "level {l}")],
-    "Spearman rho(V, prefix reward)": [("rho_value_l{l}", "level {l}")],
-    "Spearman rho(log pi, prefix reward)": [("rho_logp_l{l}", "level {l}")],
-    "value TD loss (Eq. 9)": [("value_loss", "")],
+    "reward R the learner sees": [(columns.REWARD, "mean over C"), (columns.REWARD_STD, "std within a group")],
+    "true reward a(u, y) (oracle, mean over C)": [(columns.TRUE_REWARD, "")],
+    "validation, beam search": [(columns.VALID_NDCG10, "NDCG@10"), (columns.VALID_HR10, "HR@10")],
+    "validation mean true reward": [(columns.VALID_MEAN_REWARD, "beam search"), (columns.VALID_VED_MEAN_REWARD, "VED")],
+    "transfer: VED's lead carried into the policy": [(columns.TRANSFER, "")],
+    "groups with a learning signal": [(columns.ZERO_VAR_SHARE, "GRPO groups with no reward variance"),
+                                      (columns.SIBLING_SIGNAL_SHARE, "sibling groups with a contrast")],
+    "contrast among siblings": [(columns.ADV_SPREAD_GLOBAL, "GRPO's scale (global)"),
+                                (columns.ADV_SPREAD_SIBLING, "Sibling-GRPO (Eq. 18)")],
+    "KL to the SFT reference (k3)": [(columns.LOSS_KL, "")],
+    "gradient norm before clipping": [(columns.GRAD_NORM, "")],
+    "entropy H at the decoded prefixes (Eq. 12)": [(columns.entropy("{l}"), "level {l}")],
+    "Spearman rho(V, prefix reward)": [(columns.rho("value", "{l}"), "level {l}")],
+    "Spearman rho(log pi, prefix reward)": [(columns.rho("logp", "{l}"), "level {l}")],
+    "value TD loss (Eq. 9)": [(columns.VALUE_LOSS, "")],
 }
-SQUEEZING_PANELS = {  # what the update does to level-1 mass (issue 20; rl/train.py: mass_shift)
-    "level-1 mass on the SFT policy's top code": [("p_sft_top", "")],
-    "level-1 mass on the user's best code": [("p_oracle_best", "")],
-    "advantage mass on that branch (per |C|)": [("adv_sft_top", "SFT top code"),
-                                                ("adv_oracle_best", "user's best code")],
-    "policy's own beam set inside the group": [("beam_overlap", "")],
-    "pi(y*_l | y*_<l) along the best item's path": [("p_oracle_best", "level 1"), ("p_oracle_best_l2", "level 2"),
-                                                   ("p_oracle_best_l3", "level 3")],
+SQUEEZING_PANELS = {  # what the update does to level-1 mass (issue 20; rl/diagnostics.py: mass_shift)
+    "level-1 mass on the SFT policy's top code": [(columns.mass(columns.SFT_TOP), "")],
+    "level-1 mass on the user's best code": [(columns.mass(columns.ORACLE_BEST), "")],
+    "advantage mass on that branch (per |C|)": [(columns.pushed(columns.SFT_TOP), "SFT top code"),
+                                                (columns.pushed(columns.ORACLE_BEST), "user's best code")],
+    "policy's own beam set inside the group": [(columns.BEAM_OVERLAP, "")],
+    "pi(y*_l | y*_<l) along the best item's path": [(columns.mass(columns.ORACLE_BEST, lv), f"level {lv}")
+                                                   for lv in (1, 2, 3)],
 }
 TRAINING_PANELS |= SQUEEZING_PANELS
 
@@ -471,15 +472,15 @@ def training_curves(logs: dict[str, pd.DataFrame], panels: dict[str, list[tuple[
             for j, (col, label) in enumerate(cols):
                 if col not in log or log[col].isna().all():
                     continue
-                d = log[["step", col]].dropna()
+                d = log[[columns.STEP, col]].dropna()
                 sparse = len(d) < len(log) or len(d) <= 12  # evaluation rows, or a very short run
-                ax.plot(d["step"], d[col], color=f"C{i}", ls=styles[j % len(styles)], marker="o" if sparse else None,
-                        ms=3, lw=1.3)
+                ax.plot(d[columns.STEP], d[col], color=f"C{i}", ls=styles[j % len(styles)],
+                        marker="o" if sparse else None, ms=3, lw=1.3)
                 if label:
                     keys[label] = styles[j % len(styles)]
         if not ax.lines:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", color="grey", transform=ax.transAxes)
-        elif any(col == "adv_spread_sibling" for col, _ in series):
+        elif any(col == columns.ADV_SPREAD_SIBLING for col, _ in series):
             ax.axhline(1.0, color="grey", lw=0.6)  # Sibling-GRPO's contrast sigma_h / (sigma_h + eps) is about 1
         if keys:
             ax.legend([plt.Line2D([], [], color="grey", ls=ls) for ls in keys.values()], list(keys), fontsize=7)

@@ -14,6 +14,7 @@ import streamlit as st
 from vstar_toy import files, plots
 from vstar_toy.config import REWARDS, UPDATES, DecodeConfig, RLConfig, field_docs
 from vstar_toy.evaluate import value_quality
+from vstar_toy.rl import columns
 from vstar_toy.rl import diagnostics as rl_diagnostics
 from vstar_toy.rl import train as rl_train
 from vstar_toy.rl.advantages import sibling_contrast
@@ -87,7 +88,7 @@ def stamp(path: Path) -> float:
 
 def steps_done(path: Path) -> int:
     try:
-        return int(training_data.read_run(str(path), stamp(path))[0]["step"].max())
+        return int(training_data.read_run(str(path), stamp(path))[0][columns.STEP].max())
     except ValueError:  # no run there yet, or not one of rl.train's
         return 0
 
@@ -119,10 +120,10 @@ def _train_live(preset_name: str, spec: training_data.TrainSpec) -> None:
 
     def on_step(row: dict) -> None:
         rows.append(row)
-        text = f"step {row['step']} of {spec.steps}: reward {row['reward']:.3f}"
-        if not math.isnan(row.get("valid_ndcg@10", math.nan)):
-            text += f", validation NDCG@10 {row['valid_ndcg@10']:.3f}"
-        bar.progress(min(row["step"] / spec.steps, 1.0), text=text)
+        text = f"step {row[columns.STEP]} of {spec.steps}: reward {row[columns.REWARD]:.3f}"
+        if not math.isnan(row.get(columns.VALID_NDCG10, math.nan)):
+            text += f", validation NDCG@10 {row[columns.VALID_NDCG10]:.3f}"
+        bar.progress(min(row[columns.STEP] / spec.steps, 1.0), text=text)
         if time.monotonic() - last_draw[0] > LIVE_EVERY_S:
             with live.container():
                 show(plots.training_curves({"training...": pd.DataFrame(rows)}))

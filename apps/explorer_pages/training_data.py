@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from vstar_toy.config import UPDATES, Config
+from vstar_toy.rl import columns
 from vstar_toy.rl.train import train
 
 from .data import config, load_models
@@ -98,10 +99,14 @@ def read_run(path: str, stamp: float) -> tuple[pd.DataFrame, dict]:
         raise ValueError(f"{d} holds no metrics.csv: a run directory is what `vstar-toy train --out` or this "
                          "page writes (metrics.csv, config.json, state.pt)")
     log = pd.read_csv(d / "metrics.csv")
-    if "step" not in log or "reward" not in log:
+    if columns.STEP not in log or columns.REWARD not in log:
         raise ValueError(f"{d / 'metrics.csv'} has no step and reward columns: not a log of vstar_toy.rl.train")
     cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
     return log, _flatten(cfg.get("config", {})) | {"world": cfg.get("world")}
+
+
+def _mean(log: pd.DataFrame, col: str) -> float:
+    return float(log[col].mean()) if col in log else np.nan
 
 
 def run_summary(logs: dict[str, pd.DataFrame], steps: dict[str, int | None]) -> pd.DataFrame:
@@ -109,18 +114,18 @@ def run_summary(logs: dict[str, pd.DataFrame], steps: dict[str, int | None]) -> 
     rows = []
     for name, log in logs.items():
         tail = log.tail(5)
-        ev = log.dropna(subset=["valid_ndcg@10"]) if "valid_ndcg@10" in log else log.iloc[:0]
+        ev = log.dropna(subset=[columns.VALID_NDCG10]) if columns.VALID_NDCG10 in log else log.iloc[:0]
         last = ev.iloc[-1] if len(ev) else {}
         rows.append({
             "run": name,
-            "steps": f"{int(log['step'].max())} of {steps.get(name) or '?'}",
-            "reward R, last 5 steps": tail["reward"].mean(),
-            "true reward, last 5 steps": tail["true_reward"].mean() if "true_reward" in log else np.nan,
-            "valid NDCG@10, last eval": last.get("valid_ndcg@10", np.nan),
-            "valid HR@10, last eval": last.get("valid_hr@10", np.nan),
-            "contrast GRPO scale, mean": log["adv_spread_global"].mean() if "adv_spread_global" in log else np.nan,
-            "contrast Sibling-GRPO, mean": log["adv_spread_sibling"].mean() if "adv_spread_sibling" in log else np.nan,
-            "entropy (level 1), last 5 steps": tail["entropy_l1"].mean() if "entropy_l1" in log else np.nan,
-            "minutes": log["seconds"].sum() / 60 if "seconds" in log else np.nan,
+            "steps": f"{int(log[columns.STEP].max())} of {steps.get(name) or '?'}",
+            "reward R, last 5 steps": tail[columns.REWARD].mean(),
+            "true reward, last 5 steps": _mean(tail, columns.TRUE_REWARD),
+            "valid NDCG@10, last eval": last.get(columns.VALID_NDCG10, np.nan),
+            "valid HR@10, last eval": last.get(columns.VALID_HR10, np.nan),
+            "contrast GRPO scale, mean": _mean(log, columns.ADV_SPREAD_GLOBAL),
+            "contrast Sibling-GRPO, mean": _mean(log, columns.ADV_SPREAD_SIBLING),
+            "entropy (level 1), last 5 steps": _mean(tail, columns.entropy(1)),
+            "minutes": log[columns.SECONDS].sum() / 60 if columns.SECONDS in log else np.nan,
         })
     return pd.DataFrame(rows).set_index("run")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pandas as pd
 
 from ..config import Config
 from ..files import atomic_write_text, run_lock
+from ..rl import columns
 from .claims import CLAIMS
 from .report import write_report
 from .runner import Runner, Settings
@@ -95,15 +97,15 @@ def _run_claims(claims: list[int], runner: Runner, label: str) -> dict:
     def diagnostics(key) -> dict:
         logs = runner.train_logs[key].values()
         return {col: clean(float(np.mean([log[col].mean() for log in logs if col in log])))
-                for col in ("zero_var_share", "sibling_signal_share", "loss_kl", "grad_norm")}
+                for col in (columns.ZERO_VAR_SHARE, columns.SIBLING_SIGNAL_SHARE, columns.LOSS_KL, columns.GRAD_NORM)}
 
     summary = {
         "claims": [{"id": a["claim"], "title": a["title"], "verdict": a["verdict"], "metric": a["metric"],
                     "values": {k: clean(v) for k, v in a["values"].items()},
                     "verdict_truth": a["verdict_truth"], "metric_truth": a["metric_truth"],
                     "values_truth": {k: clean(v) for k, v in a["values_truth"].items()},
-                    "comparisons": [{k: clean(v) for k, v in c.items()} for c in a["comparisons"]],
-                    "comparisons_truth": [{k: clean(v) for k, v in c.items()} for c in a["comparisons_truth"]]}
+                    "comparisons": [{k: clean(v) for k, v in asdict(c).items()} for c in a["comparisons"]],
+                    "comparisons_truth": [{k: clean(v) for k, v in asdict(c).items()} for c in a["comparisons_truth"]]}
                    for a in (df.attrs for df in frames)],
         "training": {arm.label + ("" if m is None else f"; m = {m}"): diagnostics((arm, m))
                      for arm, m in runner.train_logs},

@@ -27,30 +27,29 @@ import pandas as pd
 from ..config import BEAM_1X, UPDATES
 from ..evaluate import scorers, value_quality
 from ..metrics import mean_ci
-from .runner import SFT, Arm, Pretrained, Runner
-from .stats import FAILS, HOLDS, UNSURE, combine, compare, not_worse
+from ..rl import columns
+from .runner import BEAM_GRPO, SFT, VSTAR, VSTAR_PLUS, Arm, Pretrained, Runner
+from .stats import FAILS, HOLDS, UNSURE, Comparison, compare, not_worse, verdict_of
 
 RANKING = ("hr@3", "hr@5", "hr@10", "ndcg@3", "ndcg@5", "ndcg@10")
 TRUTH = ("mean_reward", "top1_reward", "max_reward", "reachability")
-VSTAR = Arm("ved", "joint")
-VSTAR_PLUS = VSTAR.where(**UPDATES["vstar+"])  # the corrected V-STAR (claim 9), beside the paper's form
-BEAM_GRPO = Arm("beam", "grpo")
 
 
-def _frame(claim: int, title: str, per_seed: dict[str, dict[str, list[float]]], judge: Callable[[str], list[dict]],
-           paper: str, truth: str, note: str = "") -> pd.DataFrame:
+def _frame(claim: int, title: str, per_seed: dict[str, dict[str, list[float]]],
+           judge: Callable[[str], list[Comparison]], paper: str, truth: str, note: str = "",
+           factors: dict[str, dict[str, object]] | None = None) -> pd.DataFrame:
     """The claim's table, with both verdicts: ``judge(metric)`` lists the paired comparisons that make the
-    claim on ``metric``; the paper verdict runs it on ``paper``, the truth verdict on ``truth``."""
+    claim on ``metric``; the paper verdict runs it on ``paper``, the truth verdict on ``truth``. ``factors``:
+    what each arm varies (e.g. ``{"VED 2x": {"trained_with": "VED", "budget_x": 2.0}}``), as columns of its
+    rows, so that a figure reads them rather than the arm's display name."""
     rows = []
     for arm, metrics in per_seed.items():
         for metric, vals in metrics.items():
             mean, low, high = mean_ci(vals)
-            rows.append({"claim": claim, "arm": arm, "metric": metric, "mean": mean, "ci_low": low, "ci_high": high,
-                         "n_seeds": len(vals)})
+            rows.append({"claim": claim, "arm": arm, **(factors or {}).get(arm, {}), "metric": metric, "mean": mean,
+                         "ci_low": low, "ci_high": high, "n_seeds": len(vals)})
     comps, comps_truth = judge(paper), judge(truth)
-    # a comparison marked "reported" is shown beside the verdict but takes no part in it
-    verdict, verdict_truth = (combine([c["verdict"] for c in cs if not c.get("reported")])
-                              for cs in (comps, comps_truth))
+    verdict, verdict_truth = verdict_of(comps), verdict_of(comps_truth)
     df = pd.DataFrame(rows)
     df["verdict"] = verdict
     df["verdict_truth"] = verdict_truth
@@ -72,12 +71,12 @@ def _collect(runner: Runner, arms: dict[str, Callable[[int], dict]], metrics) ->
     return out
 
 
-def _pair(per_seed, a: str, b: str, metric: str, test=compare) -> dict:
+def _pair(per_seed, a: str, b: str, metric: str, test=compare) -> Comparison:
     """One paired comparison "a > b" on ``metric`` (``test``: ``compare`` or ``not_worse``)."""
-    return {"a": a, "b": b, "metric": metric, **test(per_seed[a][metric], per_seed[b][metric])}
+    return Comparison.of(a, b, metric, per_seed[a][metric], per_seed[b][metric], test)
 
 
-def _chain(per_seed, arms: list[str], metric: str) -> list[dict]:
+def _chain(per_seed, arms: list[str], metric: str) -> list[Comparison]:
     """Paired comparisons arms[0] > arms[1] > ... on ``metric``."""
     return [_pair(per_seed, a, b, metric) for a, b in zip(arms, arms[1:])]
 
@@ -104,7 +103,7 @@ def claim_1(runner: Runner) -> pd.DataFrame:
     per_seed = _collect(runner, arms, RANKING + TRUTH)
 
     def judge(m):
-        plus = [{**_pair(per_seed, "V-STAR+", b, m), "reported": True} for b in ("beam+GRPO", "V-STAR")]
+        plus = [_pair(per_seed, "V-STAR+", b, m).aside() for b in ("beam+GRPO", "V-STAR")]
         return _chain(per_seed, ["V-STAR", "beam+GRPO", "SFT"], m) + plus
 
     return _frame(1, "Table 1: V-STAR > beam+GRPO > SFT", per_seed, judge, "ndcg@10", "mean_reward",
@@ -145,7 +144,7 @@ def claim_4(runner: Runner) -> pd.DataFrame:
     per_seed = _collect(runner, arms, ("ndcg@10", "hr@10") + TRUTH)
 
     def judge(m):
-        plus = [{**c, "reported": True} for c in _chain(per_seed, ["joint+", "Sibling-GRPO+", "GRPO+"], m)] \
+        plus = [c.aside() for c in _chain(per_seed, ["joint+", "Sibling-GRPO+", "GRPO+"], m)] \
             if "joint+" in per_seed else []
         return _chain(per_seed, ["joint", "Sibling-GRPO", "GRPO"], m) + plus
 
@@ -227,20 +226,23 @@ def claim_7(runner: Runner) -> pd.DataFrame:
         if not runner.settings.quick:  # --quick leaves the oracle arms out, to stay within its 15 minutes
             arms = _with_oracle(runner, arms, f"VED+oracle {k:g}x",
                                 lambda s, k=k: runner.score(Arm("ved", "joint", k, "oracle"), s, BEAM_1X))
+    trained_with = ("VED", "beam", "VED+", "VED+oracle")
+    factors = {f"{t} {k:g}x": {"trained_with": t, "budget_x": k} for k in budgets for t in trained_with}
     per_seed = _collect(runner, arms, ("ndcg@10", "hr@10") + TRUTH)
     top = budgets[-1]
 
     def judge(metric):
         comps = [_pair(per_seed, f"VED {k:g}x", f"beam {k:g}x", metric) for k in budgets]
-        plus = [{**_pair(per_seed, f"VED+ {k:g}x", f"beam {k:g}x", metric), "reported": True}
+        plus = [_pair(per_seed, f"VED+ {k:g}x", f"beam {k:g}x", metric).aside()
                 for k in budgets if f"VED+ {k:g}x" in per_seed]
-        return comps + [{**_pair(per_seed, "VED 1x", f"beam {top:g}x", metric, not_worse),
-                         "metric": f"{metric} (not worse)"}] + plus
+        return comps + [_pair(per_seed, "VED 1x", f"beam {top:g}x", metric, not_worse).labelled(f"{metric} (not worse)")
+                        ] + plus
 
     return _frame(7, "Fig. 4: VED beats beam at matched budgets; VED 1x matches beam at the top budget", per_seed,
                   judge, "ndcg@10", "mean_reward",
                   note="both arms train with the joint loss, so only the candidate construction differs; the 'VED+' "
-                       "arms train with the corrected update of claim 9 (reported, not part of a verdict)")
+                       "arms train with the corrected update of claim 9 (reported, not part of a verdict)",
+                  factors=factors)
 
 
 def claim_8(runner: Runner) -> pd.DataFrame:
@@ -270,14 +272,15 @@ def claim_8(runner: Runner) -> pd.DataFrame:
         comps = _chain(per_seed, [f"m={m}" for m in reversed(mismatches)], metric)
         at0 = mean_ci(per_seed["m=0.0"][metric])
         vanish = UNSURE if np.isnan(at0[1]) else (HOLDS if at0[1] <= 0 <= at0[2] else FAILS)  # 0 inside the CI
-        return comps + [{"a": "gain at m=0", "b": "0", "metric": f"{metric} (vanishes)", "diff": at0[0],
-                         "low": at0[1], "high": at0[2], "detectable": (at0[2] - at0[1]) / 2, "verdict": vanish}]
+        return comps + [Comparison("gain at m=0", "0", f"{metric} (vanishes)", at0[0], at0[1], at0[2],
+                                   (at0[2] - at0[1]) / 2, vanish)]
 
     return _frame(8, "Beyond the paper: the VED gain grows with mismatch and vanishes at m = 0", per_seed, judge,
                   "ndcg@10", "max_reward",
                   note="values are VED minus beam search on the same SFT policy" + (
                       "; the 'oracle' metrics guide VED by the world's oracle value instead of V_phi (reported, not "
-                      "part of a verdict)" if with_oracle else "; --quick leaves out the oracle arm"))
+                      "part of a verdict)" if with_oracle else "; --quick leaves out the oracle arm"),
+                  factors={f"m={m}": {"mismatch": m} for m in mismatches})
 
 
 def why_arms(runner: Runner) -> dict[str, Arm]:
@@ -309,8 +312,8 @@ def why_arms(runner: Runner) -> dict[str, Arm]:
 QUICK_WHY = ("negatives dropped",)  # the arm the full run chose on validation (docs/results/why); --quick keeps it
 WHY_LRS = (None, 3e-4)  # the recipe's learning rate (RLConfig.lr) and the larger one where V-STAR fell below SFT
 WHY_MEASURES = ("mean_reward", "ndcg@10", "hr@10", "max_reward")
-WHY_DIAGNOSTICS = ("p_sft_top", "dp_sft_top", "adv_sft_top", "p_oracle_best", "dp_oracle_best", "adv_oracle_best",
-                   "beam_overlap", "loss_kl")
+WHY_MARKED = (columns.SFT_TOP, columns.ORACLE_BEST)  # the level-1 codes whose mass claim 9 follows
+WHY_MEANS = (columns.BEAM_OVERLAP, columns.LOSS_KL)
 
 
 def _why_seed(runner: Runner, arm: Arm, seed: int) -> dict:
@@ -322,13 +325,11 @@ def _why_seed(runner: Runner, arm: Arm, seed: int) -> dict:
     out |= {f"VED {k}": v for k, v in runner.score(arm, seed, {"decoder": "ved"}).items() if k in WHY_MEASURES}
     out["valid mean_reward"] = runner.score(arm, seed, BEAM_1X, split="valid")["mean_reward"]
     log = runner.train_logs[(arm, None)][seed]
-    for col in WHY_DIAGNOSTICS:
-        if col.startswith("dp_"):
-            out[f"moved {col[3:]}"] = float(log[col].sum())
-        elif col.startswith("p_"):
-            out[f"last {col}"] = float(log[col].iloc[-1])
-        else:
-            out[f"mean {col}"] = float(log[col].mean())
+    for code in WHY_MARKED:
+        out[f"last {columns.mass(code)}"] = float(log[columns.mass(code)].iloc[-1])
+        out[f"moved {code}"] = float(log[columns.moved(code)].sum())
+        out[f"mean {columns.pushed(code)}"] = float(log[columns.pushed(code)].mean())
+    out |= {f"mean {col}": float(log[col].mean()) for col in WHY_MEANS}
     return out
 
 
@@ -339,35 +340,36 @@ def claim_9(runner: Runner) -> pd.DataFrame:
     written at the same learning rate. The verdict: the value-guided arm with the best validation mean
     true reward (chosen on validation users; never "true reward") against beam+GRPO at its own best
     validation learning rate. Paper: NDCG@10. Truth: the candidates' mean true reward."""
-    arms = {}
+    arms, factors = {}, {}  # factors: each arm's update and learning rate, the columns of its rows
     for lr in WHY_LRS[:1] if runner.settings.quick else WHY_LRS:
         at = runner.base.rl.lr if lr is None else lr
         for name, arm in why_arms(runner).items():
             key = arm if lr is None else arm.where(lr=lr)
             arms[f"{name} @ {at:g}"] = lambda s, k=key: _why_seed(runner, k, s)
+            factors[f"{name} @ {at:g}"] = {"update": name, "lr": f"{at:g}"}
     per_seed = _collect(runner, arms, None)
     valid = {arm: float(np.mean(m["valid mean_reward"])) for arm, m in per_seed.items()}
-    beam_best = max((a for a in valid if a.startswith("beam+GRPO")), key=valid.get)
-    guided = [a for a in valid if not a.startswith(("beam+GRPO", "true reward"))]
+    beam_best = max((a for a in valid if factors[a]["update"] == "beam+GRPO"), key=valid.get)
+    guided = [a for a in valid if factors[a]["update"] not in ("beam+GRPO", "true reward")]
     chosen = max(guided, key=valid.get)
 
     def judge(metric):
-        lrs = sorted({a.split(" @ ")[1] for a in per_seed})
-        comps = [{**_pair(per_seed, chosen, beam_best, metric), "metric": f"{metric} (chosen on validation)"}]
+        lrs = sorted({f["lr"] for f in factors.values()})
+        comps = [_pair(per_seed, chosen, beam_best, metric).labelled(f"{metric} (chosen on validation)")]
         for lr in lrs:
             for arm in per_seed:
-                name, at = arm.split(" @ ")
-                if at == lr and not name.startswith("beam+GRPO"):
-                    comps.append({**_pair(per_seed, arm, f"beam+GRPO @ {lr}", metric), "reported": True})
+                name, at = factors[arm]["update"], factors[arm]["lr"]
+                if at == lr and name != "beam+GRPO":
+                    comps.append(_pair(per_seed, arm, f"beam+GRPO @ {lr}", metric).aside())
                     if name != "V-STAR":
-                        comps.append({**_pair(per_seed, arm, f"V-STAR @ {lr}", metric), "reported": True})
+                        comps.append(_pair(per_seed, arm, f"V-STAR @ {lr}", metric).aside())
         return comps
 
     df = _frame(9, "Beyond the paper: why the learning half fails, and an update that pays", per_seed, judge,
                 "ndcg@10", "mean_reward",
                 note=f"chosen on validation users: {chosen} (validation mean true reward {valid[chosen]:.4f}) against "
                      f"{beam_best} ({valid[beam_best]:.4f}); the verdict is that comparison, the others are reported "
-                     "(verdict in parentheses)")
+                     "(verdict in parentheses)", factors=factors)
     df.attrs.update(chosen=chosen, beam_best=beam_best, valid=valid)
     return df
 
@@ -477,8 +479,8 @@ def claim_10(runner: Runner) -> pd.DataFrame:
         comps = []
         for m in HORIZON_MISMATCH:
             beam = labels[("beam+GRPO", m)]
-            comps.append({**_pair(per_seed, chosen[m], beam, metric), "metric": f"{metric} (chosen on validation)"})
-            comps += [{**_pair(per_seed, label, beam, metric), "reported": True} for (name, at), label in labels.items()
+            comps.append(_pair(per_seed, chosen[m], beam, metric).labelled(f"{metric} (chosen on validation)"))
+            comps += [_pair(per_seed, label, beam, metric).aside() for (name, at), label in labels.items()
                       if at == m and name not in ("SFT", "SFT, item text", "beam+GRPO") and label != chosen[m]]
         return comps
 

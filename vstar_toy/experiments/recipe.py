@@ -29,27 +29,28 @@ from .. import pipeline
 from ..config import Config
 from ..evaluate import evaluate
 from ..files import atomic_write_text
+from ..rl import columns
 from ..rl.train import train
 from .report import markdown_table
+from .runner import BEAM_GRPO, VSTAR, Arm
 
-ARMS = {"beam+GRPO": ("beam", "grpo"), "V-STAR": ("ved", "joint")}
+ARMS = (BEAM_GRPO, VSTAR)
 GRID = {"lr": (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2), "inner_epochs": (1, 2)}
 CRITERION = "valid_mean_reward"
 
 
-def _run(world, policy, head, cfg: Config, arm: str, out: Path, progress: bool, say) -> dict:
-    decoder, objective = ARMS[arm]
-    cfg = cfg.replace(decode={"decoder": decoder}, rl={"objective": objective})
+def _run(world, policy, head, cfg: Config, arm: Arm, out: Path, progress: bool, say) -> dict:
+    cfg = cfg.replace(**arm.stages())
     rl = cfg.rl
-    name = f"{arm}-lr{rl.lr:g}-ep{rl.inner_epochs}-wu{rl.warmup_steps}-{rl.sibling_norm}"
+    name = f"{arm.name}-lr{rl.lr:g}-ep{rl.inner_epochs}-wu{rl.warmup_steps}-{rl.sibling_norm}"
     res = train(world, copy.deepcopy(policy), cfg, copy.deepcopy(head), run_dir=out / name, progress=progress,
                 say=say)
     m, _ = evaluate(world, res.policy, world.queries("valid"), cfg.decode.beam_at_1x())
-    return {"arm": arm, "lr": rl.lr, "inner_epochs": rl.inner_epochs, "warmup_steps": rl.warmup_steps,
+    return {"arm": arm.name, "lr": rl.lr, "inner_epochs": rl.inner_epochs, "warmup_steps": rl.warmup_steps,
             "sibling_norm": rl.sibling_norm, "valid_mean_reward": m["mean_reward"], "valid_ndcg@10": m["ndcg@10"],
-            "valid_hr@10": m["hr@10"], "kl_last10": float(res.log["loss_kl"].tail(10).mean()),
-            "zero_var_share": float(res.log["zero_var_share"].mean()),
-            "sibling_signal_share": float(res.log["sibling_signal_share"].mean())}
+            "valid_hr@10": m["hr@10"], "kl_last10": float(res.log[columns.LOSS_KL].tail(10).mean()),
+            "zero_var_share": float(res.log[columns.ZERO_VAR_SHARE].mean()),
+            "sibling_signal_share": float(res.log[columns.SIBLING_SIGNAL_SHARE].mean())}
 
 
 def recipe_sweep(base: Config, out: str | Path, steps: int = 60, progress: bool = True,

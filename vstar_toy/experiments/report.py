@@ -23,9 +23,10 @@ from ..config import DecodeConfig
 from ..decoding import decode
 from ..evaluate import evaluate
 from ..files import atomic_write_text
+from ..rl import columns
 from ..rl.advantages import sibling_contrast
 from ..world.rewards import rewards
-from .runner import Arm, Runner
+from .runner import BEAM_GRPO, VSTAR, Runner
 
 
 def _fmt(x: float) -> str:
@@ -58,8 +59,8 @@ def comparison_table(df: pd.DataFrame) -> str:
     if df.attrs["comparisons_truth"] is not df.attrs["comparisons"] and df.attrs["metric_truth"] != df.attrs["metric"]:
         rows += [("truth", c) for c in df.attrs["comparisons_truth"]]
     return markdown_table(pd.DataFrame(
-        [[kind, f"{c['a']} > {c['b']}", c["metric"], _with_ci(c["diff"], c["low"], c["high"]),
-          _fmt(c.get("detectable")), f"({c['verdict']})" if c.get("reported") else c["verdict"]] for kind, c in rows],
+        [[kind, f"{c.a} > {c.b}", c.metric, _with_ci(c.diff, c.low, c.high), _fmt(c.detectable),
+          f"({c.verdict})" if c.reported else c.verdict] for kind, c in rows],
         columns=["verdict", "comparison", "metric", "mean difference [95% CI]", "detectable", "verdict"]))
 
 
@@ -98,12 +99,10 @@ def fig_spearman(df: pd.DataFrame, path: Path) -> None:
 
 def fig_budget(df: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    sub = df[df.metric == "ndcg@10"].copy()
-    sub["decoder"] = sub.arm.str.split().str[0]
-    sub["k"] = sub.arm.str.split().str[1].str.rstrip("x").astype(float)
-    for dec, g in sub.groupby("decoder"):
-        g = g.sort_values("k")
-        ax.errorbar(g.k, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, label=f"train with {dec}")
+    sub = df[df.metric == "ndcg@10"]
+    for dec, g in sub.groupby("trained_with"):
+        g = g.sort_values("budget_x")
+        ax.errorbar(g.budget_x, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, label=f"train with {dec}")
     ax.set_xlabel("training-time decoding budget (x of 1 + 2|C| tokens)")
     ax.set_ylabel("test NDCG@10")
     ax.legend(fontsize=8)
@@ -117,10 +116,9 @@ def fig_mismatch(df: pd.DataFrame, path: Path) -> None:
         g = df[df.metric == metric].copy()
         if g.empty:
             continue
-        g["m"] = g.arm.str.removeprefix("m=").astype(float)
-        g = g.sort_values("m")
+        g = g.sort_values("mismatch")
         oracle = metric.startswith("oracle ")
-        ax.errorbar(g.m, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, ls="--" if oracle else "-",
+        ax.errorbar(g.mismatch, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, ls="--" if oracle else "-",
                     label=metric.removeprefix("oracle ") + (" (VED with the oracle value)" if oracle else ""))
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("mismatch m")
@@ -130,16 +128,17 @@ def fig_mismatch(df: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-CURVES = {"beam+GRPO": (Arm("beam", "grpo"), None), "V-STAR": (Arm("ved", "joint"), None)}  # (arm, mismatch)
-DIAGNOSTICS = ("reward", "zero_var_share", "sibling_signal_share", "loss_kl", "grad_norm", "entropy_l1", "value_loss",
-               "dp_sft_top", "dp_oracle_best", "adv_oracle_best", "beam_overlap")
+CURVES = (BEAM_GRPO, VSTAR)  # the arms whose learning curves the report draws
+DIAGNOSTICS = (columns.REWARD, columns.ZERO_VAR_SHARE, columns.SIBLING_SIGNAL_SHARE, columns.LOSS_KL,
+               columns.GRAD_NORM, columns.entropy(1), columns.VALUE_LOSS, columns.moved(columns.SFT_TOP),
+               columns.moved(columns.ORACLE_BEST), columns.pushed(columns.ORACLE_BEST), columns.BEAM_OVERLAP)
 
 
 def fig_learning_curves(runner: Runner, path: Path) -> bool:
     """Validation mean true reward and NDCG@10 (beam search) per step of the RL runs of claim 1's two
     trained arms, from the SFT policy at step 0: the mean over seeds, the band from the lowest to the
     highest seed. False if none ran."""
-    logs = {arm: runner.train_logs.get(key, {}) for arm, key in CURVES.items()}
+    logs = {arm.name: runner.train_logs.get((arm, None), {}) for arm in CURVES}
     if not any(logs.values()):
         return False
     start = {}  # seed -> the SFT policy's numbers on the validation users the runs are evaluated on
@@ -147,13 +146,13 @@ def fig_learning_curves(runner: Runner, path: Path) -> bool:
         cfg = runner.config(seed)
         val = runner.world(seed).queries("valid", n=cfg.rl.eval_queries, seed=cfg.rl.seed)
         m, _ = evaluate(runner.world(seed), runner.sft(seed), val, cfg.decode.beam_at_1x())
-        start[seed] = {"valid_mean_reward": m["mean_reward"], "valid_ndcg@10": m["ndcg@10"]}
+        start[seed] = {columns.VALID_MEAN_REWARD: m["mean_reward"], columns.VALID_NDCG10: m["ndcg@10"]}
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for ax, col, label in zip(axes, ("valid_mean_reward", "valid_ndcg@10"), ("mean true reward", "NDCG@10")):
+    for ax, col, label in zip(axes, (columns.VALID_MEAN_REWARD, columns.VALID_NDCG10), ("mean true reward", "NDCG@10")):
         for arm, per_seed in logs.items():
             if not per_seed:
                 continue
-            curves = pd.concat({s: pd.concat([pd.Series({0: start[s][col]}), log.set_index("step")[col].dropna()])
+            curves = pd.concat({s: pd.concat([pd.Series({0: start[s][col]}), log.set_index(columns.STEP)[col].dropna()])
                                 for s, log in per_seed.items() if col in log}, axis=1)
             if curves.empty:
                 continue
@@ -177,10 +176,11 @@ def fig_horizon(df: pd.DataFrame, path: Path) -> None:
     curves = df.attrs["curves"]
     fig, axes = plt.subplots(2, len(curves), figsize=(5 * len(curves), 6.4), squeeze=False, sharex="col")
     for j, (m, arms) in enumerate(curves.items()):
-        for i, (col, label) in enumerate((("valid_mean_reward", "beam search"), ("valid_ved_mean_reward", "VED"))):
+        for i, (col, label) in enumerate(((columns.VALID_MEAN_REWARD, "beam search"),
+                                          (columns.VALID_VED_MEAN_REWARD, "VED"))):
             ax = axes[i, j]
             for name, per_seed in arms.items():
-                series = {s: log.set_index("step")[col].dropna() for s, log in per_seed.items() if col in log}
+                series = {s: log.set_index(columns.STEP)[col].dropna() for s, log in per_seed.items() if col in log}
                 if not series or all(v.empty for v in series.values()):
                     continue
                 table = pd.concat(series, axis=1).ffill()  # a stopped run keeps the policy it ended with
@@ -205,7 +205,7 @@ def diagnostics_table(runner: Runner) -> str:
     for key, per_seed in runner.train_logs.items():
         cells = []
         for col in DIAGNOSTICS:
-            vals = [(log[col].tail(10) if col == "loss_kl" else log[col]).mean() for log in per_seed.values()
+            vals = [(log[col].tail(10) if col == columns.LOSS_KL else log[col]).mean() for log in per_seed.values()
                     if col in log]
             cells.append(_fmt(float(np.mean(vals))) if vals else "")
         arm, mismatch = key

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import pipeline
-from ..config import Config, RLConfig
+from ..config import UPDATES, Config, RLConfig
 from ..evaluate import evaluate
 from ..rl.train import STOP_FIELDS, train
 from ..values import make_value
@@ -98,7 +98,8 @@ class Arm:
     ``rl`` / ``decode`` / ``policy``: more fields laid over the preset's RLConfig / DecodeConfig /
     PolicyConfig as sorted (field, value) pairs (hashable: an arm keys the caches), e.g.
     ``(("baseline", "beam"),)``. A ``policy`` field makes another SFT policy and value head to start from
-    (``pretrained``)."""
+    (``pretrained``). ``name``: how tables and figures call it ("V-STAR"); not part of what the arm is (two
+    arms of equal settings are one arm, however named)."""
 
     decoder: str
     objective: str
@@ -107,6 +108,17 @@ class Arm:
     rl: tuple[tuple[str, object], ...] = ()
     decode: tuple[tuple[str, object], ...] = ()
     policy: tuple[tuple[str, object], ...] = ()
+    name: str = dataclasses.field(default="", compare=False)
+
+    def named(self, name: str) -> Arm:
+        """This arm under the display name ``name``."""
+        return dataclasses.replace(self, name=name)
+
+    def stages(self) -> dict[str, dict]:
+        """The DecodeConfig and RLConfig fields this arm lays over a preset: ``cfg.replace(**arm.stages())``
+        (its ``policy`` fields shape the SFT policy it starts from, ``Runner.config``)."""
+        return {"decode": {"decoder": self.decoder, "budget_x": self.budget_x, **dict(self.decode)},
+                "rl": {"objective": self.objective, **dict(self.rl)}}
 
     @property
     def pretrained(self) -> Pretrained:
@@ -135,6 +147,14 @@ class Arm:
         extra = "".join(f"-{k}={v:g}" if isinstance(v, float) else f"-{k}={v}" for k, v in fields)
         start = "".join(f"{k}={v}-" for k, v in self.policy)
         return f"{start}{self.decoder}{self.budget_x:g}x{guide}-{self.objective}{extra}"
+
+
+BEAM_GRPO = Arm("beam", "grpo", name="beam+GRPO")
+"""The GRPO baseline: candidates by beam search, Eq. 2 alone."""
+VSTAR = Arm("ved", "joint", name="V-STAR")
+"""V-STAR as written: candidates by VED, GRPO + Sibling-GRPO (Eq. 19)."""
+VSTAR_PLUS = VSTAR.where(**UPDATES["vstar+"]).named("V-STAR+")
+"""The corrected V-STAR of claim 9 (``config.UPDATES["vstar+"]``), beside the paper's form."""
 
 
 class Runner:
@@ -203,9 +223,7 @@ class Runner:
     def trained(self, seed: int, arm: Arm, mismatch: float | None = None):
         """(policy, value head) after RL from this seed's SFT policy and pre-trained head (``Arm``)."""
         def make():
-            cfg = self.config(seed, mismatch, arm.policy,
-                              decode={"decoder": arm.decoder, "budget_x": arm.budget_x, **dict(arm.decode)},
-                              rl={"objective": arm.objective, **dict(arm.rl)})
+            cfg = self.config(seed, mismatch, arm.policy, **arm.stages())
             where = f"m{cfg.world.mismatch}-" if self.world_loader is None else ""  # real data: no knob
             name = f"s{seed}-{where}{arm.label}"
             self.say(f"RL run {name}")

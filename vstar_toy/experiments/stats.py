@@ -14,13 +14,57 @@ inconclusive otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..metrics import mean_ci
 
 HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison "a > b" on ``metric`` over seeds, as a claim's verdict reads it."""
+
+    a: str
+    """The arm claimed to be better (its name in the claim's table)."""
+    b: str
+    """The arm it is compared with."""
+    metric: str
+    """The metric compared (with a note where the comparison was chosen, e.g. "(chosen on validation)")."""
+    diff: float
+    """Mean over seeds of a - b."""
+    low: float
+    """Lower end of the 95% interval of ``diff``."""
+    high: float
+    """Upper end of the 95% interval of ``diff``."""
+    detectable: float
+    """The interval's half-width: the smallest mean difference these seeds could tell from 0."""
+    verdict: str
+    """HOLDS, FAILS or UNSURE (``compare``; ``not_worse`` for "a matches or beats b")."""
+    reported: bool = False
+    """Shown beside the claim's verdict, not part of it (``combine`` leaves it out)."""
+
+    @staticmethod
+    def of(a: str, b: str, metric: str, a_values, b_values, test=None) -> Comparison:
+        """"a > b" on ``metric`` from the paired per-seed values, judged by ``test`` (``compare`` by default)."""
+        return Comparison(a, b, metric, **(test or compare)(a_values, b_values))
+
+    def labelled(self, metric: str) -> Comparison:
+        """This comparison under another ``metric`` label, e.g. "ndcg@10 (chosen on validation)"."""
+        return dataclasses.replace(self, metric=metric)
+
+    def aside(self) -> Comparison:
+        """This comparison, reported beside the verdict and taking no part in it."""
+        return dataclasses.replace(self, reported=True)
+
+
+def verdict_of(comparisons: list[Comparison]) -> str:
+    """A claim's verdict: ``combine`` of its comparisons that are not only reported."""
+    return combine([c.verdict for c in comparisons if not c.reported])
 
 
 def compare(a, b, confidence: float = 0.95) -> dict:

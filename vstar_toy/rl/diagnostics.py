@@ -14,6 +14,7 @@ import torch
 from ..config import Config
 from ..evaluate import evaluate, scorers, value_quality
 from ..world import World
+from . import columns
 from .advantages import reward_range, sibling_contrast, sibling_signal_share
 
 
@@ -30,8 +31,8 @@ def deep_shift(before: torch.Tensor, after: torch.Tensor, name: str) -> dict[str
     p0, p1 = before.exp(), after.exp()
     out = {}
     for lvl in range(1, before.shape[1]):
-        out[f"p_{name}_l{lvl + 1}"] = float(p0[:, lvl].mean())
-        out[f"dp_{name}_l{lvl + 1}"] = float((p1[:, lvl] - p0[:, lvl]).mean())
+        out[columns.mass(name, lvl + 1)] = float(p0[:, lvl].mean())
+        out[columns.moved(name, lvl + 1)] = float((p1[:, lvl] - p0[:, lvl]).mean())
     return out
 
 
@@ -49,9 +50,9 @@ def mass_shift(before: torch.Tensor, after: torch.Tensor, codes: torch.Tensor, a
         p0 = before.gather(1, c[:, None]).exp().squeeze(1)
         p1 = after.gather(1, c[:, None]).exp().squeeze(1)
         on = (codes == c[:, None]) & valid
-        out[f"p_{name}"] = float(p0.mean())
-        out[f"dp_{name}"] = float((p1 - p0).mean())
-        out[f"adv_{name}"] = float((torch.where(on, adv, 0.0).sum(1) / n).mean())
+        out[columns.mass(name)] = float(p0.mean())
+        out[columns.moved(name)] = float((p1 - p0).mean())
+        out[columns.pushed(name)] = float((torch.where(on, adv, 0.0).sum(1) / n).mean())
     return out
 
 
@@ -75,20 +76,20 @@ def diagnostics(cands, r: torch.Tensor, r_true: np.ndarray, targets: np.ndarray,
                        else torch.tensor(0.0) for b in range(len(r))])
     tree = cands.tree
     out = {
-        "reward": float(r[valid].mean()),
-        "reward_std": float(std.mean()),
-        "zero_var_share": float((rng[valid.any(1)] == 0).float().mean()),
-        "sibling_signal_share": float(torch.nanmean(sibling_signal_share(sids, r, valid))),
-        "true_reward": float(np.nanmean(np.where(vmask, r_true, np.nan))),
-        "max_true_reward": float(np.nanmean(np.nanmax(np.where(vmask, r_true, np.nan), 1))),
-        "hit": float((cands.items.numpy() == targets[:, None]).any(1).mean()),
-        "adv_spread_global": float(torch.nanmean(contrast["global"])),
-        "adv_spread_sibling": float(torch.nanmean(contrast["sibling"])),
-        "expansion_tokens": float(np.mean(cands.expansion_tokens)),
+        columns.REWARD: float(r[valid].mean()),
+        columns.REWARD_STD: float(std.mean()),
+        columns.ZERO_VAR_SHARE: float((rng[valid.any(1)] == 0).float().mean()),
+        columns.SIBLING_SIGNAL_SHARE: float(torch.nanmean(sibling_signal_share(sids, r, valid))),
+        columns.TRUE_REWARD: float(np.nanmean(np.where(vmask, r_true, np.nan))),
+        columns.MAX_TRUE_REWARD: float(np.nanmean(np.nanmax(np.where(vmask, r_true, np.nan), 1))),
+        columns.HIT: float((cands.items.numpy() == targets[:, None]).any(1).mean()),
+        columns.ADV_SPREAD_GLOBAL: float(torch.nanmean(contrast["global"])),
+        columns.ADV_SPREAD_SIBLING: float(torch.nanmean(contrast["sibling"])),
+        columns.EXPANSION_TOKENS: float(np.mean(cands.expansion_tokens)),
     }
     for d in range(cands.sids.shape[-1]):
         at = (tree.depth == d) & tree.evaluated & ~np.isnan(tree.entropy)
-        out[f"entropy_l{d + 1}"] = float(tree.entropy[at].mean()) if at.any() else math.nan
+        out[columns.entropy(d + 1)] = float(tree.entropy[at].mean()) if at.any() else math.nan
     return out
 
 
@@ -99,14 +100,14 @@ def evaluate_policy(world: World, policy, value_head, queries, eval_cfg, seed: i
     ``search`` = (a DecodeConfig, its value): the same users decoded by it too, ``valid_ved_mean_reward``
     (NaN without one)."""
     m, _ = evaluate(world, policy, queries, eval_cfg)
-    out = {"valid_hr@10": m["hr@10"], "valid_ndcg@10": m["ndcg@10"], "valid_mean_reward": m["mean_reward"],
-           "valid_ved_mean_reward": math.nan}
+    out = {columns.VALID_HR10: m["hr@10"], columns.VALID_NDCG10: m["ndcg@10"],
+           columns.VALID_MEAN_REWARD: m["mean_reward"], columns.VALID_VED_MEAN_REWARD: math.nan}
     if search is not None:
-        out["valid_ved_mean_reward"] = evaluate(world, policy, queries, search[0], search[1])[0]["mean_reward"]
+        out[columns.VALID_VED_MEAN_REWARD] = evaluate(world, policy, queries, search[0], search[1])[0]["mean_reward"]
     rho = value_quality(world, policy, queries.take(slice(0, 128)), scorers(world, value_head), seed=seed)
     for lvl in range(world.catalog.levels):
-        out[f"rho_value_l{lvl + 1}"] = rho["learned"][lvl] if value_head is not None else math.nan
+        out[columns.rho("value", lvl + 1)] = rho["learned"][lvl] if value_head is not None else math.nan
         for name in ("logp", "oracle", "cosine"):
             if name in rho:
-                out[f"rho_{name}_l{lvl + 1}"] = rho[name][lvl]
+                out[columns.rho(name, lvl + 1)] = rho[name][lvl]
     return out

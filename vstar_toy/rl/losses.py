@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..config import KL_ESTIMATORS, SIBLING_NORMS
+from . import columns
 from .advantages import DDOF, EPS, sibling_node_advantages
 from .updates import critic_advantages, distill_weights, group_advantages, taper_negatives
 
@@ -169,7 +170,7 @@ def policy_loss(
     if kl_coef > 0:
         parts["kl"] = kl_penalty(logp, ref_logp, valid, kl_estimator)
         loss = loss + kl_coef * parts["kl"]
-    return loss, {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
+    return loss, {columns.loss(k): float(v.detach()) for k, v in parts.items()}
 
 
 def loss_kwargs(rl) -> dict:

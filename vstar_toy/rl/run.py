@@ -16,12 +16,12 @@ from ..evaluate import evaluate
 from ..files import run_lock
 from ..pipeline import sft_policy, value_model
 from ..world import World
-from . import distributed
+from . import columns, distributed
 from .train import train
 
-DIAGNOSTICS = ("zero_var_share", "sibling_signal_share", "loss_kl", "grad_norm", "entropy_l1", "adv_spread_global",
-               "adv_spread_sibling", "value_loss")
-"""The training log's columns the summary averages over the run (``train.py`` documents each)."""
+DIAGNOSTICS = (columns.ZERO_VAR_SHARE, columns.SIBLING_SIGNAL_SHARE, columns.LOSS_KL, columns.GRAD_NORM,
+               columns.entropy(1), columns.ADV_SPREAD_GLOBAL, columns.ADV_SPREAD_SIBLING, columns.VALUE_LOSS)
+"""The training log's columns the summary averages over the run (``columns.py`` documents each)."""
 MEASURES = ("mean_reward", "top1_reward", "max_reward", "reachability", "hr@10", "ndcg@10")
 """The test measures the summary gives before (``_sft``) and after training."""
 
@@ -48,8 +48,8 @@ def train_from_sft(world: World, cfg: Config, out: Path, test, policy_dir: Path 
     log = res.log
     first, last = log.head(max(1, len(log) // 5)), log.tail(max(1, len(log) // 5))
     return {"run": str(out), "world": world.name, "decoder": cfg.decode.decoder, "objective": cfg.rl.objective,
-            "steps": len(log), "reward_first": float(first["reward"].mean()),
-            "reward_last": float(last["reward"].mean()),
+            "steps": len(log), "reward_first": float(first[columns.REWARD].mean()),
+            "reward_last": float(last[columns.REWARD].mean()),
             **{k: float(log[k].mean()) for k in DIAGNOSTICS if k in log},
             **{f"test_{k}_sft": before[k] for k in MEASURES},
             **{f"test_{k}": after[k] for k in MEASURES + ("hr@3", "hr@5", "ndcg@3", "ndcg@5")}}

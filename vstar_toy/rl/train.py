@@ -12,9 +12,9 @@ One step, for a batch of training users:
    to the frozen SFT reference) over the batch, with the optimiser, warm-up and gradient clipping of
    ``cfg.rl`` (``TrainingState``).
 
-Each step's log row holds the diagnostics a practitioner needs to see why a run does or does not learn
-(README, "Training diagnostics"): the reward the learner sees (mean and within-group std), the share of
-GRPO groups with no reward variance (they give no gradient), the share of sibling groups with a
+Each step's log row (its columns: ``columns.py``) holds the diagnostics a practitioner needs to see why a run
+does or does not learn (README, "Training diagnostics"): the reward the learner sees (mean and within-group
+std), the share of GRPO groups with no reward variance (they give no gradient), the share of sibling groups with a
 contrast, the KL to the reference, the policy's entropy per level, the gradient norm, the value loss,
 the mass an update moves onto the SFT policy's top code and along the user's best item's path, and every
 ``eval_every`` steps validation HR@10 / NDCG@10 / mean true reward, the same users decoded by VED, the
@@ -63,7 +63,7 @@ from ..policy.base import Context
 from ..seeding import seeded
 from ..world import World
 from ..world.rewards import rewards
-from . import distributed
+from . import columns, distributed
 from .diagnostics import best_item, deep_shift, diagnostics, evaluate_policy, mass_shift
 from .horizon import flat, transfer
 from .losses import loss_kwargs, policy_loss
@@ -248,7 +248,7 @@ def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[d
     if st.vopt is not None:
         distributed.sync_gradients(st.vopt)
     if distributed.any_rank(main and _flat(rows, rl)):  # a resumed run that had already stopped
-        return int(rows[-1]["step"])
+        return int(rows[-1][columns.STEP])
 
     bar = tqdm(range(start, rl.steps), desc=f"RL {dcfg.decoder}+{rl.objective}", disable=not progress,
                initial=start, total=rl.steps)
@@ -259,8 +259,8 @@ def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[d
         if main and evaluating:
             with record_function("evaluation"):
                 row.update(evaluate_policy(world, policy, st.value_head, val, eval_cfg, seed=rl.seed, search=search))
-                row["transfer"] = transfer(row["valid_mean_reward"], sft["beam"], sft["ved"])
-        row["seconds"] = time.perf_counter() - t0
+                row[columns.TRANSFER] = transfer(row[columns.VALID_MEAN_REWARD], sft["beam"], sft["ved"])
+        row[columns.SECONDS] = time.perf_counter() - t0
         rows.append(row)
         bar.set_postfix(reward=f"{row['reward']:.3f}")
         if on_step is not None:
@@ -279,8 +279,8 @@ def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[d
 def _flat(rows: list[dict], rl) -> bool:
     """The horizon rule (``horizon.flat``) on the validation mean true reward logged so far, from step
     ``rl.plateau_from`` on."""
-    history = [r["valid_mean_reward"] for r in rows if "valid_mean_reward" in r]
-    late_enough = bool(rows) and rows[-1]["step"] >= rl.plateau_from
+    history = [r[columns.VALID_MEAN_REWARD] for r in rows if columns.VALID_MEAN_REWARD in r]
+    late_enough = bool(rows) and rows[-1][columns.STEP] >= rl.plateau_from
     return rl.plateau_evals > 0 and late_enough and flat(history, rl.plateau_evals, rl.plateau_gain)
 
 
@@ -355,11 +355,11 @@ def train_step(world: World, st: TrainingState, cfg: Config, step: int, model: t
         level1_after = policy.start(after).logp.float().cpu()
         sft_top = st.reference.start(prompts.reference).logp.float().cpu().argmax(-1)
         shift = mass_shift(level1_before, level1_after, cands.sids[..., 0], adv, valid,
-                           {"sft_top": sft_top, "oracle_best": best[:, 0, 0]})
-        shift |= deep_shift(best_before, policy.logprobs(after, best)[:, 0].float().cpu(), "oracle_best")
-        row = {"step": step + 1, **diagnostics(cands, r, r_true, q.targets, cfg), "value_loss": v_loss,
-               "grad_norm": grad_norm, "lr": st.scheduler.get_last_lr()[0], **parts, **shift,
-               "beam_overlap": float(own_mask[..., -1].sum() / own.valid.sum().clamp_min(1))}
+                           {columns.SFT_TOP: sft_top, columns.ORACLE_BEST: best[:, 0, 0]})
+        shift |= deep_shift(best_before, policy.logprobs(after, best)[:, 0].float().cpu(), columns.ORACLE_BEST)
+        row = {columns.STEP: step + 1, **diagnostics(cands, r, r_true, q.targets, cfg), columns.VALUE_LOSS: v_loss,
+               columns.GRAD_NORM: grad_norm, columns.LR: st.scheduler.get_last_lr()[0], **parts, **shift,
+               columns.BEAM_OVERLAP: float(own_mask[..., -1].sum() / own.valid.sum().clamp_min(1))}
     return distributed.mean_scalars(row)
 
 
