@@ -102,7 +102,7 @@ fig = plots.world_tree(world, user=user)
 # (`make app`, World page) offers all three.
 
 # %%
-reward_per_node = plots.node_mean(world, world.affinity([user])[0])
+reward_per_node = world.catalog.node_mean(world.affinity([user])[0])
 fig = plots.sid_sunburst(world, reward_per_node, label="mean true reward", highlight=history, target=target)
 fig = plots.sid_treemap(world, reward_per_node, label="mean true reward", highlight=history, target=target,
                         max_level=2)
@@ -125,7 +125,7 @@ def world_at(m: float):
 
 
 for m in (0.0, 1.0):
-    logged = plots.node_logsumexp(world_at(m), world_at(m).logged_logprobs([user])[0])
+    logged = world_at(m).catalog.node_logsumexp(world_at(m).logged_logprobs([user])[0])
     fig = plots.sid_icicle(world, logged, cmap="cividis", label="log P_log(prefix | u)", highlight=history,
                            target=target)
     fig.axes[0].set_title(f"m = {m:g}: where the logs put user {user}'s next item")

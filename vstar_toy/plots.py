@@ -67,29 +67,9 @@ def sid_icicle(world: World, node_values: np.ndarray, ax=None, cmap="viridis", l
 
 
 def node_popularity(world: World) -> np.ndarray:
-    """log of the summed popularity of the items below each trie node (real data: item count)."""
-    cat = world.catalog
-    out = np.full(cat.n_nodes, np.nan)
-    pop = np.exp(world.log_pop) if world.log_pop is not None else np.ones(cat.n_items)
-    csum = np.concatenate([[0.0], np.cumsum(pop[cat.order])])
-    out[:] = np.log(np.maximum(csum[cat.hi] - csum[cat.lo], 1e-300))
-    return out
-
-
-def node_mean(world: World, item_values: np.ndarray) -> np.ndarray:
-    """Mean of per-item values below each trie node."""
-    cat = world.catalog
-    csum = np.concatenate([[0.0], np.cumsum(np.asarray(item_values, dtype=float)[cat.order])])
-    return (csum[cat.hi] - csum[cat.lo]) / (cat.hi - cat.lo)
-
-
-def node_logsumexp(world: World, item_logp: np.ndarray) -> np.ndarray:
-    """log sum exp of per-item log-probabilities below each trie node: a prefix's probability mass."""
-    cat = world.catalog
-    x = np.asarray(item_logp, dtype=float)[cat.order]
-    m = x.max()
-    csum = np.concatenate([[0.0], np.cumsum(np.exp(x - m))])
-    return np.log(np.maximum(csum[cat.hi] - csum[cat.lo], 1e-300)) + m
+    """log of the summed popularity of the items below each trie node (real data: log of the item count)."""
+    log_pop = world.log_pop if world.log_pop is not None else np.zeros(world.catalog.n_items)
+    return world.catalog.node_logsumexp(log_pop)
 
 
 def world_tree(world: World, user: int | None = None):
@@ -101,7 +81,7 @@ def world_tree(world: World, user: int | None = None):
     axes[0, 0].set_title(f"{world.name}: the SID tree, coloured by popularity (exposure)")
     if user is not None:
         history = world.histories[user][world.histories[user] >= 0]
-        sid_icicle(world, node_mean(world, world.affinity([user])[0]), ax=axes[1, 0], cmap="viridis",
+        sid_icicle(world, world.catalog.node_mean(world.affinity([user])[0]), ax=axes[1, 0], cmap="viridis",
                    label="mean true reward a(u, i)", highlight=history, target=int(world.targets[user]))
         axes[1, 0].set_title(f"user {user}: true reward below each prefix; the history outlined in red, the ground "
                              "truth y* in thick black")
@@ -493,4 +473,134 @@ def training_curves(logs: dict[str, pd.DataFrame], panels: dict[str, list[tuple[
     fig.legend([plt.Line2D([], [], color=f"C{i}", lw=2) for i in range(len(logs))], list(logs),
                loc="outside upper center", ncol=min(len(logs), 4), fontsize=9, frameon=False,
                title=title or None, title_fontsize=11)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# the reproduction report's figures (experiments/report.py): each reads a claim's table (one row per arm and
+# metric: mean, ci_low, ci_high, and the arm's factors as columns) or curves the report has gathered
+
+
+def _ci_err(df: pd.DataFrame) -> np.ndarray:
+    lo = (df["mean"] - df.ci_low).fillna(0).to_numpy()
+    hi = (df.ci_high - df["mean"]).fillna(0).to_numpy()
+    return np.vstack([lo, hi])
+
+
+def claim_spearman(df: pd.DataFrame):
+    """Fig. 3 in the toy (claim 6): per level, the Spearman rho with the prefix reward of log pi under each
+    policy, of V, of the cosine and of the oracle, with 95% intervals over seeds."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    series = [("SFT", "logp", "P (SFT)"), ("beam+GRPO", "logp", "P (beam+GRPO)"), ("V-STAR", "logp", "P (V-STAR)"),
+              ("V-STAR", "value", "V (V-STAR)"), ("V-STAR", "cosine", "cosine (no learning)"),
+              ("V-STAR", "oracle", "oracle (the truth)")]
+    levels = [lv for lv in range(1, 17) if f"logp_l{lv}" in set(df.metric)]
+    width = 0.8 / len(series)
+    for i, (arm, kind, label) in enumerate(series):
+        sub = df[(df.arm == arm) & df.metric.isin([f"{kind}_l{lv}" for lv in levels])]
+        if sub.empty:
+            continue
+        ax.bar(np.arange(len(sub)) + (i - (len(series) - 1) / 2) * width, sub["mean"], width, yerr=_ci_err(sub),
+               label=label, capsize=2)
+    ax.set_xticks(range(len(levels)), [f"level {lv}" for lv in levels])
+    ax.set_ylabel("Spearman rho with prefix reward")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=7)
+    ax.set_title("Fig. 3 in the toy: probability (P) and value (V) vs true reward", fontsize=9)
+    return fig
+
+
+def claim_budget(df: pd.DataFrame):
+    """Fig. 4 in the toy (claim 7): test NDCG@10 against the training-time budget, one line per decoder the
+    policy was trained with (the ``trained_with`` and ``budget_x`` columns)."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for dec, g in df[df.metric == "ndcg@10"].groupby("trained_with"):
+        g = g.sort_values("budget_x")
+        ax.errorbar(g.budget_x, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, label=f"train with {dec}")
+    ax.set_xlabel("training-time decoding budget (x of 1 + 2|C| tokens)")
+    ax.set_ylabel("test NDCG@10")
+    ax.legend(fontsize=8)
+    ax.set_title("Fig. 4 in the toy: budget scaling", fontsize=9)
+    return fig
+
+
+def claim_mismatch(df: pd.DataFrame):
+    """Claim 8: VED minus beam search as the mismatch knob turns (the ``mismatch`` column), learned value
+    solid, oracle value dashed."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for metric in ("max_reward", "ndcg@10", "reachability", "oracle max_reward"):
+        g = df[df.metric == metric].sort_values("mismatch")
+        if g.empty:
+            continue
+        oracle = metric.startswith("oracle ")
+        ax.errorbar(g.mismatch, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, ls="--" if oracle else "-",
+                    label=metric.removeprefix("oracle ") + (" (VED with the oracle value)" if oracle else ""))
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("mismatch m")
+    ax.set_ylabel("VED minus beam search")
+    ax.legend(fontsize=8)
+    ax.set_title("The VED gain as the mismatch knob turns", fontsize=9)
+    return fig
+
+
+def _bands(ax, table: pd.DataFrame, label: str, ms: int, alpha: float) -> None:
+    """One curve per arm: the mean over seeds (the columns of ``table``, indexed by step) and the band from the
+    lowest seed to the highest."""
+    ax.plot(table.index, table.mean(axis=1), marker="o", ms=ms, label=label)
+    ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), alpha=alpha)
+
+
+def seed_curves(curves: dict[str, dict[str, pd.DataFrame]], ylabels: dict[str, str], title: str):
+    """The report's learning curves: one panel per log column of ``curves`` ({column: {arm: (step x seed)
+    table}}), each arm's mean over seeds and its min-max band."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    for ax, (col, arms) in zip(axes[0], curves.items()):
+        for arm, table in arms.items():
+            _bands(ax, table, arm, 3, 0.2)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(f"validation {ylabels[col]}")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def horizon_curves(curves: dict[float, dict[str, dict[int, pd.DataFrame]]]):
+    """Claim 10's learning curves: per mismatch (columns), the validation mean true reward by beam search
+    (top) and the same users decoded by VED (bottom) at every evaluation of each arm's runs ({m: {arm: {seed:
+    log}}}), the mean over the seeds and the band from the lowest to the highest; a run that stopped (its
+    curve was flat) counts with its last value from then on (the policy it ended with), so a mean never shows
+    only the survivors."""
+    fig, axes = plt.subplots(2, len(curves), figsize=(5 * len(curves), 6.4), squeeze=False, sharex="col")
+    for j, (m, arms) in enumerate(curves.items()):
+        for i, (col, label) in enumerate(((columns.VALID_MEAN_REWARD, "beam search"),
+                                          (columns.VALID_VED_MEAN_REWARD, "VED"))):
+            ax = axes[i, j]
+            for name, per_seed in arms.items():
+                series = {s: log.set_index(columns.STEP)[col].dropna() for s, log in per_seed.items() if col in log}
+                if not series or all(v.empty for v in series.values()):
+                    continue
+                _bands(ax, pd.concat(series, axis=1).ffill(), name, 2, 0.15)  # a stopped run keeps its policy
+            ax.set_title(f"m = {m:g}: validation, decoded by {label}", fontsize=9)
+            ax.set_ylabel("mean true reward")
+            if i == 1:
+                ax.set_xlabel("RL step")
+            ax.legend(fontsize=6)
+    n = max(len(per_seed) for arms in curves.values() for per_seed in arms.values())
+    fig.suptitle(f"Claim 10: training to the horizon ({n} seeds: mean and min-max band)", fontsize=10)
+    return fig
+
+
+def advantage_spread(spreads: dict[str, tuple[np.ndarray, np.ndarray]]):
+    """Histograms, per decoder, of the per-query within-parent spread of node advantages under GRPO's global
+    normalisation and under Sibling-GRPO's (``spreads``: {decoder: (global, sibling)}, NaN where undefined)."""
+    fig, axes = plt.subplots(1, len(spreads), figsize=(4 * len(spreads), 3.2), sharey=True, squeeze=False)
+    bins = np.linspace(0, 1.1, 23)
+    for ax, (dec, (g, sib)) in zip(axes[0], spreads.items()):
+        ax.hist(g[~np.isnan(g)], bins=bins, alpha=0.7, label="GRPO (global sigma)")
+        ax.hist(sib[~np.isnan(sib)], bins=bins, alpha=0.7, label="Sibling-GRPO")
+        ax.set_title(f"{dec} candidates", fontsize=9)
+        ax.set_xlabel("within-parent spread of node advantages")
+    axes[0, 0].set_ylabel("queries")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Advantage compression: what shrinks under global normalisation", fontsize=9)
     return fig

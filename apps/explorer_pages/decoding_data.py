@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from vstar_toy import metrics, plots
+from vstar_toy import metrics
 from vstar_toy.decoding import beam_search, decode
 from vstar_toy.evaluate import scorers, value_quality
 from vstar_toy.values import make_value
@@ -28,7 +28,7 @@ def _tree_frame(world: World, cands, user: int, prefix_values: dict[str, float] 
     for d in range(1, world.catalog.levels + 1):
         at = tree.depth == d
         cat_node[at] = world.catalog.node_of(tree.sid[at, :d])
-    df["true_reward"] = plots.node_mean(world, world.affinity([user])[0])[cat_node]
+    df["true_reward"] = world.catalog.node_mean(world.affinity([user])[0])[cat_node]
     if prefix_values is not None:
         df["value"] = df["value"].fillna(df["sid"].map(prefix_values))
     return df

@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 from vstar_toy import plots
-from vstar_toy.world import World
+from vstar_toy.world import Catalog, World
 
 from . import data, world_data
 from .common import Settings, show, show_source, what_to_look_at
@@ -75,4 +75,4 @@ def page(settings: Settings) -> None:
                "moves with m, the true reward does not")
     st.dataframe(world_data.user_items(settings.preset, view.mismatch, settings.user), hide_index=True)
     show_source(settings, [World.build, World.spearman_exposure_reward, World.logged_logprobs, plots.node_popularity,
-                           plots.node_mean, plots.node_logsumexp, LAYOUTS[view.layout], plots.mismatch_curve])
+                           Catalog.node_mean, Catalog.node_logsumexp, LAYOUTS[view.layout], plots.mismatch_curve])

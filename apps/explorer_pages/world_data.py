@@ -31,8 +31,8 @@ def node_colours(preset_name: str, mismatch: float, user: int, colour: str) -> n
     if colour == "popularity":
         return plots.node_popularity(w)
     if colour == "true reward":
-        return plots.node_mean(w, w.affinity([user])[0])
-    return plots.node_logsumexp(w, w.logged_logprobs([user])[0])
+        return w.catalog.node_mean(w.affinity([user])[0])
+    return w.catalog.node_logsumexp(w.logged_logprobs([user])[0])
 
 
 @st.cache_data(show_spinner=False)

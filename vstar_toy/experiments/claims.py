@@ -201,8 +201,8 @@ def claim_6(runner: Runner) -> pd.DataFrame:
                 per_seed[arm].pop(f"{k}_l{i + 1}")
 
     def judge(metric):
-        comps = [{"a": f"V-STAR value_l{i + 1}", "b": f"V-STAR logp_l{i + 1}", "metric": "spearman",
-                  **compare(per_seed["V-STAR"][f"value_l{i + 1}"], per_seed["V-STAR"][f"logp_l{i + 1}"])}
+        comps = [Comparison.of(f"V-STAR value_l{i + 1}", f"V-STAR logp_l{i + 1}", "spearman",
+                               per_seed["V-STAR"][f"value_l{i + 1}"], per_seed["V-STAR"][f"logp_l{i + 1}"])
                  for i in range(levels)]
         return comps + _chain(per_seed, ["V-STAR", "beam+GRPO", "SFT"], "logp_mean")
 

@@ -1,4 +1,4 @@
-"""``report.md`` and its figures from the claims' DataFrames.
+"""``report.md`` and its figures from the claims' DataFrames (the figures drawn by ``plots.py``).
 
 Figures: a Fig. 3-like chart of Spearman per level (claim 6), a Fig. 4-like budget-scaling chart
 (claim 7), the mismatch sweep (claim 8), learning curves of the RL runs (validation true reward and
@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
+from .. import plots
 from ..baselines import KS, baselines_table
 from ..config import DecodeConfig
 from ..decoding import decode
@@ -64,136 +64,50 @@ def comparison_table(df: pd.DataFrame) -> str:
         columns=["verdict", "comparison", "metric", "mean difference [95% CI]", "detectable", "verdict"]))
 
 
-def _ci_err(df: pd.DataFrame) -> np.ndarray:
-    lo = (df["mean"] - df.ci_low).fillna(0).to_numpy()
-    hi = (df.ci_high - df["mean"]).fillna(0).to_numpy()
-    return np.vstack([lo, hi])
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def fig_spearman(df: pd.DataFrame, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    series = [("SFT", "logp", "P (SFT)"), ("beam+GRPO", "logp", "P (beam+GRPO)"), ("V-STAR", "logp", "P (V-STAR)"),
-              ("V-STAR", "value", "V (V-STAR)"), ("V-STAR", "cosine", "cosine (no learning)"),
-              ("V-STAR", "oracle", "oracle (the truth)")]
-    levels = sorted({int(m.split("_l")[1]) for m in df.metric if "_l" in m})
-    width = 0.8 / len(series)
-    for i, (arm, kind, label) in enumerate(series):
-        sub = df[(df.arm == arm) & df.metric.isin([f"{kind}_l{lv}" for lv in levels])]
-        if sub.empty:
-            continue
-        ax.bar(np.arange(len(sub)) + (i - (len(series) - 1) / 2) * width, sub["mean"], width, yerr=_ci_err(sub),
-               label=label, capsize=2)
-    ax.set_xticks(range(len(levels)), [f"level {lv}" for lv in levels])
-    ax.set_ylabel("Spearman rho with prefix reward")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.legend(fontsize=7)
-    ax.set_title("Fig. 3 in the toy: probability (P) and value (V) vs true reward", fontsize=9)
-    _save(fig, path)
-
-
-def fig_budget(df: pd.DataFrame, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    sub = df[df.metric == "ndcg@10"]
-    for dec, g in sub.groupby("trained_with"):
-        g = g.sort_values("budget_x")
-        ax.errorbar(g.budget_x, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, label=f"train with {dec}")
-    ax.set_xlabel("training-time decoding budget (x of 1 + 2|C| tokens)")
-    ax.set_ylabel("test NDCG@10")
-    ax.legend(fontsize=8)
-    ax.set_title("Fig. 4 in the toy: budget scaling", fontsize=9)
-    _save(fig, path)
-
-
-def fig_mismatch(df: pd.DataFrame, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for metric in ("max_reward", "ndcg@10", "reachability", "oracle max_reward"):
-        g = df[df.metric == metric].copy()
-        if g.empty:
-            continue
-        g = g.sort_values("mismatch")
-        oracle = metric.startswith("oracle ")
-        ax.errorbar(g.mismatch, g["mean"], yerr=_ci_err(g), marker="o", capsize=3, ls="--" if oracle else "-",
-                    label=metric.removeprefix("oracle ") + (" (VED with the oracle value)" if oracle else ""))
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xlabel("mismatch m")
-    ax.set_ylabel("VED minus beam search")
-    ax.legend(fontsize=8)
-    ax.set_title("The VED gain as the mismatch knob turns", fontsize=9)
-    _save(fig, path)
-
-
 CURVES = (BEAM_GRPO, VSTAR)  # the arms whose learning curves the report draws
 DIAGNOSTICS = (columns.REWARD, columns.ZERO_VAR_SHARE, columns.SIBLING_SIGNAL_SHARE, columns.LOSS_KL,
                columns.GRAD_NORM, columns.entropy(1), columns.VALUE_LOSS, columns.moved(columns.SFT_TOP),
                columns.moved(columns.ORACLE_BEST), columns.pushed(columns.ORACLE_BEST), columns.BEAM_OVERLAP)
 
 
-def fig_learning_curves(runner: Runner, path: Path) -> bool:
-    """Validation mean true reward and NDCG@10 (beam search) per step of the RL runs of claim 1's two
-    trained arms, from the SFT policy at step 0: the mean over seeds, the band from the lowest to the
-    highest seed. False if none ran."""
+def learning_curves(runner: Runner) -> dict[str, dict[str, pd.DataFrame]]:
+    """Validation mean true reward and NDCG@10 (beam search) per step of the RL runs of claim 1's two trained
+    arms (``CURVES``), from the SFT policy at step 0: {column: {arm: (step x seed) table}}; empty if none ran."""
     logs = {arm.name: runner.train_logs.get((arm, None), {}) for arm in CURVES}
     if not any(logs.values()):
-        return False
+        return {}
     start = {}  # seed -> the SFT policy's numbers on the validation users the runs are evaluated on
     for seed in sorted({s for per_seed in logs.values() for s in per_seed}):
         cfg = runner.config(seed)
         val = runner.world(seed).queries("valid", n=cfg.rl.eval_queries, seed=cfg.rl.seed)
         m, _ = evaluate(runner.world(seed), runner.sft(seed), val, cfg.decode.beam_at_1x())
         start[seed] = {columns.VALID_MEAN_REWARD: m["mean_reward"], columns.VALID_NDCG10: m["ndcg@10"]}
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for ax, col, label in zip(axes, (columns.VALID_MEAN_REWARD, columns.VALID_NDCG10), ("mean true reward", "NDCG@10")):
+    curves: dict[str, dict[str, pd.DataFrame]] = {}
+    for col in (columns.VALID_MEAN_REWARD, columns.VALID_NDCG10):
         for arm, per_seed in logs.items():
-            if not per_seed:
-                continue
-            curves = pd.concat({s: pd.concat([pd.Series({0: start[s][col]}), log.set_index(columns.STEP)[col].dropna()])
-                                for s, log in per_seed.items() if col in log}, axis=1)
-            if curves.empty:
-                continue
-            mean = curves.mean(axis=1)
-            ax.plot(curves.index, mean, marker="o", ms=3, label=arm)
-            ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1), alpha=0.2)
-        ax.set_xlabel("RL step")
-        ax.set_ylabel(f"validation {label}")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Learning curves ({len(next(v for v in logs.values() if v))} seeds: mean and min-max band)",
-                 fontsize=9)
-    _save(fig, path)
-    return True
+            table = pd.concat({s: pd.concat([pd.Series({0: start[s][col]}), log.set_index(columns.STEP)[col].dropna()])
+                               for s, log in per_seed.items() if col in log}, axis=1) if per_seed else pd.DataFrame()
+            if not table.empty:
+                curves.setdefault(col, {})[arm] = table
+    return curves
 
 
-def fig_horizon(df: pd.DataFrame, path: Path) -> None:
-    """Claim 10's learning curves: per mismatch (columns), the validation mean true reward by beam search
-    (top) and the same users decoded by VED (bottom) at every evaluation of each arm's runs, the mean over
-    the seeds and the band from the lowest to the highest; a run that stopped (its curve was flat) counts
-    with its last value from then on (the policy it ended with), so a mean never shows only the survivors."""
-    curves = df.attrs["curves"]
-    fig, axes = plt.subplots(2, len(curves), figsize=(5 * len(curves), 6.4), squeeze=False, sharex="col")
-    for j, (m, arms) in enumerate(curves.items()):
-        for i, (col, label) in enumerate(((columns.VALID_MEAN_REWARD, "beam search"),
-                                          (columns.VALID_VED_MEAN_REWARD, "VED"))):
-            ax = axes[i, j]
-            for name, per_seed in arms.items():
-                series = {s: log.set_index(columns.STEP)[col].dropna() for s, log in per_seed.items() if col in log}
-                if not series or all(v.empty for v in series.values()):
-                    continue
-                table = pd.concat(series, axis=1).ffill()  # a stopped run keeps the policy it ended with
-                ax.plot(table.index, table.mean(axis=1), marker="o", ms=2, label=name)
-                ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), alpha=0.15)
-            ax.set_title(f"m = {m:g}: validation, decoded by {label}", fontsize=9)
-            ax.set_ylabel("mean true reward")
-            if i == 1:
-                ax.set_xlabel("RL step")
-            ax.legend(fontsize=6)
-    n = max(len(per_seed) for arms in curves.values() for per_seed in arms.values())
-    fig.suptitle(f"Claim 10: training to the horizon ({n} seeds: mean and min-max band)", fontsize=10)
-    _save(fig, path)
+def advantage_spreads(runner: Runner, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per query, the within-parent spread of node advantages under GRPO's global normalisation and under
+    Sibling-GRPO's, on the SFT policy's beam and VED candidate sets with the training reward:
+    {decoder: (global, sibling)}."""
+    w, policy, head = runner.world(seed), runner.sft(seed), runner.value(seed)
+    q = runner.test_queries(seed).take(slice(0, 256))
+    cfg = runner.config(seed)
+    out = {}
+    for dec in ("beam", "ved"):
+        with torch.no_grad():
+            c = decode(policy, q.histories, DecodeConfig(decoder=dec, seed=seed), head)
+        r = torch.as_tensor(rewards(w, cfg.rl.reward, q.users, q.targets, c.items.numpy(), c.logp.numpy()),
+                            dtype=torch.float32)
+        s = sibling_contrast(c.sids.clamp_min(0), r, cfg.rl.adv_eps, c.valid, cfg.rl.adv_ddof)
+        out[dec] = (s["global"].numpy(), s["sibling"].numpy())
+    return out
 
 
 def diagnostics_table(runner: Runner) -> str:
@@ -213,34 +127,6 @@ def diagnostics_table(runner: Runner) -> str:
         rows.append([f"{name} ({len(per_seed)} seeds)", *cells])
     return markdown_table(pd.DataFrame(rows, columns=["RL arm (decoder, budget, value, objective, options; m)",
                                                       *DIAGNOSTICS]))
-
-
-def fig_advantage_spread(runner: Runner, path: Path, seed: int = 0) -> dict:
-    """Per-query within-parent spread of node advantages, global (GRPO) vs sibling normalisation, on
-    the SFT policy's VED and beam candidate sets with the training reward. Returns the means."""
-    w, policy, head = runner.world(seed), runner.sft(seed), runner.value(seed)
-    q = runner.test_queries(seed).take(slice(0, 256))
-    cfg = runner.config(seed)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
-    means = {}
-    for ax, dec in zip(axes, ("beam", "ved")):
-        with torch.no_grad():
-            c = decode(policy, q.histories, DecodeConfig(decoder=dec, seed=seed), head)
-        r = torch.as_tensor(rewards(w, cfg.rl.reward, q.users, q.targets, c.items.numpy(), c.logp.numpy()),
-                            dtype=torch.float32)
-        s = sibling_contrast(c.sids.clamp_min(0), r, cfg.rl.adv_eps, c.valid, cfg.rl.adv_ddof)
-        g, sib = s["global"].numpy(), s["sibling"].numpy()
-        bins = np.linspace(0, 1.1, 23)
-        ax.hist(g[~np.isnan(g)], bins=bins, alpha=0.7, label="GRPO (global sigma)")
-        ax.hist(sib[~np.isnan(sib)], bins=bins, alpha=0.7, label="Sibling-GRPO")
-        ax.set_title(f"{dec} candidates", fontsize=9)
-        ax.set_xlabel("within-parent spread of node advantages")
-        means[dec] = {"global": float(np.nanmean(g)), "sibling": float(np.nanmean(sib))}
-    axes[0].set_ylabel("queries")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Advantage compression: what shrinks under global normalisation", fontsize=9)
-    _save(fig, path)
-    return means
 
 
 # The paper's numbers on Amazon Office Products (Tables 1, 2 and 6), shown beside ours on that data.
@@ -309,18 +195,25 @@ def write_report(frames: list[pd.DataFrame], runner: Runner, out: Path, header: 
         "claim", "paper metric", "verdict", "true-reward measure", "verdict",
         "values on the true-reward measure (mean over seeds)"])))
     by_id = {df.attrs["claim"]: df for df in frames}
-    figures = {6: ("spearman.png", fig_spearman), 7: ("budget_scaling.png", fig_budget),
-               8: ("mismatch_sweep.png", fig_mismatch), 10: ("horizon.png", fig_horizon)}
+    figures = {6: ("spearman.png", plots.claim_spearman), 7: ("budget_scaling.png", plots.claim_budget),
+               8: ("mismatch_sweep.png", plots.claim_mismatch),
+               10: ("horizon.png", lambda df: plots.horizon_curves(df.attrs["curves"]))}
     for df in frames:
         a = df.attrs
         lines.append(f"\n## Claim {a['claim']}: {a['title']}\n\nPaper verdict ({a['metric']}): **{a['verdict']}**; "
                      f"truth verdict ({a['metric_truth']}): **{a['verdict_truth']}**. {a.get('note', '')}\n\n")
         lines.append(claim_table(df) + "\n" + comparison_table(df))
         if a["claim"] in figures:
-            name, fn = figures[a["claim"]]
-            fn(df, out / name)
+            name, draw = figures[a["claim"]]
+            plots.save(draw(df), out / name)
             lines.append(f"\n![]({name})\n")
-    if fig_learning_curves(runner, out / "learning_curves.png"):
+    curves = learning_curves(runner)
+    if curves:
+        n_seeds = max(t.shape[1] for arms in curves.values() for t in arms.values())
+        plots.save(plots.seed_curves(curves, {columns.VALID_MEAN_REWARD: "mean true reward",
+                                              columns.VALID_NDCG10: "NDCG@10"},
+                                     f"Learning curves ({n_seeds} seeds: mean and min-max band)"),
+                   out / "learning_curves.png")
         lines.append("\n## Learning curves\n\nValidation users, beam search, every `eval_every` steps of the RL "
                      "runs of claim 1, from the SFT policy at step 0 (mean over seeds; the band spans the lowest "
                      "and the highest seed).\n\n"
@@ -335,7 +228,10 @@ def write_report(frames: list[pd.DataFrame], runner: Runner, out: Path, header: 
                      "group's advantage mass on the best code's branch, and the share of the policy's own beam set "
                      "inside the group.\n\n" + diagnostics_table(runner))
     if any(c in by_id for c in (1, 4)):
-        means = fig_advantage_spread(runner, out / "advantage_spread.png")
+        spreads = advantage_spreads(runner)
+        plots.save(plots.advantage_spread(spreads), out / "advantage_spread.png")
+        means = {d: {"global": float(np.nanmean(g)), "sibling": float(np.nanmean(sib))}
+                 for d, (g, sib) in spreads.items()}
         lines.append("\n## Advantage compression (Eq. 3-4, Sec. 4.3)\n\nWithin every parent with two or more "
                      "child nodes, the spread of node advantages: GRPO's global normalisation against "
                      "Sibling-GRPO's (seed 0, SFT policy, training reward). Means: "

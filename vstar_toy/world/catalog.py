@@ -355,11 +355,20 @@ class Catalog:
             out.append(node)
         return torch.stack(out, -1)
 
-    def prefix_logsumexp(self, logp: np.ndarray, level: int) -> np.ndarray:
-        """log sum exp of per-item log-probabilities (..., N) below each depth-``level`` node."""
-        nodes = self.nodes_at(level)
+    def node_logsumexp(self, logp: np.ndarray) -> np.ndarray:
+        """log sum exp of per-item log-probabilities (..., N) below every trie node: (..., n_nodes), a
+        prefix's probability mass (the root's: the whole catalog's).
+
+        >>> cat = Catalog.from_sids(np.array([[0, 0], [0, 1], [1, 0]]), np.eye(3), (2, 2))
+        >>> np.exp(cat.node_logsumexp(np.log([0.2, 0.3, 0.5]))).round(6).tolist()
+        [1.0, 0.5, 0.5, 0.2, 0.3, 0.5]
+        """
         x = np.asarray(logp, dtype=np.float64)[..., self.order]
         m = x.max(-1, keepdims=True)
         csum = np.concatenate([np.zeros(x.shape[:-1] + (1,)), np.cumsum(np.exp(x - m), -1)], -1)
-        lo, hi = self.lo[nodes], self.hi[nodes]
-        return np.log(np.maximum(csum[..., hi] - csum[..., lo], 1e-300)) + m
+        return np.log(np.maximum(csum[..., self.hi] - csum[..., self.lo], 1e-300)) + m
+
+    def prefix_logsumexp(self, logp: np.ndarray, level: int) -> np.ndarray:
+        """log sum exp of per-item log-probabilities (..., N) below each depth-``level`` node, in the order of
+        :meth:`nodes_at`."""
+        return self.node_logsumexp(logp)[..., self.nodes_at(level)]
