@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from vstar_toy import plots
+from vstar_toy.config import RLConfig, field_docs
 from vstar_toy.rl import advantages as adv
 
 from . import advantages_data
@@ -51,7 +52,7 @@ def advantages_ui(settings: Settings) -> tuple[pd.DataFrame, float, int]:
     kind = st.selectbox("reward R(x, y)", list(REWARDS), format_func=REWARDS.get, key="adv_reward", disabled=toy)
     eps = st.select_slider("epsilon (Eq. 2 and 18)", EPS, value=adv.EPS, key="adv_eps")
     ddof = st.radio("sigma", [1, 0], format_func=SIGMAS.get, horizontal=True, key="adv_ddof",
-                    help="the standard deviation of Eq. 2 and Eq. 18 (rl/advantages.py, Conventions)")
+                    help=field_docs(RLConfig)["adv_ddof"])
     if toy:
         base = TOY
     else:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from vstar_toy import metrics, plots
-from vstar_toy.config import PRIORITIES
+from vstar_toy.config import PRIORITIES, DecodeConfig, field_docs
 from vstar_toy.decoding import beam_search, budget_tokens, ved_decode
 from vstar_toy.decoding.ved import priority
 from vstar_toy.policy.value import ValueHead
@@ -37,19 +37,21 @@ VALUES = {"learned": "V_phi (learned by TD)", "oracle": "the world's oracle (tru
 def decoding_ui(settings: Settings) -> DecodeView:
     d = data.config(settings.preset).decode
     c1, c2 = st.columns([3, 2])
+    doc = field_docs(DecodeConfig)  # the knobs' help: the config fields' own docs
     budget_x = c1.slider("budget (multiples of beam search's 1x = 1 + (L-1)|C| forward tokens)", 1.0, 4.0, 1.0, 0.5,
-                         key="budget_x")
+                         key="budget_x", help=doc["budget_x"])
     colour = c2.selectbox("colour nodes by", list(COLOURS), format_func=COLOURS.get, key="tree_colour")
     value = st.radio("VED ranks prefixes by", list(VALUES), format_func=VALUES.get, horizontal=True, key="value",
                      help="The oracle shows what VED does with a perfect value: the gap to it is the value's, not "
                           "the search's.")
     with st.expander("VED's knobs"):
         k1, k2, k3, k4 = st.columns(4)
-        warm_beam = k1.slider("warm-start beam b0", 1, d.n_candidates - 1, d.warm_beam, key="warm_beam")
-        lam = k2.slider("lambda (Eq. 11)", 0.0, 1.0, float(d.lam), 0.05, key="lam")
-        beta = k3.slider("beta (Eq. 13)", 0.0, 1.0, float(d.beta), 0.05, key="beta")
+        warm_beam = k1.slider("warm-start beam b0", 1, d.n_candidates - 1, d.warm_beam, key="warm_beam",
+                              help=doc["warm_beam"])
+        lam = k2.slider("lambda (Eq. 11)", 0.0, 1.0, float(d.lam), 0.05, key="lam", help=doc["lam"])
+        beta = k3.slider("beta (Eq. 13)", 0.0, 1.0, float(d.beta), 0.05, key="beta", help=doc["beta"])
         rule = k4.radio("priority rule (Table 3)", PRIORITIES, index=PRIORITIES.index(d.priority), horizontal=True,
-                        key="priority")
+                        key="priority", help=doc["priority"])
     return DecodeView(budget_x, warm_beam, lam, beta, rule, colour, value)
 
 

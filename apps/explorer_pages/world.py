@@ -8,6 +8,7 @@ import numpy as np
 import streamlit as st
 
 from vstar_toy import plots
+from vstar_toy.config import WorldConfig, field_docs
 from vstar_toy.world import Catalog, World
 
 from . import data, world_data
@@ -34,7 +35,7 @@ def world_ui(settings: Settings) -> WorldView:
     cfg = data.config(settings.preset).world
     c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
     mismatch = c1.slider("mismatch m", 0.0, 1.0, float(cfg.mismatch), 0.05, key="mismatch",
-                         help="logged next items follow (1 - m) * true affinity / tau + m * log popularity")
+                         help=field_docs(WorldConfig)["mismatch"])
     layout = c2.radio("layout", list(LAYOUTS), horizontal=True, key="layout")
     colour = c3.selectbox("colour by", list(COLOURS), index=1, key="colour")
     depth = c4.slider("levels shown", 1, cfg.levels, cfg.levels, key="depth")
