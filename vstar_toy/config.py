@@ -9,7 +9,9 @@ field, the value and the valid range, e.g.::
     ...
     vstar_toy.config.ConfigError: WorldConfig.mismatch = 1.5 is invalid: expected a number in [0, 1]
 
-Named presets at the bottom (``presets.cpu_demo()``, ``presets.paper()`` ...) bundle the stages
+A field that names one of a few options has a ``Literal`` type: its choices are declared there once
+(``choices``), checked on construction and offered by the command line. Named presets at the bottom
+(``presets.cpu_demo()``, ``presets.paper()`` ...) bundle the stages
 into one :class:`Config` and say in one line why their values are what they are.
 """
 
@@ -216,7 +218,6 @@ class PolicyConfig:
 
 
 SFTSchedule = Literal["constant", "cosine"]
-SFT_SCHEDULES = get_args(SFTSchedule)
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ class SFTConfig:
     eval_queries: int = 300
     """Validation users scored per epoch (HR@10 by beam search), >= 1."""
     schedule: SFTSchedule = "constant"
-    """The learning rate over training (``SFT_SCHEDULES``): "constant", or "cosine" (decayed to 0 by the last
+    """The learning rate over training: "constant", or "cosine" (decayed to 0 by the last
     step of ``epochs``, Loshchilov & Hutter 2017), each after ``warmup_steps`` of linear warm-up."""
     warmup_steps: int = 0
     """Optimiser steps of linear warm-up from 0 to ``lr``, >= 0."""
@@ -256,7 +257,6 @@ class SFTConfig:
 
 
 SeqRecKind = Literal["sasrec", "gru4rec"]
-SEQREC_KINDS = get_args(SeqRecKind)
 
 
 @dataclass(frozen=True)
@@ -315,9 +315,7 @@ policy"): the variant with the best validation HR@10, run for the epochs its val
 
 
 ValueInputs = Literal["semantic", "backbone"]
-VALUE_INPUTS = get_args(ValueInputs)
 ValueUser = Literal["mean", "mean+last"]
-VALUE_USERS = get_args(ValueUser)
 
 
 @dataclass(frozen=True)
@@ -377,14 +375,12 @@ class ValueConfig:
 Priority = Literal["G", "V", "H"]
 PRIORITIES = get_args(Priority)
 RootGate = Literal["open", "closed"]
-ROOT_GATES = get_args(RootGate)
 Decoder = Literal["beam", "topk", "temperature", "ved", "reranked"]
 DECODER_NAMES = get_args(Decoder)
 """The decoders a ``DecodeConfig`` may name; ``vstar_toy.decoding.DECODERS`` registers one function for each
 (and checks that it does)."""
 VALUE_DECODERS = ("ved", "reranked")  # the decoders that rank prefixes by a value
 Rank = Literal["value", "logp"]
-RANKS = get_args(Rank)
 ValueKind = Literal["learned", "oracle", "logp", "cosine"]
 VALUE_KINDS = get_args(ValueKind)
 """What a value decoder ranks prefixes by (``values.make_value``): V_phi, the world's true prefix value, log pi or
@@ -479,19 +475,13 @@ OBJECTIVES = get_args(Objective)
 SiblingNorm = Literal["tokens", "candidates"]
 SIBLING_NORMS = get_args(SiblingNorm)
 Optimizer = Literal["adam", "adamw"]
-OPTIMIZERS = get_args(Optimizer)
 Reward = Literal["hit", "semantic", "affinity", "minionerec"]
 REWARDS = get_args(Reward)
 Baseline = Literal["group", "beam"]
-BASELINES = get_args(Baseline)
 Negatives = Literal["keep", "drop", "topr"]
-NEGATIVES = get_args(Negatives)
 Distill = Literal["none", "best", "awr"]
-DISTILLS = get_args(Distill)
 Critic = Literal["none", "value"]
-CRITICS = get_args(Critic)
 Group = Literal["decoder", "mix"]
-GROUPS = get_args(Group)
 KLEstimator = Literal["k3", "k1", "k2"]
 KL_ESTIMATORS = get_args(KLEstimator)
 UPDATES: dict[str, dict[str, str]] = {
