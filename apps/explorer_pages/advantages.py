@@ -15,7 +15,8 @@ from . import advantages_data
 from .common import Settings, show, show_source, what_to_look_at
 
 SIGMAS = {1: "sample (Bessel; TRL, the paper's code)", 0: "population"}
-SOURCES = ("toy: sibling-heavy set with an outlier", "VED candidates", "beam search candidates")
+SOURCES = {"toy: sibling-heavy set with an outlier": None, "VED candidates": "VED", "beam search candidates": "beam"}
+"""The candidate sets the page offers, by label: the toy set, or a decoder's set for the sidebar user."""
 REWARDS = {"affinity": "true reward a(u, y) (oracle)", "semantic": "semantic: cos(e(y), e(y*))",
            "hit": "hit: 1 if y = y*", "minionerec": "MiniOneRec: hit, else a rank penalty"}
 # A hand-made set: two clusters of near-identical siblings (rewards within 0.05 of each other) and one
@@ -46,9 +47,10 @@ def parse_set(df: pd.DataFrame) -> tuple[list[tuple[int, ...]], list[float], lis
 
 
 def advantages_ui(settings: Settings) -> tuple[pd.DataFrame, float, int]:
-    source = st.selectbox("candidate set", SOURCES, key="adv_source",
+    source = st.selectbox("candidate set", list(SOURCES), key="adv_source",
                           help="decoded sets are the sidebar user's |C| candidates at the 1x budget")
-    toy = source.startswith("toy")
+    decoder = SOURCES[source]
+    toy = decoder is None
     kind = st.selectbox("reward R(x, y)", list(REWARDS), format_func=REWARDS.get, key="adv_reward", disabled=toy)
     eps = st.select_slider("epsilon (Eq. 2 and 18)", EPS, value=adv.EPS, key="adv_eps")
     ddof = st.radio("sigma", [1, 0], format_func=SIGMAS.get, horizontal=True, key="adv_ddof",
@@ -56,7 +58,6 @@ def advantages_ui(settings: Settings) -> tuple[pd.DataFrame, float, int]:
     if toy:
         base = TOY
     else:
-        decoder = "VED" if source.startswith("VED") else "beam"
         base = advantages_data.decoded_rewards(settings.preset, settings.user, decoder, kind)
     st.caption("Edit the rewards (or the SIDs, as code-code-code), add or delete rows: everything below follows.")
     edited = st.data_editor(base, num_rows="dynamic", key=f"rewards:{settings.preset}:{settings.user}:{source}:{kind}",
