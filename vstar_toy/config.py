@@ -381,6 +381,9 @@ DECODER_NAMES = get_args(Decoder)
 (and checks that it does)."""
 VALUE_DECODERS = ("ved", "reranked")  # the decoders that rank prefixes by a value
 Rank = Literal["value", "logp"]
+BACKBONE_NAMES = ("tiny-qwen", "qwen2.5-0.5b", "qwen2.5-1.5b")
+"""The Qwen2 architectures a policy can be built on by name (``policy.qwen.BACKBONES`` holds their configs, and
+checks that it holds these)."""
 ValueKind = Literal["learned", "oracle", "logp", "cosine"]
 VALUE_KINDS = get_args(ValueKind)
 """What a value decoder ranks prefixes by (``values.make_value``): V_phi, the world's true prefix value, log pi or

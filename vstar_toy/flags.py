@@ -27,7 +27,7 @@ from typing import Annotated, Literal, get_args, get_origin, get_type_hints
 
 import typer
 
-from .config import PRESETS, UPDATES, VALUE_KINDS, Config, ConfigError, field_docs, preset
+from .config import BACKBONE_NAMES, PRESETS, UPDATES, VALUE_KINDS, Config, ConfigError, field_docs, preset
 
 STAGES: dict[str, type] = get_type_hints(Config)
 """The stages of a config by name: world, policy, sft, value, decode, rl."""
@@ -61,6 +61,7 @@ class Flag:
 
     @property
     def help(self) -> str:
+        """The field's docstring, as ``--help`` shows it."""
         # rich reads "[word]" as markup: escape the brackets the docs use for ranges and lists
         return re.sub(r"(\[[a-z#/@][^[]*?])", r"\\\1", field_docs(STAGES[self.stage])[self.field])
 
@@ -106,7 +107,8 @@ def all_flags() -> dict[tuple[str, str], Flag]:
             plain = len(stages_of[f.name]) == 1 or BARE.get(f.name) == stage
             name = RENAMED.get((stage, f.name)) or (f.name if plain else f"{stage}_{f.name}")
             flags[(stage, f.name)] = Flag(stage, f.name, "--" + name.replace("_", "-"), kinds[f.name])
-    assert len({f.flag for f in flags.values()}) == len(flags), "two config fields share a flag"
+    if len({f.flag for f in flags.values()}) != len(flags):
+        raise RuntimeError("two config fields share a flag: give one of them a stage (BARE) or a name (RENAMED)")
     return flags
 
 
@@ -134,7 +136,7 @@ def stage_options(*stages: str, aliases: dict[str, str] | None = None) -> Callab
             return fn(**options, given=given)
 
         command.__signature__ = signature.replace(parameters=own + generated)
-        command.stages = stages  # read by the tests and ``--help``'s checks
+        command.stages = stages  # which stages a command takes: read by the tests
         return command
 
     return wrap
@@ -226,8 +228,8 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="no progress bars or notes 
 PolicyDir = Annotated[Path | None, typer.Option("--policy", exists=True, file_okay=False,
                                                 help="a checkpoint from `vstar-toy sft` (default: cached)")]
 Backbone = Annotated[str | None, typer.Option(
-    "--backbone", help="a Qwen2 backbone instead of the tiny transformer: tiny-qwen, qwen2.5-0.5b, qwen2.5-1.5b "
-    "(random weights from the config) or a local checkpoint path")]
+    "--backbone", help=f"a Qwen2 backbone instead of the tiny transformer: {', '.join(BACKBONE_NAMES)} (random "
+    "weights from the config) or a local checkpoint path")]
 Data = Annotated[str | None, typer.Option(
     "--data", help="real data instead of the synthetic world: amazon18-office or a MiniOneRec directory")]
 Queries = Annotated[int | None, typer.Option("--queries", min=1, help="test users (default: all)")]

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..config import BACKBONE_NAMES
 from ..seeding import seeded
 from ..world.catalog import Catalog
 from .base import SEP, Context, SIDPolicy
@@ -61,6 +62,8 @@ BACKBONES: dict[str, dict] = {
                       rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act="silu", pad_token_id=0,
                       initializer_range=0.02),
 }
+if set(BACKBONES) != set(BACKBONE_NAMES):  # the names are declared in config (the command line offers them)
+    raise ImportError(f"policy.qwen.BACKBONES holds {sorted(BACKBONES)}; config.BACKBONE_NAMES names {BACKBONE_NAMES}")
 SEP_TOKEN = "<sid>"
 MAX_BLOCK = 64  # rows per context laid out as one block (block-diagonal masks grow as rows squared)
 
