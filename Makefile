@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "installing torch==2.13.0 (CPU)"; \
 	  $(BIN)/python -m pip install -qq torch==2.13.0; }
 	@echo "installing vstar_toy and its extras into $(VENV)"
-	@$(BIN)/python -m pip install -qq -e ".[dev,app,notebooks,qwen,text,docs]"
+	@$(BIN)/python -m pip install -qq -e ".[dev,app,notebooks,qwen,text,docs,trl]"
 	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
 	  apt="apt-get"; [ "$$(id -u)" = 0 ] || apt="sudo -n apt-get"; \
 	  echo "installing Debian's chromium for tests/test_browser.py: $$apt install -y chromium"; \
