@@ -4,7 +4,11 @@ against ``losses.policy_loss``, and three training steps that move the weights a
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +180,22 @@ def test_three_steps_change_the_weights_and_still_decode_valid_distinct_items(wo
     items = cands.items.numpy()
     assert cands.valid.all() and (items >= 0).all()
     assert all(len(set(row)) == len(row) for row in items.tolist())
+
+
+def test_two_cpu_processes_under_accelerate_launch(tmp_path):
+    """Each process decodes its own prompts' groups, the advantages come from the gathered groups and each
+    process keeps its rows, and DDP keeps the weights equal. `accelerate launch --multi_gpu` on a machine
+    without a GPU starts CPU processes on gloo (its `--cpu` flag starts one)."""
+    script = Path(__file__).with_name("trl_two_processes.py")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--mixed_precision", "no", "--main_process_port", "0", str(script), str(tmp_path / "out")]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(launch, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"rank"')]
+    assert sorted(r["rank"] for r in ranks) == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    users = [set(u for step in r["seen"] for u in step["users"]) for r in ranks]
+    assert not users[0] & users[1], "each process decodes its own prompts"
+    for r in ranks:
+        assert all(step["advantages"] == [step["rows"], 3] for step in r["seen"])  # per token, this process's rows
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]

@@ -44,7 +44,7 @@ import torch
 from ..config import DecodeConfig, RLConfig, ValueConfig
 from ..decoding import beam_search, decode
 from ..policy.base import SEP
-from ..policy.qwen import QwenPolicy
+from ..policy.qwen import QwenPolicy, sid_token_names
 from ..rl.advantages import sibling_node_advantages
 from ..rl.updates import group_advantages, negative_weights, own_prefixes, taper_negatives
 from ..world import Queries, World
@@ -117,26 +117,34 @@ def token_advantages(sids: torch.Tensor, rewards: torch.Tensor, num_generations:
 # prompts and tokens
 
 
-def sid_tokenizer(policy_tokens: list[str] | None = None):
+def sid_tokenizer(policy: QwenPolicy | None = None):
     """A Hugging Face tokenizer of the SID vocabulary, built here (nothing downloaded): ``<pad>``, ``<eos>``,
-    ``<unk>``; ``QwenPolicy`` adds ``<sid>`` and one token per (level, code) when it wraps a model. A prompt
-    string of those tokens splits at them exactly. ``policy_tokens``: tokens to add now (``sid_token_names``)."""
+    ``<unk>``, and, for a ``policy`` that holds its SID tokens already (an SFT-trained ``QwenPolicy`` built without
+    a tokenizer, e.g. ``pipeline.sft_policy(..., backbone="tiny-qwen")``), ``<sid>`` and its codes at that
+    policy's ids; without one, ``wrap_model`` adds them. A prompt string of those tokens splits at them exactly."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(WordLevel({"<pad>": 0, "<eos>": 1, "<unk>": 2}, unk_token="<unk>"))
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    if policy is not None:
+        names = sid_token_names(policy.catalog.codebook_sizes)
+        ids = policy.hf_token.tolist()  # [PAD, <sid>, codes ..] as the backbone numbers them
+        free = [i for i in range(len(ids) + 3) if i not in set(ids)][:2]
+        vocab = {"<pad>": ids[0], "<eos>": free[0], "<unk>": free[1], **dict(zip(names, ids[1:]))}
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
                                   padding_side="left")
-    if policy_tokens:
-        tok.add_tokens(policy_tokens, special_tokens=True)
+    if policy is not None:  # the SID tokens split as whole words, as added tokens do
+        tok.add_tokens(sid_token_names(policy.catalog.codebook_sizes), special_tokens=True)
     return tok
 
 
 def wrap_model(world: World, model, tokenizer) -> QwenPolicy:
     """The Qwen2 ``model`` TRL trains as a toolkit policy over ``world``'s SIDs (the same module, the same
-    weights): its SID tokens added to ``tokenizer`` and its embeddings resized where needed. Call it before the
-    trainer is built (its optimiser must see the resized embeddings)."""
+    weights): its SID tokens added to ``tokenizer`` (kept where ``sid_tokenizer(policy)`` placed them) and its
+    embeddings resized where needed. Call it before the trainer is built (its optimiser must see the resized
+    embeddings)."""
     return QwenPolicy(world.catalog, model, tokenizer).train(model.training)
 
 
@@ -213,7 +221,7 @@ class SIDRollout:
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in heads]
         histories = histories_of(pol, prompt_ids, self.world.histories.shape[1])
         q = Queries(np.full(len(heads), -1), histories, np.full(len(heads), -1))  # the decoder sees no target
-        training = pol.training  # TRL reads the mode after the rollout ("train" or "eval" metrics, buffering)
+        training = pol.model.training  # TRL reads the mode after the rollout ("train" or "eval" metrics, buffering)
         pol.eval()
         with torch.no_grad():
             value_fn = self.value_head.bind(q) if self.value_head is not None else None
@@ -318,5 +326,27 @@ def trl_config(rl: RLConfig, num_generations: int, out: str, steps: int, batch_p
     return GRPOConfig(**{**kw, **overrides})
 
 
+def train_with_trl(world: World, sft: QwenPolicy, cfg, value_head=None, out: str = "runs/trl",
+                   n_users: int | None = None, **trl_overrides) -> tuple[QwenPolicy, list[dict]]:
+    """``cfg.rl.steps`` steps of TRL's GRPOTrainer from a copy of the SFT ``QwenPolicy`` (``pipeline.sft_policy(...,
+    backbone=...)``) on ``world``'s training users (the first ``n_users``), with the toolkit's candidates
+    (``cfg.decode``; VED guided by a copy of ``value_head``, trained by TD as it goes), reward (``cfg.rl.reward``)
+    and per-token advantages (``cfg.rl``): the toolkit's loop (``rl.train.train``) run inside TRL. Returns the
+    trained policy and TRL's log (``trainer.state.log_history``)."""
+    import copy
+
+    tok = sid_tokenizer(sft)
+    model = copy.deepcopy(sft.model).train()
+    policy = wrap_model(world, model, tok)
+    head = copy.deepcopy(value_head) if value_head is not None else None
+    rollout = SIDRollout(world, policy, cfg.decode, head, cfg.value, reward=cfg.rl.reward, negatives=cfg.rl.negatives)
+    args = trl_config(cfg.rl, cfg.decode.n_candidates, out, cfg.rl.steps, cfg.rl.batch_queries, **trl_overrides)
+    trainer = vstar_trainer_class()(model=model, reward_funcs=[rollout.reward], args=args, processing_class=tok,
+                                    train_dataset=sid_prompts(world, policy, tok, "train", n=n_users),
+                                    rollout=rollout, vstar=cfg.rl)
+    trainer.train()
+    return policy.eval(), trainer.state.log_history
+
+
 __all__ = ["NOT_IN_TRL", "SIDRollout", "TESTED_WITH", "histories_of", "prompt_text", "sid_prompts", "sid_tokenizer",
-           "token_advantages", "trl_config", "vstar_trainer_class", "wrap_model"]
+           "token_advantages", "train_with_trl", "trl_config", "vstar_trainer_class", "wrap_model"]

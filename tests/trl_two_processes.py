@@ -1,0 +1,59 @@
+"""Run by tests/test_trl.py under `accelerate launch --multi_gpu --num_processes 2` on a machine without a GPU
+(two CPU processes, gloo): two steps of VStarGRPOTrainer on the
+tiny world, each process decoding its share of the prompts; prints one JSON line per process: its rank, the rows
+it decoded and the groups it computed advantages on, and a checksum of the weights after training."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from vstar_toy.config import RLConfig, presets  # noqa: E402
+from vstar_toy.integrations.trl_grpo import (  # noqa: E402
+    SIDRollout,
+    sid_prompts,
+    sid_tokenizer,
+    trl_config,
+    vstar_trainer_class,
+    wrap_model,
+)
+from vstar_toy.pipeline import build_world  # noqa: E402
+from vstar_toy.policy.qwen import BACKBONES  # noqa: E402
+
+
+def main() -> None:
+    out = sys.argv[1]
+    cfg = presets.tiny()
+    world = build_world(cfg.world)
+    tok = sid_tokenizer()
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM._from_config(Qwen2Config(**BACKBONES["tiny-qwen"]), attn_implementation="sdpa")
+    policy = wrap_model(world, model, tok)
+    rl = RLConfig(objective="joint", lr=1e-3, negatives="drop")
+    rollout = SIDRollout(world, policy, cfg.decode.beam_at_1x(4), negatives=rl.negatives)
+    seen = []
+    trainer_class = vstar_trainer_class()
+
+    class Recording(trainer_class):
+        def _generate_and_score_completions(self, inputs):
+            batch = super()._generate_and_score_completions(inputs)
+            seen.append({"rows": len(inputs), "advantages": list(batch["advantages"].shape),
+                         "users": [x["user"] for x in inputs[::self.num_generations]]})
+            return batch
+
+    trainer = Recording(model=model, reward_funcs=[rollout.reward], processing_class=tok, rollout=rollout, vstar=rl,
+                        args=trl_config(rl, 4, out, 2, 2, disable_tqdm=True),
+                        train_dataset=sid_prompts(world, policy, tok, "train", n=32))
+    trainer.train()
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    print(json.dumps({"rank": trainer.accelerator.process_index, "world_size": trainer.accelerator.num_processes,
+                      "seen": seen, "checksum": checksum}))
+
+
+if __name__ == "__main__":
+    main()
