@@ -5,8 +5,8 @@ Each field of a stage of ``Config`` is an option of every command that takes tha
 - the flag is the field's name with dashes (``RLConfig.kl_coef``: ``--kl-coef``); a name several stages
   share carries its stage (``--sft-lr``, ``--value-seed``), except where ``BARE`` gives the plain flag to
   one stage (``--seed`` is the world's, ``--lr`` the policy update's); ``RENAMED`` keeps names users know;
-- the help is the field's docstring (``config.field_docs``), the choices its ``Literal`` options
-  (``config.choices``), grouped in ``--help`` under the stage's name;
+- the help is the field's name and docstring (``config.field_docs``), the choices its ``Literal`` options
+  (``config.choices``), listed in ``--help`` stage by stage;
 - an option not given is None, so the preset's value stays (``Config.overlay``); a value out of range is
   refused by the config itself and reported under the flag the user typed (``overlay``), before any work.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -61,9 +60,9 @@ class Flag:
 
     @property
     def help(self) -> str:
-        """The field's docstring, as ``--help`` shows it."""
-        # rich reads "[word]" as markup: escape the brackets the docs use for ranges and lists
-        return re.sub(r"(\[[a-z#/@][^[]*?])", r"\\\1", field_docs(STAGES[self.stage])[self.field])
+        """What ``--help`` says of the option: the field it sets and the field's docstring."""
+        cls = STAGES[self.stage]
+        return f"{cls.__name__}.{self.field}: {field_docs(cls)[self.field]}"
 
     def annotation(self, *aliases: str) -> object:
         """The option as typer reads it from a parameter's annotation (None when not given), with ``aliases``
@@ -77,8 +76,7 @@ class Flag:
         else:  # X | None
             (kind,) = (a for a in get_args(self.kind) if a is not type(None))
         return Annotated[kind | None, typer.Option(
-            *decls, help=self.help, metavar="X,Y,..." if origin is tuple else None, show_default=False,
-            rich_help_panel=f"{self.stage} stage ({STAGES[self.stage].__name__})")]
+            *decls, help=self.help, metavar="X,Y,..." if origin is tuple else None, show_default=False)]
 
     def parse(self, raw: object) -> object:
         """The field's value from what typer passed: a tuple from "16,16,16", else the value itself."""
