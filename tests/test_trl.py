@@ -182,20 +182,27 @@ def test_three_steps_change_the_weights_and_still_decode_valid_distinct_items(wo
     assert all(len(set(row)) == len(row) for row in items.tolist())
 
 
-def test_two_cpu_processes_under_accelerate_launch(tmp_path):
-    """Each process decodes its own prompts' groups, the advantages come from the gathered groups and each
-    process keeps its rows, and DDP keeps the weights equal. `accelerate launch --multi_gpu` on a machine
-    without a GPU starts CPU processes on gloo (its `--cpu` flag starts one)."""
+def test_two_cpu_processes_under_accelerate_launch_with_a_group_across_them(tmp_path):
+    """Two processes of 6 rows, groups of 4: each step's middle group has 2 rows on each process. Both decode
+    it, each keeps its own 2 candidates (4 distinct in all), and the advantages come from the whole gathered
+    group (Eq. 2's mean over 4: the group's advantages sum to 0, its halves in general do not); DDP keeps the
+    weights equal. `accelerate launch --multi_gpu` on a machine without a GPU starts CPU processes on gloo."""
     script = Path(__file__).with_name("trl_two_processes.py")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--mixed_precision", "no", "--main_process_port", "0", str(script), str(tmp_path / "out")]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     res = subprocess.run(launch, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
-    ranks = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"rank"')]
-    assert sorted(r["rank"] for r in ranks) == [0, 1] and all(r["world_size"] == 2 for r in ranks)
-    users = [set(u for step in r["seen"] for u in step["users"]) for r in ranks]
-    assert not users[0] & users[1], "each process decodes its own prompts"
-    for r in ranks:
-        assert all(step["advantages"] == [step["rows"], 3] for step in r["seen"])  # per token, this process's rows
+    ranks = sorted((json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"rank"')),
+                   key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    for first, second in zip(ranks[0]["seen"], ranks[1]["seen"]):  # the same step on the two processes
+        assert first["shape"] == second["shape"] == [6, 3]  # per token, this process's rows
+        users = first["users"] + second["users"]
+        assert [len(set(users[i:i + 4])) for i in (0, 4, 8)] == [1, 1, 1]  # three whole groups of 4
+        assert set(first["users"]) & set(second["users"]) == {users[4]}  # the middle one spans the processes
+        middle = first["completions"][4:] + second["completions"][:2]
+        assert len({tuple(c) for c in middle}) == 4, "each process keeps its own candidates of the group"
+        adv = first["advantages"][4:] + second["advantages"][:2]
+        assert abs(sum(adv)) < 1e-4 and abs(sum(adv[:2])) > 1e-3
     assert ranks[0]["checksum"] == ranks[1]["checksum"]

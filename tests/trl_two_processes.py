@@ -1,7 +1,8 @@
 """Run by tests/test_trl.py under `accelerate launch --multi_gpu --num_processes 2` on a machine without a GPU
-(two CPU processes, gloo): two steps of VStarGRPOTrainer on the
-tiny world, each process decoding its share of the prompts; prints one JSON line per process: its rank, the rows
-it decoded and the groups it computed advantages on, and a checksum of the weights after training."""
+(two CPU processes, gloo): two steps of VStarGRPOTrainer (GRPO, groups of 4) on the tiny world with 6 rows per
+process, so that the middle group of each step spans the two processes. Prints one JSON line per process: its
+rank, per step each row's user, completion and first-token advantage, and a checksum of the weights after
+training."""
 
 import json
 import os
@@ -34,7 +35,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = Qwen2ForCausalLM._from_config(Qwen2Config(**BACKBONES["tiny-qwen"]), attn_implementation="sdpa")
     policy = wrap_model(world, model, tok)
-    rl = RLConfig(objective="joint", lr=1e-3, negatives="drop")
+    rl = RLConfig(objective="grpo", lr=1e-3, negatives="drop")
     rollout = SIDRollout(world, policy, cfg.decode.beam_at_1x(4), negatives=rl.negatives)
     seen = []
     trainer_class = vstar_trainer_class()
@@ -42,12 +43,12 @@ def main() -> None:
     class Recording(trainer_class):
         def _generate_and_score_completions(self, inputs):
             batch = super()._generate_and_score_completions(inputs)
-            seen.append({"rows": len(inputs), "advantages": list(batch["advantages"].shape),
-                         "users": [x["user"] for x in inputs[::self.num_generations]]})
+            seen.append({"users": [x["user"] for x in inputs], "completions": batch["completion_ids"].tolist(),
+                         "advantages": batch["advantages"][:, 0].tolist(), "shape": list(batch["advantages"].shape)})
             return batch
 
     trainer = Recording(model=model, reward_funcs=[rollout.reward], processing_class=tok, rollout=rollout, vstar=rl,
-                        args=trl_config(rl, 4, out, 2, 2, disable_tqdm=True),
+                        args=trl_config(rl, 4, out, 2, 2, disable_tqdm=True, per_device_train_batch_size=6),
                         train_dataset=sid_prompts(world, policy, tok, "train", n=32))
     trainer.train()
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))

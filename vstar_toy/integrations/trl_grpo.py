@@ -29,9 +29,11 @@ What carries over from the toolkit's loop, and what does not:
   no mass there, and the two agree.
 - Not carried over: the beam baseline, the value as a critic, distillation and the mixed group (each needs a
   second decode or a second term inside the loss); ``token_advantages`` refuses them with a clear error.
-- Several processes (``accelerate launch``): every process decodes its share of the prompts; the advantages
-  are computed on the gathered groups (a group never spans two processes: TRL's sampler keeps a prompt's
-  generations together) and each process keeps its rows.
+- Several processes (``accelerate launch``): every process decodes the groups of its rows; a group that spans
+  two processes is decoded on both (the same set: synchronised weights, seeded decoders) and each keeps its
+  rows' candidates; the advantages are computed on the gathered groups and each process keeps its rows. VED's
+  value head is not synchronised: each process's learns from its own groups, so with a value decoder the
+  per-device batch must hold whole groups (a clear error says so).
 """
 
 from __future__ import annotations
@@ -185,8 +187,9 @@ def histories_of(policy: QwenPolicy, token_ids: list[list[int]], length: int) ->
 
 @dataclasses.dataclass
 class Batch:
-    """What ``SIDRollout`` decoded for one call, kept for the trainer: (n, L) SIDs, (n,) valid, (n, L) own-set
-    prefixes and behaviour log-probs where the update needs them, and the candidate sets and histories for TD."""
+    """What ``SIDRollout`` decoded for one call, kept for the trainer: per row of the call (n, L) SIDs, (n,) valid,
+    (n, L) own-set prefixes and behaviour log-probs where the update needs them; per group decoded, the candidate
+    sets and histories, and ``head_rows``, the first row of each group in the call (for TD)."""
 
     sids: torch.Tensor
     valid: torch.Tensor
@@ -194,6 +197,7 @@ class Batch:
     token_logp: torch.Tensor | None
     cands: object
     histories: np.ndarray
+    head_rows: np.ndarray
 
 
 class SIDRollout:
@@ -217,10 +221,21 @@ class SIDRollout:
 
     def __call__(self, prompts: list[str], trainer) -> dict:
         g, tok, pol = trainer.num_generations, trainer.processing_class, self.policy
-        heads = prompts[::g]  # TRL repeats each prompt num_generations times, consecutively
-        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in heads]
+        # TRL repeats each prompt num_generations times, consecutively, and hands each process a contiguous
+        # slice of the generation batch: a group may begin on one process and end on the next. Each process
+        # decodes every group it holds a row of (the same set on both sides: the weights are synchronised and
+        # the decoders seeded) and keeps the candidates of its rows.
+        rows = trainer.accelerator.process_index * len(prompts) + np.arange(len(prompts))  # in the whole batch
+        member = rows % g
+        group = rows // g
+        head_rows = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        which = np.searchsorted(head_rows, np.arange(len(prompts)), side="right") - 1  # each row's group here
+        if self.value_head is not None and (member[0] != 0 or member[-1] != g - 1):
+            raise ValueError("a group spans two processes, and each process's value head learns apart: set "
+                             "per_device_train_batch_size to a multiple of num_generations for a value decoder")
+        prompt_ids = [tok(prompts[i], add_special_tokens=False)["input_ids"] for i in head_rows]
         histories = histories_of(pol, prompt_ids, self.world.histories.shape[1])
-        q = Queries(np.full(len(heads), -1), histories, np.full(len(heads), -1))  # the decoder sees no target
+        q = Queries(np.full(len(head_rows), -1), histories, np.full(len(head_rows), -1))  # no target to see
         training = pol.model.training  # TRL reads the mode after the rollout ("train" or "eval" metrics, buffering)
         pol.eval()
         with torch.no_grad():
@@ -233,18 +248,17 @@ class SIDRollout:
             if self.negatives == "topr":
                 token_logp = torch.where(cands.valid[..., None], pol.logprobs(histories, cands.sids.clamp_min(0)), 0.0)
         pol.train(training)
-        sids, valid = cands.sids.cpu(), cands.valid.cpu()
-        filled = torch.where(valid[..., None], sids, sids[:, :1])  # padding rows repeat the top candidate
+        pick = (torch.as_tensor(which), torch.as_tensor(member))  # each row's (group, candidate)
+        sids, valid = cands.sids.cpu()[pick], cands.valid.cpu()[pick]  # (n, L), (n,)
+        top = cands.sids.cpu()[:, 0][torch.as_tensor(which)]
+        filled = torch.where(valid[:, None], sids, top)  # a padding row repeats its group's top candidate
         lv = torch.arange(pol.levels)
-        completion = pol.hf_token[pol.code_token(lv, filled.to(pol.device))].cpu()  # (B, G, L) backbone ids
-        items = self.world.catalog.item_of(filled.reshape(-1, pol.levels).numpy())
-        self.last = Batch(sids.reshape(-1, pol.levels), valid.reshape(-1),
-                          None if own is None else own.reshape(-1, pol.levels).cpu(),
-                          None if token_logp is None else token_logp.reshape(-1, pol.levels).cpu(), cands, histories)
-        return {"prompt_ids": [p for p in prompt_ids for _ in range(g)],
-                "completion_ids": completion.reshape(-1, pol.levels).tolist(), "logprobs": None,
-                "item": items.tolist(),
-                "env_mask": valid.reshape(-1)[:, None].expand(-1, pol.levels).int().tolist()}  # padding: no loss
+        completion = pol.hf_token[pol.code_token(lv, filled.to(pol.device))].cpu()  # (n, L) backbone ids
+        self.last = Batch(sids, valid, None if own is None else own.cpu()[pick],
+                          None if token_logp is None else token_logp.cpu()[pick], cands, histories, head_rows)
+        return {"prompt_ids": [prompt_ids[k] for k in which], "completion_ids": completion.tolist(), "logprobs": None,
+                "item": self.world.catalog.item_of(filled.numpy()).tolist(),
+                "env_mask": valid[:, None].expand(-1, pol.levels).int().tolist()}  # padding: no loss
 
     def reward(self, prompts, completions, item, user, target, **kwargs) -> list[float]:
         """TRL's reward function: the world's reward (``RLConfig.reward``) of each completion's item for its
@@ -301,8 +315,8 @@ def vstar_trainer_class():
             n = out["completion_ids"].shape[0]
             mine = slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
             out["advantages"] = adv[mine].to(device)
-            g = self.num_generations
-            self.sid_rollout.learn_value([x["user"] for x in inputs[::g]], [x["target"] for x in inputs[::g]])
+            heads = [inputs[i] for i in last.head_rows]
+            self.sid_rollout.learn_value([x["user"] for x in heads], [x["target"] for x in heads])
             return out
 
     return VStarGRPOTrainer
