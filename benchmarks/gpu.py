@@ -9,6 +9,10 @@ a synthetic catalog of 4,000 items whose SIDs (3 levels x 256 codes) are drawn a
 
 Rows, each timed as the best of ``--repeats`` passes after one warm-up pass (seconds per batch):
 
+0. Counted, not timed (on any device; with ``--tiny`` at 64 x 16): the operators one beam search and one VED
+   search dispatch and the values they read back to the host (``vstar_toy.dispatch.Counts``), against the
+   targets of issue 34 (per beam search at most 500 operators and 4 host reads; per VED search L + 1 reads).
+
 1. ``generate(num_beams=B, num_return_sequences=B, prefix_allowed_tokens_fn=...)``, length_penalty 0
    (sequences ranked by their summed log-probs): the baseline.
 2. Our constrained beam search with ``normalize="vocab"``: the same scores as ``generate`` (log-softmax
@@ -56,6 +60,7 @@ import torch.nn.functional as F
 
 from vstar_toy.config import DecodeConfig, ValueConfig
 from vstar_toy.decoding import beam_search, decode
+from vstar_toy.dispatch import Counts
 from vstar_toy.policy.qwen import QwenPolicy
 from vstar_toy.policy.value import ValueHead
 from vstar_toy.rl.losses import policy_loss
@@ -63,6 +68,7 @@ from vstar_toy.world.catalog import Catalog
 
 FULL = dict(backbone="qwen2.5-1.5b", queries=64, beams=16, prompt_tokens=128, items=4000, levels=3, codes=256)
 TINY = dict(backbone="tiny-qwen", queries=8, beams=4, prompt_tokens=24, items=300, levels=3, codes=8)
+COUNTED = dict(queries=64, beams=16)  # the counters' batch with --tiny: the sizes the GPU targets are set at
 # the targets of issue 16 for one H100 / H200 at the FULL sizes (references measured there with these shapes)
 TARGETS = {"beam_seconds": 0.07, "beam_speedup": 15.0, "beam_256_seconds": 0.25, "ved_over_beam": 1.5,
            "train_seconds": 0.5, "train_gib": 26.0, "grad_cosine": 0.99}
@@ -248,6 +254,25 @@ def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarr
     return (res.get("beam_vocab") or res.get("beam_valid") or (None, None))[1]
 
 
+def count_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, beams: int) -> None:
+    """Row 0: what one beam search and one VED search (1x, the random head) ask of the device, counted on any
+    device (``vstar_toy.dispatch.Counts``): the operators they dispatch (each a kernel launch on a GPU) and the
+    host reads (each a synchronisation), after a warm-up pass; with ``--tiny`` at 64 queries x 16 beams."""
+    policy.normalize = "valid"
+    head = ValueHead.for_policy(policy, ValueConfig()).eval()
+    ved = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0)
+    levels = policy.catalog.levels
+    for name, fn, ops, reads in [("beam search", lambda: beam_search(policy, hist, beams), 500, 4),
+                                 ("VED search", lambda: decode(policy, hist, ved, head), None, levels + 1)]:
+        with torch.no_grad():
+            fn()  # warm-up: caches (the trie's tables, compiled kernels) are built once, not per search
+            with Counts() as c:
+                fn()
+        rows.add(f"operators per {name} ({len(hist)} x {beams})", c.ops, "count", "" if ops is None else f"<= {ops}",
+                 None if ops is None else c.ops <= ops, check=True)
+        rows.add(f"host reads per {name}", c.host_reads, "count", f"<= {reads}", c.host_reads <= reads, check=True)
+
+
 def hf_checkpointing(model, on: bool) -> None:
     """Hugging Face's activation checkpointing on or off (renamed in transformers 5.2x; both spellings work)."""
     if hasattr(model, "activation_checkpointing_enable"):
@@ -347,6 +372,8 @@ def fmt(v, unit: str) -> str:
         return f"{v:.3g} {unit}"
     if unit == "cosine":
         return f"{v:.5f}"
+    if unit == "count":
+        return f"{v:,.0f}"
     return f"{v:.2f} {unit}" if unit in ("x", "GiB") else f"{v:.4f} {unit}"
 
 
@@ -548,6 +575,9 @@ def main(argv=None) -> int:
               f"catalog {size['items']} items, {L} levels x {size['codes']} codes")
 
     rows = Rows(device)
+    counted = hist if not args.tiny else histories(dict(size, queries=COUNTED["queries"]), args.seed)[0]
+    rows.attempt("counts", functools.partial(count_rows, rows, policy, counted,
+                                             COUNTED["beams"] if args.tiny else size["beams"]))
     cands = decode_rows(rows, policy, hist, many, size["beams"], repeats, compiled=args.compile)
     if cands is not None:
         train_rows(rows, policy, hist, cands, repeats, args.seed)

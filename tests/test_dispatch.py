@@ -1,0 +1,55 @@
+"""Counting what torch code asks of the device (``vstar_toy.dispatch``): operators and host reads, and the
+decoders' counts on the tiny Qwen2 at 64 queries x 16 beams, held at or below what they were when counting began
+(issue 34's before table: benchmarks/results/cpu-tiny-2026-12-07.md), so that a change that adds launches or
+synchronisations to a decode step is seen on a CPU."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vstar_toy.config import DecodeConfig, ValueConfig
+from vstar_toy.decoding import beam_search, decode
+from vstar_toy.dispatch import Counts
+from vstar_toy.policy.value import ValueHead
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import gpu  # noqa: E402  (benchmarks/gpu.py: the benchmark's policy and histories)
+
+
+def test_each_read_counts_once_and_arithmetic_counts_per_operator():
+    x = torch.arange(4.0)
+    with Counts() as c:
+        y = x + 1  # 1
+        _ = y.cpu().numpy()  # a copy to the host: one read (the numpy() of the copy reads nothing more)
+        _ = bool(y.sum() > 0)  # sum, gt, the scalar: one read
+        _ = y.tolist()  # one read
+        _ = int(y[0])  # select, the scalar: one read
+    assert c.host_reads == 4, dict(c.by_read)
+    assert c.by_op["add"] == 1 and c.by_op["sum"] == 1 and c.by_op["gt"] == 1
+    assert torch.Tensor.item is Counts.__init__.__globals__["torch"].Tensor.item  # methods restored on exit
+    with Counts() as none:
+        pass
+    assert none.ops == 0 and none.host_reads == 0
+
+
+def test_the_decoders_do_not_ask_more_of_the_device_than_when_counting_began():
+    torch.manual_seed(0)
+    size = dict(gpu.TINY, **gpu.COUNTED)
+    policy = gpu.build(size, 0, torch.device("cpu"))
+    hist, _ = gpu.histories(size, 0)
+    head = ValueHead.for_policy(policy, ValueConfig()).eval()
+    ved = DecodeConfig(decoder="ved", n_candidates=16, warm_beam=8, budget_x=1.0)
+    counted = {}
+    with torch.no_grad():
+        for name, fn in [("beam", lambda: beam_search(policy, hist, 16)), ("ved", lambda: decode(policy, hist, ved,
+                                                                                                  head))]:
+            fn()
+            with Counts() as c:
+                out = fn()
+            counted[name] = (c.ops, c.host_reads)
+            assert out.valid.all() and np.all(out.items.numpy() >= 0)
+    # the before table (2026-12-07): beam 1,406 operators and 53 reads; VED 16,593 and 319
+    assert counted["beam"][0] <= 1406 and counted["beam"][1] <= 53, counted
+    assert counted["ved"][0] <= 16593 and counted["ved"][1] <= 319, counted
