@@ -271,6 +271,7 @@ def count_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, beams: int) -> 
         rows.add(f"operators per {name} ({len(hist)} x {beams})", c.ops, "count", "" if ops is None else f"<= {ops}",
                  None if ops is None else c.ops <= ops, check=True)
         rows.add(f"host reads per {name}", c.host_reads, "count", f"<= {reads}", c.host_reads <= reads, check=True)
+        rows.add(f"  value-dependent shapes per {name} (each a sync on a GPU)", c.shape_syncs, "count")
 
 
 def hf_checkpointing(model, on: bool) -> None:

@@ -28,13 +28,26 @@ READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "
 """The ``torch.Tensor`` methods that hand values to the host."""
 
 
+SHAPE_OPS = ("nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_consecutive", "repeat_interleave")
+"""Operators whose output shape depends on the values: on a GPU each waits for the device to learn the shape."""
+
+
+def _bool_index(args) -> bool:
+    indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+
+
 class _OpCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
+        self.shape_syncs: collections.Counter[str] = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket.__name__)] += 1
+        name = str(func.overloadpacket.__name__)
+        self.ops[name] += 1
+        if name in SHAPE_OPS or (name in ("index", "index_put", "index_put_") and _bool_index(args)):
+            self.shape_syncs[name] += 1  # x[mask]: the mask's true count sets the shape
         return func(*args, **(kwargs or {}))
 
 
@@ -45,6 +58,7 @@ class Counts(contextlib.AbstractContextManager):
     def __init__(self) -> None:
         self.by_op: collections.Counter[str] = collections.Counter()
         self.by_read: collections.Counter[str] = collections.Counter()
+        self.by_shape_sync: collections.Counter[str] = collections.Counter()
         self._saved: dict[str, object] = {}
         self._mode = _OpCounter()
         self._depth = 0
@@ -56,6 +70,12 @@ class Counts(contextlib.AbstractContextManager):
     @property
     def host_reads(self) -> int:
         return sum(self.by_read.values())
+
+    @property
+    def shape_syncs(self) -> int:
+        """Operators whose output shape depends on values (``SHAPE_OPS``, boolean-mask indexing): on a GPU each
+        synchronises as a host read does, though no value reaches Python."""
+        return sum(self.by_shape_sync.values())
 
     def _wrap(self, name: str, method):
         counts = self
@@ -90,3 +110,4 @@ class Counts(contextlib.AbstractContextManager):
         for name, method in self._saved.items():
             setattr(torch.Tensor, name, method)
         self.by_op.update(self._mode.ops)
+        self.by_shape_sync.update(self._mode.shape_syncs)
