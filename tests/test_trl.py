@@ -108,6 +108,20 @@ def test_negatives_dropped_outside_the_own_set():
     assert (adv >= 0).all() and (adv > 0).any()
 
 
+def test_topr_tapers_unlikely_negatives_and_needs_the_log_probs():
+    sids, rewards, _ = _groups(5)
+    rl = RLConfig(objective="grpo", negatives="topr")
+    with pytest.raises(ValueError, match="token_logp"):
+        token_advantages(sids, rewards, G, rl)
+    likely = token_advantages(sids, rewards, G, rl, token_logp=torch.zeros(sids.shape))  # all alike: weight 1
+    torch.testing.assert_close(likely, token_advantages(sids, rewards, G, RLConfig(objective="grpo")))
+    unlikely = torch.zeros(sids.shape)
+    unlikely[::G] = -20.0  # the first candidate of each group: pi renormalised on the group ~ 0
+    tapered = token_advantages(sids, rewards, G, rl, token_logp=unlikely)
+    first = likely[::G]
+    assert torch.all(torch.where(first < 0, tapered[::G].abs() < first.abs(), tapered[::G] == first))
+
+
 @pytest.mark.parametrize("field, value", [("baseline", "beam"), ("critic", "value"), ("distill", "best"),
                                           ("group", "mix")])
 def test_updates_outside_trls_loss_are_refused(field, value):
