@@ -35,7 +35,10 @@ def value(out: dict, as_json: bool) -> None:
 
 
 def decode(metrics: dict, as_json: bool) -> None:
-    print(json.dumps(metrics)) if as_json else _fields(metrics, 18)
+    if as_json:
+        print(json.dumps(metrics))
+    else:
+        _fields(metrics, 18)
 
 
 def train(summary: dict, as_json: bool) -> None:
