@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..policy.base import SIDPolicy, State
-from .tree import CandidateSets, TreeBuilder, budget_tokens
+from .tree import CandidateSets, TreeBuilder, budget_tokens, host_arrays
 
 NEG_INF = float("-inf")
 
@@ -85,7 +85,7 @@ def run_beam(
         query=torch.arange(q), parent=-1, depth=0, token=-1, sid=np.full((q, L), -1), logp=0.0,
         entropy=root.entropy(), evaluated=True, pruned=False,
     )
-    cost = np.ones(q, dtype=np.int64)
+    cost = torch.ones(q, dtype=torch.long, device=dev)  # read back once, after the loop
     table = torch.arange(q, device=dev)[:, None]  # (Q, W) rows into `state`; -1 = empty beam
     state = root
     score = ranker.start(q).to(dev)
@@ -128,14 +128,14 @@ def run_beam(
             with torch.no_grad():
                 level_state = policy.step(state.index(table[kq, par[kq, kb]]), code[kq, kb])
             tree.set(kept_nodes, entropy=level_state.entropy())  # H (Eq. 12) of the forwarded beams
-            cost += np.bincount(kq.cpu().numpy(), minlength=q)
+            cost += torch.bincount(kq, minlength=q)
         levels.append(
             BeamLevel(kq, kept_nodes, kept_parent, new_sid[kq, kb], new_cum[kq, kb], new_tok[kq, kb], level_state)
         )
         node_tab = torch.full((q, k), -1, dtype=torch.long, device=dev)
         node_tab[kq, kb] = torch.as_tensor(kept_nodes, device=dev)
         table, state, score, cum, tok_lp, sid = new_table, level_state, top_s, new_cum, new_tok, new_sid
-    return BeamTrace(root, root_node, levels, table, score, cost, tree)
+    return BeamTrace(root, root_node, levels, table, score, cost.cpu().numpy(), tree)
 
 
 def _add_pruned(tree: TreeBuilder, lvl: int, child_cum: torch.Tensor, top_i: torch.Tensor, keep: torch.Tensor,
@@ -162,26 +162,24 @@ def candidates_from_trace(trace: BeamTrace, policy: SIDPolicy, n_candidates: int
     q, w = trace.table.shape
     L = policy.levels
     c = n_candidates
-    sids = torch.full((q, c, L), -1, dtype=torch.long)
-    tok = torch.zeros(q, c, L)
-    logp = torch.full((q, c), NEG_INF)
-    rank_key = torch.where(trace.table >= 0, trace.score, torch.full_like(trace.score, NEG_INF))
+    filled = trace.table >= 0
+    rank_key = torch.where(filled, trace.score, torch.full_like(trace.score, NEG_INF))
     if order_by_logp:
-        cum = torch.full((q, w), NEG_INF)
-        cum[trace.table >= 0] = last.cum_logp[trace.table[trace.table >= 0]].cpu()
-        rank_key = cum
+        rank_key = torch.where(filled, last.cum_logp[trace.table.clamp_min(0)], NEG_INF)
     order = rank_key.argsort(1, descending=True)[:, :c]
     rows = trace.table.gather(1, order)
     if rows.shape[1] < c:  # fewer final beams than candidates (a narrow tree): the rest is padding
         rows = torch.cat([rows, rows.new_full((q, c - rows.shape[1]), -1)], 1)
-    ok = rows >= 0
-    qi, ci = ok.nonzero(as_tuple=True)
-    r = rows[qi, ci]
-    sids[qi, ci] = last.sid[r].cpu()
-    tok[qi, ci] = last.token_logp[r].cpu()
-    logp[qi, ci] = last.cum_logp[r].cpu()
-    items = torch.as_tensor(policy.catalog.item_of(sids.reshape(-1, L).numpy()).reshape(q, c))
-    valid = ok.cpu() & (items >= 0)
+    r = rows.clamp_min(0)
+    # the chosen beams' SIDs and log-probs, read back to the host in one copy
+    ok, sid, tok, cum = host_arrays([rows >= 0, last.sid[r], last.token_logp[r], last.cum_logp[r]])
+    ok = ok.astype(bool)
+    sids = torch.as_tensor(np.where(ok[..., None], sid, -1).astype(np.int64))
+    tok = torch.as_tensor(np.where(ok[..., None], tok, 0.0).astype(np.float32))
+    logp = torch.as_tensor(np.where(ok, cum, NEG_INF).astype(np.float32))
+    items_np = policy.catalog.item_of(np.where(ok[..., None], sid, -1).astype(np.int64).reshape(-1, L)).reshape(q, c)
+    items = torch.as_tensor(items_np)
+    valid = torch.as_tensor(ok & (items_np >= 0))
     return CandidateSets(sids=sids, items=items, valid=valid, logp=logp, token_logp=tok,
                          tree=trace.tree.build(), cost_tokens=trace.cost, budget_tokens=budget, decoder=decoder,
                          seconds=time.perf_counter() - started, prefill_tokens=trace.root.context.prefill_tokens)

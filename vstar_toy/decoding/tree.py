@@ -67,56 +67,78 @@ class PrefixTree:
         return PrefixTree(**sub)
 
 
+FIELDS = {"query": (np.int64, None), "parent": (np.int64, None), "depth": (np.int64, None),
+          "token": (np.int64, None), "sid": (np.int64, None), "logp": (np.float64, None),
+          "value": (np.float64, np.nan), "entropy": (np.float64, np.nan), "priority": (np.float64, np.nan),
+          "visits": (np.int64, 0), "evaluated": (bool, None), "pruned": (bool, None), "fully_expanded": (bool, False)}
+"""PrefixTree's columns: their dtype, and the value of a column not given (None: it must be given)."""
+
+
 class TreeBuilder:
-    """Collects nodes batch by batch (torch or numpy arrays) and freezes them into a PrefixTree."""
+    """Collects nodes batch by batch (torch tensors on any device, numpy arrays or scalars) and freezes them into
+    a PrefixTree. Tensors stay where they are until ``build``, which reads them all back to the host in one
+    copy: a decoder on a GPU records its tree without a synchronisation per level."""
 
     def __init__(self, levels: int):
         self.levels = levels
-        self.parts: list[dict[str, np.ndarray]] = []
+        self.parts: list[tuple[int, dict[str, object]]] = []  # (nodes, the columns as given)
+        self.updates: list[tuple[np.ndarray, dict[str, object]]] = []  # ``set`` calls, applied by ``build``
         self.n = 0
 
     def add(self, *, query, parent, depth, token, sid, logp, value=None, entropy=None, priority=None,
             visits=None, evaluated, pruned, fully_expanded=None) -> np.ndarray:
-        """Append nodes; returns their node indices."""
-        def arr(x, dtype, fill=None):
-            if x is None:
-                return np.full(len(q), fill, dtype=dtype)
-            if isinstance(x, torch.Tensor):
-                x = x.detach().cpu().numpy()
-            return np.broadcast_to(np.asarray(x, dtype=dtype), (len(q),) + np.shape(x)[1:]).copy()
-
-        q = np.asarray(query.detach().cpu().numpy() if isinstance(query, torch.Tensor) else query)
-        part = {
-            "query": arr(q, np.int64), "parent": arr(parent, np.int64), "depth": arr(depth, np.int64),
-            "token": arr(token, np.int64), "sid": arr(sid, np.int64), "logp": arr(logp, np.float64),
-            "value": arr(value, np.float64, np.nan), "entropy": arr(entropy, np.float64, np.nan),
-            "priority": arr(priority, np.float64, np.nan), "visits": arr(visits, np.int64, 0),
-            "evaluated": arr(evaluated, bool), "pruned": arr(pruned, bool),
-            "fully_expanded": arr(fully_expanded, bool, False),
-        }
-        self.parts.append(part)
-        ids = np.arange(self.n, self.n + len(q))
-        self.n += len(q)
+        """Append ``len(query)`` nodes; returns their node indices."""
+        given = dict(query=query, parent=parent, depth=depth, token=token, sid=sid, logp=logp, value=value,
+                     entropy=entropy, priority=priority, visits=visits, evaluated=evaluated, pruned=pruned,
+                     fully_expanded=fully_expanded)
+        n = len(query)
+        self.parts.append((n, given))
+        ids = np.arange(self.n, self.n + n)
+        self.n += n
         return ids
 
     def set(self, ids: np.ndarray, **columns) -> None:
         """Fill columns of nodes already added (e.g. the entropy of a node once it is forwarded)."""
-        ids = np.asarray(ids)
-        start = 0
-        for part in self.parts:
-            n = len(part["query"])
-            mine = (ids >= start) & (ids < start + n)
-            for name, values in columns.items():
-                v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-                part[name][ids[mine] - start] = v[mine]
-            start += n
+        self.updates.append((np.asarray(ids), columns))
 
     def build(self) -> PrefixTree:
         if not self.parts:
             empty = {k: np.zeros(0, dtype=np.int64) for k in PrefixTree.__dataclass_fields__}
             empty["sid"] = np.zeros((0, self.levels), dtype=np.int64)
             return PrefixTree(**empty)
-        return PrefixTree(**{k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]})
+        tensors = [x for _, given in self.parts for x in given.values() if isinstance(x, torch.Tensor)]
+        tensors += [x for _, cols in self.updates for x in cols.values() if isinstance(x, torch.Tensor)]
+        host = dict(zip(map(id, tensors), host_arrays(tensors)))
+
+        def arr(x, n: int, dtype, fill):
+            if x is None:
+                return np.full(n, fill, dtype=dtype)
+            x = host[id(x)] if isinstance(x, torch.Tensor) else x
+            return np.broadcast_to(np.asarray(x, dtype=dtype), (n,) + np.shape(x)[1:]).copy()
+
+        cols = {k: np.concatenate([arr(given[k], n, dtype, fill) for n, given in self.parts])
+                for k, (dtype, fill) in FIELDS.items()}
+        for ids, values in self.updates:
+            for name, v in values.items():
+                cols[name][ids] = host[id(v)] if isinstance(v, torch.Tensor) else np.asarray(v)
+        return PrefixTree(**cols)
+
+
+def host_arrays(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """``tensors`` as numpy arrays, read back in one copy per device (float64 holds their values exactly: ids,
+    codes and counts far below 2^53, float32 log-probabilities, booleans)."""
+    out: list[np.ndarray | None] = [None] * len(tensors)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    for idx in by_device.values():
+        flat = torch.cat([tensors[i].detach().reshape(-1).to(torch.float64) for i in idx]).cpu().numpy()
+        start = 0
+        for i in idx:
+            t = tensors[i]
+            out[i] = flat[start : start + t.numel()].reshape(t.shape)
+            start += t.numel()
+    return out
 
 
 @dataclass
