@@ -1,8 +1,8 @@
 """Run by tests/test_trl.py under `accelerate launch --multi_gpu --num_processes 2` on a machine without a GPU
 (two CPU processes, gloo): two steps of VStarGRPOTrainer (GRPO, groups of 4) on the tiny world with 6 rows per
-process, so that the middle group of each step spans the two processes. Prints one JSON line per process: its
+process, so that the middle group of each step spans the two processes. Writes one JSON object per process: its
 rank, per step each row's user, completion and first-token advantage, and a checksum of the weights after
-training."""
+training, into OUT/rank<r>.json."""
 
 import json
 import os
@@ -52,8 +52,11 @@ def main() -> None:
                         train_dataset=sid_prompts(world, policy, tok, "train", n=32))
     trainer.train()
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
-    print(json.dumps({"rank": trainer.accelerator.process_index, "world_size": trainer.accelerator.num_processes,
-                      "seen": seen, "checksum": checksum}))
+    rank = trainer.accelerator.process_index
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:  # a file each: two processes' prints interleave
+        json.dump({"rank": rank, "world_size": trainer.accelerator.num_processes, "seen": seen,
+                   "checksum": checksum}, f)
 
 
 if __name__ == "__main__":
