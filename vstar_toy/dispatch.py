@@ -12,7 +12,8 @@ launch-bound on a GPU; both counts are the same on a CPU, where they can be meas
 
 Operators are counted by a ``TorchDispatchMode`` below autograd (one count per ATen call: a fused ``add``
 is one, ``x * 2 + 1`` is two, plus the ``sum`` and the scalar read). Host reads are the calls that hand a
-tensor's values to Python: ``item``, ``tolist``, ``cpu``, ``numpy``, ``bool``/``int``/``float`` of a tensor;
+tensor's values to Python: ``item``, ``tolist``, ``cpu``, ``numpy``, ``bool``/``int``/``float`` of a tensor,
+``torch.equal``;
 ``x.cpu().numpy()`` counts once (the copy), as it costs one synchronisation on a GPU.
 """
 
@@ -42,10 +43,13 @@ class _OpCounter(TorchDispatchMode):
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
         self.shape_syncs: collections.Counter[str] = collections.Counter()
+        self.value_reads: collections.Counter[str] = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func.overloadpacket.__name__)
         self.ops[name] += 1
+        if name == "equal":  # torch.equal hands Python a bool: a host read, though no Tensor method is called
+            self.value_reads[name] += 1
         if name in SHAPE_OPS or (name in ("index", "index_put", "index_put_") and _bool_index(args)):
             self.shape_syncs[name] += 1  # x[mask]: the mask's true count sets the shape
         return func(*args, **(kwargs or {}))
@@ -111,3 +115,4 @@ class Counts(contextlib.AbstractContextManager):
             setattr(torch.Tensor, name, method)
         self.by_op.update(self._mode.ops)
         self.by_shape_sync.update(self._mode.shape_syncs)
+        self.by_read.update(self._mode.value_reads)

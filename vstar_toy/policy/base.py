@@ -139,6 +139,7 @@ class SIDPolicy(nn.Module):
         self.k_max = max(catalog.codebook_sizes)
         offsets = np.concatenate([[0], np.cumsum(catalog.codebook_sizes)[:-1]])
         self.register_buffer("code_offset", torch.as_tensor(offsets, dtype=torch.long), persistent=False)
+        self.code_offsets = [int(o) for o in offsets]  # the same on the host: a level's rows without a device read
         self.n_codes = int(sum(catalog.codebook_sizes))
         self.vocab_size = 2 + self.n_codes
         self.register_buffer("child", torch.as_tensor(catalog.child), persistent=False)

@@ -337,7 +337,7 @@ class QwenPolicy(SIDPolicy):
 
     def _code_rows(self, level: int) -> torch.Tensor:
         k = self.catalog.codebook_sizes[level]
-        off = 2 + int(self.code_offset[level])
+        off = 2 + self.code_offsets[level]
         return self.hf_token[off : off + k]
 
     def _code_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:

@@ -123,7 +123,7 @@ class TinyPolicy(SIDPolicy):
 
     def _code_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
         k = self.catalog.codebook_sizes[level]
-        off = int(self.code_offset[level])
+        off = self.code_offsets[level]
         return F.linear(hidden, self.head.weight[off : off + k])
 
     def _empty_kv(self, n: int) -> torch.Tensor:
