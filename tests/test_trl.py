@@ -4,6 +4,7 @@ against ``losses.policy_loss``, and three training steps that move the weights a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,16 +21,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
-from vstar_toy.config import RLConfig, presets  # noqa: E402
+from vstar_toy.config import Config, RLConfig, presets  # noqa: E402
 from vstar_toy.decoding import beam_search  # noqa: E402
 from vstar_toy.integrations.trl_grpo import (  # noqa: E402
-    SIDRollout,
     histories_of,
     sid_prompts,
     sid_tokenizer,
     token_advantages,
-    trl_config,
-    vstar_trainer_class,
+    vstar_trainer,
     wrap_model,
 )
 from vstar_toy.pipeline import build_world  # noqa: E402
@@ -44,19 +43,20 @@ def world():
     return build_world(presets.tiny().world)
 
 
+def tiny_config(rl: RLConfig, steps: int, prompts: int) -> Config:
+    """The tiny preset with beam search's G candidates and ``rl`` over ``steps`` steps of ``prompts`` prompts."""
+    base = presets.tiny()
+    return dataclasses.replace(base, decode=base.decode.beam_at_1x(G),
+                               rl=dataclasses.replace(rl, steps=steps, batch_queries=prompts))
+
+
 def make(world, tmp_path, rl: RLConfig, steps: int = 1, prompts: int = 4, **args):
     """(trainer, policy, rollout) on a fresh tiny Qwen2 with random weights."""
     tok = sid_tokenizer()
     torch.manual_seed(0)
     model = Qwen2ForCausalLM._from_config(Qwen2Config(**BACKBONES["tiny-qwen"]), attn_implementation="sdpa")
-    policy = wrap_model(world, model, tok)
-    rollout = SIDRollout(world, policy, presets.tiny().decode.beam_at_1x(G), reward="semantic",
-                         negatives=rl.negatives)
-    trainer = vstar_trainer_class()(
-        model=model, reward_funcs=[rollout.reward], processing_class=tok, rollout=rollout, vstar=rl,
-        args=trl_config(rl, G, str(tmp_path / "trl"), steps, prompts, **args),
-        train_dataset=sid_prompts(world, policy, tok, "train", n=32))
-    return trainer, policy, rollout
+    return vstar_trainer(world, model, tok, tiny_config(rl, steps, prompts), out=str(tmp_path / "trl"), n_users=32,
+                         **args)
 
 
 # -- the advantages -------------------------------------------------------------------------------

@@ -15,41 +15,31 @@ import torch  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from vstar_toy.config import RLConfig, presets  # noqa: E402
-from vstar_toy.integrations.trl_grpo import (  # noqa: E402
-    SIDRollout,
-    sid_prompts,
-    sid_tokenizer,
-    trl_config,
-    vstar_trainer_class,
-    wrap_model,
-)
+from vstar_toy.integrations.trl_grpo import sid_tokenizer, vstar_trainer, vstar_trainer_class  # noqa: E402
 from vstar_toy.pipeline import build_world  # noqa: E402
 from vstar_toy.policy.qwen import BACKBONES  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_trl import tiny_config  # noqa: E402
 
 
 def main() -> None:
     out = sys.argv[1]
-    cfg = presets.tiny()
-    world = build_world(cfg.world)
     tok = sid_tokenizer()
     torch.manual_seed(0)
     model = Qwen2ForCausalLM._from_config(Qwen2Config(**BACKBONES["tiny-qwen"]), attn_implementation="sdpa")
-    policy = wrap_model(world, model, tok)
     rl = RLConfig(objective="grpo", lr=1e-3, negatives="drop")
-    rollout = SIDRollout(world, policy, cfg.decode.beam_at_1x(4), negatives=rl.negatives)
     seen = []
-    trainer_class = vstar_trainer_class()
 
-    class Recording(trainer_class):
+    class Recording(vstar_trainer_class()):
         def _generate_and_score_completions(self, inputs):
             batch = super()._generate_and_score_completions(inputs)
             seen.append({"users": [x["user"] for x in inputs], "completions": batch["completion_ids"].tolist(),
                          "advantages": batch["advantages"][:, 0].tolist(), "shape": list(batch["advantages"].shape)})
             return batch
 
-    trainer = Recording(model=model, reward_funcs=[rollout.reward], processing_class=tok, rollout=rollout, vstar=rl,
-                        args=trl_config(rl, 4, out, 2, 2, disable_tqdm=True, per_device_train_batch_size=6),
-                        train_dataset=sid_prompts(world, policy, tok, "train", n=32))
+    trainer, _, _ = vstar_trainer(build_world(presets.tiny().world), model, tok, tiny_config(rl, 2, 2), out=out,
+                                  n_users=32, trainer_class=Recording, disable_tqdm=True, per_device_train_batch_size=6)
     trainer.train()
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     rank = trainer.accelerator.process_index

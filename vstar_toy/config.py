@@ -455,9 +455,16 @@ class DecodeConfig:
         >>> DecodeConfig().beam_at_1x(4).warm_beam
         3
         """
-        if n_candidates is None:
-            return dataclasses.replace(self, **BEAM_1X)
-        return dataclasses.replace(self, **BEAM_1X, n_candidates=n_candidates,
+        return dataclasses.replace(self if n_candidates is None else self.with_candidates(n_candidates), **BEAM_1X)
+
+    def with_candidates(self, n_candidates: int) -> DecodeConfig:
+        """These settings with |C| = ``n_candidates``, VED's warm-up beam b0 narrowed below it where it must be
+        (b0 < |C|).
+
+        >>> DecodeConfig().with_candidates(4).warm_beam
+        3
+        """
+        return dataclasses.replace(self, n_candidates=n_candidates,
                                    warm_beam=min(self.warm_beam, max(1, n_candidates - 1)))
 
     def ved_at_1x(self) -> DecodeConfig:

@@ -169,9 +169,10 @@ def configure(preset_name: str, given: dict[str, dict], data: str | None = None,
     cfg = cfg.for_real_data() if data is not None else cfg
     decode = given.get("decode", {})
     n = decode.get("n_candidates")
-    if n is not None and n >= 1 and "warm_beam" not in decode and cfg.decode.warm_beam >= n:
-        given = {**given, "decode": {**decode, "warm_beam": max(1, n - 1)}}
-        say(f"note: --warm-beam lowered to {given['decode']['warm_beam']} (VED's b0 must be below --candidates)")
+    b0 = cfg.decode.with_candidates(n).warm_beam if n is not None and n >= 1 else cfg.decode.warm_beam
+    if "warm_beam" not in decode and b0 != cfg.decode.warm_beam:
+        given = {**given, "decode": {**decode, "warm_beam": b0}}
+        say(f"note: --warm-beam lowered to {b0} (VED's b0 must be below --candidates)")
     return overlay(cfg, given)
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -223,8 +224,6 @@ def trained_value(world: World, cfg: Config, policy_dir: str | Path | None = Non
     """(policy, head, trained, seconds) of `vstar-toy value`: with ``policy_dir``, a head pre-trained by TD on
     that checkpoint and saved beside it; without, the cached SFT policy and its cached head (trained once).
     ``trained`` is False when the head was read from the cache."""
-    import time
-
     if policy_dir is not None:
         files.check_output_dir(Path(policy_dir), "--policy")  # the head is saved there
         policy = checkpoint.load_policy(policy_dir, world)

@@ -215,11 +215,6 @@ class SIDRollout:
         self.value_opt = (torch.optim.Adam(value_head.parameters(), lr=self.value_cfg.lr)
                           if value_head is not None else None)
         self.last: Batch | None = None
-        self.__name__ = "sid_rollout"  # TRL names reward functions by __name__; the rollout too in its logs
-
-    def _config(self, g: int) -> DecodeConfig:
-        return dataclasses.replace(self.decode_cfg, n_candidates=g, warm_beam=min(self.decode_cfg.warm_beam,
-                                                                                 max(1, g - 1)))
 
     def __call__(self, prompts: list[str], trainer) -> dict:
         g, tok, pol = trainer.num_generations, trainer.processing_class, self.policy
@@ -242,7 +237,7 @@ class SIDRollout:
         pol.eval()
         with torch.no_grad():
             value_fn = self.value_head.bind(q) if self.value_head is not None else None
-            cands = decode(pol, histories, self._config(g), value_fn)
+            cands = decode(pol, histories, self.decode_cfg.with_candidates(g), value_fn)
             own = token_logp = None
             if self.negatives == "drop":
                 mine = beam_search(pol, histories, g, 1.0)
@@ -326,9 +321,10 @@ def vstar_trainer_class():
 
 def trl_config(rl: RLConfig, num_generations: int, out: str, steps: int, batch_prompts: int, **overrides):
     """A ``trl.GRPOConfig`` whose loss is the toolkit's ``policy_loss`` under ``rl`` (the module docstring):
-    token-level ratios clipped at ``clip_eps``, ``kl_coef`` with the k3 estimator without TRL's bias correction,
-    the token-mean normalisation ("bnpo"), the learning rate; on a CPU, float32 and no gradient checkpointing.
-    ``batch_prompts`` prompts per step, each with ``num_generations`` completions."""
+    token-level ratios clipped at ``clip_eps``, the token-mean normalisation ("bnpo"), the learning rate; the k3
+    KL without TRL's bias correction, at beta = 0: TRL builds its reference model from the model's path, which a
+    model built from a config lacks (set ``beta=rl.kl_coef`` in ``overrides`` for a saved one). On a CPU, float32
+    and no gradient checkpointing. ``batch_prompts`` prompts per step, each with ``num_generations`` completions."""
     from trl import GRPOConfig
 
     cpu = not torch.cuda.is_available()
@@ -342,27 +338,38 @@ def trl_config(rl: RLConfig, num_generations: int, out: str, steps: int, batch_p
     return GRPOConfig(**{**kw, **overrides})
 
 
+def vstar_trainer(world: World, model, tokenizer, cfg, value_head=None, out: str = "runs/trl",
+                  n_users: int | None = None, trainer_class=None, **trl_overrides):
+    """(trainer, policy, rollout): TRL's trainer for the Qwen2 ``model`` (``tokenizer``: ``sid_tokenizer``) on
+    ``world``'s training users (the first ``n_users``), with the toolkit's candidates (``cfg.decode``, |C| the
+    group size; VED guided by ``value_head``, trained by TD as it goes), reward (``cfg.rl.reward``) and per-token
+    advantages (``cfg.rl``), ``cfg.rl.batch_queries`` prompts and ``cfg.rl.steps`` steps (``trl_config``).
+    ``trainer_class``: a subclass of ``vstar_trainer_class()`` to build instead. The model is wrapped first
+    (``wrap_model``), before TRL's optimiser sees its embeddings."""
+    policy = wrap_model(world, model, tokenizer)
+    rollout = SIDRollout(world, policy, cfg.decode, value_head, cfg.value, reward=cfg.rl.reward,
+                         negatives=cfg.rl.negatives)
+    args = trl_config(cfg.rl, cfg.decode.n_candidates, out, cfg.rl.steps, cfg.rl.batch_queries, **trl_overrides)
+    dataset = sid_prompts(world, policy, tokenizer, "train", n=n_users)
+    trainer = (trainer_class or vstar_trainer_class())(model=model, reward_funcs=[rollout.reward], args=args,
+                                                       processing_class=tokenizer, train_dataset=dataset,
+                                                       rollout=rollout, vstar=cfg.rl)
+    return trainer, policy, rollout
+
+
 def train_with_trl(world: World, sft: QwenPolicy, cfg, value_head=None, out: str = "runs/trl",
                    n_users: int | None = None, **trl_overrides) -> tuple[QwenPolicy, list[dict]]:
-    """``cfg.rl.steps`` steps of TRL's GRPOTrainer from a copy of the SFT ``QwenPolicy`` (``pipeline.sft_policy(...,
-    backbone=...)``) on ``world``'s training users (the first ``n_users``), with the toolkit's candidates
-    (``cfg.decode``; VED guided by a copy of ``value_head``, trained by TD as it goes), reward (``cfg.rl.reward``)
-    and per-token advantages (``cfg.rl``): the toolkit's loop (``rl.train.train``) run inside TRL. Returns the
-    trained policy and TRL's log (``trainer.state.log_history``)."""
+    """``cfg.rl.steps`` steps of TRL's GRPOTrainer (``vstar_trainer``) from a copy of the SFT ``QwenPolicy``
+    (``pipeline.sft_policy(..., backbone=...)``) and a copy of ``value_head``: the toolkit's loop
+    (``rl.train.train``) run inside TRL. Returns the trained policy and TRL's log (``trainer.state.log_history``)."""
     import copy
 
-    tok = sid_tokenizer(sft)
-    model = copy.deepcopy(sft.model).train()
-    policy = wrap_model(world, model, tok)
     head = copy.deepcopy(value_head) if value_head is not None else None
-    rollout = SIDRollout(world, policy, cfg.decode, head, cfg.value, reward=cfg.rl.reward, negatives=cfg.rl.negatives)
-    args = trl_config(cfg.rl, cfg.decode.n_candidates, out, cfg.rl.steps, cfg.rl.batch_queries, **trl_overrides)
-    trainer = vstar_trainer_class()(model=model, reward_funcs=[rollout.reward], args=args, processing_class=tok,
-                                    train_dataset=sid_prompts(world, policy, tok, "train", n=n_users),
-                                    rollout=rollout, vstar=cfg.rl)
+    trainer, policy, _ = vstar_trainer(world, copy.deepcopy(sft.model).train(), sid_tokenizer(sft), cfg, head, out,
+                                       n_users, **trl_overrides)
     trainer.train()
     return policy.eval(), trainer.state.log_history
 
 
 __all__ = ["NOT_IN_TRL", "SIDRollout", "TESTED_WITH", "histories_of", "prompt_text", "sid_prompts", "sid_tokenizer",
-           "token_advantages", "train_with_trl", "trl_config", "vstar_trainer_class", "wrap_model"]
+           "token_advantages", "train_with_trl", "trl_config", "vstar_trainer", "vstar_trainer_class", "wrap_model"]

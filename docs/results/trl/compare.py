@@ -17,8 +17,9 @@ from pathlib import Path
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vstar_toy.config import UPDATES, presets  # noqa: E402
+from vstar_toy.config import presets  # noqa: E402
 from vstar_toy.evaluate import evaluate  # noqa: E402
+from vstar_toy.experiments.runner import BEAM_GRPO, VSTAR_PLUS  # noqa: E402
 from vstar_toy.experiments.stats import compare  # noqa: E402
 from vstar_toy.integrations.trl_grpo import train_with_trl  # noqa: E402
 from vstar_toy.pipeline import build_world, sft_policy, value_model  # noqa: E402
@@ -27,8 +28,7 @@ from vstar_toy.rl.train import train  # noqa: E402
 HERE = Path(__file__).parent
 SEEDS = range(5)
 STEPS, LR = 100, 3e-4
-ARMS = {"beam+GRPO": ({"decoder": "beam"}, {"objective": "grpo", **UPDATES["paper"]}),
-        "V-STAR+": ({"decoder": "ved"}, {"objective": "joint", **UPDATES["vstar+"]})}
+ARMS = {arm.name: arm for arm in (BEAM_GRPO, VSTAR_PLUS)}
 
 
 def main() -> None:
@@ -45,8 +45,9 @@ def main() -> None:
             return evaluate(world, policy, test, cfg.decode.beam_at_1x())[0]["mean_reward"]
 
         scores.setdefault("SFT", {}).setdefault("SFT", []).append(score(sft))
-        for arm, (dec, rl) in ARMS.items():
-            cfg = base.replace(decode=dec, rl={**rl, "steps": STEPS, "lr": LR, "eval_every": STEPS, "seed": seed})
+        for arm, stages in ((name, a.stages()) for name, a in ARMS.items()):
+            cfg = base.replace(decode=stages["decode"],
+                               rl={**stages["rl"], "steps": STEPS, "lr": LR, "eval_every": STEPS, "seed": seed})
             res = train(world, copy.deepcopy(sft), cfg, copy.deepcopy(head), **quiet)
             trl_policy, _ = train_with_trl(world, sft, cfg, head, out=f"runs/trl_compare/{seed}", disable_tqdm=True)
             scores.setdefault(arm, {}).setdefault("toolkit", []).append(score(res.policy))
