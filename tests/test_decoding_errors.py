@@ -149,6 +149,8 @@ def test_step_with_an_invalid_code(world, policy, histories, kind):
         state, bad = policy.start(histories[:1]), codes[kind]
     with pytest.raises(ValueError, match=rf"code {bad}\b"):
         policy.step(state, torch.tensor([bad]))
+    with pytest.raises(RuntimeError, match="not a valid child"):  # the decoders' check: on the device, unnamed
+        policy.step(state, torch.tensor([bad]), strict=False)
 
 
 def test_step_beyond_depth_l(world, policy, histories):

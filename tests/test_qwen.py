@@ -103,9 +103,11 @@ def test_kv_cached_start_step_equals_a_full_reencode(world, histories, normalize
     rows = torch.arange(b).repeat_interleave(c)  # grouped by query: each prompt's rows as one block
     shuffled = torch.randperm(b * c, generator=torch.Generator().manual_seed(0))  # any order: gathered prompts
     assert _query_major(rows, b) == c and _query_major(rows[shuffled], b) is None
+    assert _query_major(rows, b, block=c) == c and _query_major(rows, b, block=c + 1) is None  # taken on its word
 
     def walk(order):
         state = policy.start(histories).index(rows[order])
+        state.block = c if torch.equal(order, torch.arange(b * c)) else None  # the caller's word: no host read
         out = []
         for lvl in range(L):
             out.append(state.logp.gather(1, flat[order, lvl : lvl + 1]).squeeze(1))

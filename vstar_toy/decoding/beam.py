@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..policy.base import SIDPolicy, State
-from .tree import CandidateSets, TreeBuilder, budget_tokens, host_arrays
+from .tree import CandidateSets, TreeBuilder, budget_tokens
 
 NEG_INF = float("-inf")
 
@@ -45,7 +45,7 @@ class BeamLevel:
 
     query: torch.Tensor
     node: np.ndarray
-    parent: np.ndarray
+    parent: torch.Tensor
     sid: torch.Tensor
     cum_logp: torch.Tensor
     token_logp: torch.Tensor
@@ -59,7 +59,7 @@ class BeamTrace:
     levels: list[BeamLevel]
     table: torch.Tensor  # (Q, W) row of each final beam in levels[-1], -1 where empty
     score: torch.Tensor  # (Q, W) the ranker's score of each final beam
-    cost: np.ndarray  # (Q,) forward tokens per query
+    cost: torch.Tensor  # (Q,) forward tokens per query, on the device
     tree: TreeBuilder
 
 
@@ -85,7 +85,7 @@ def run_beam(
         query=torch.arange(q), parent=-1, depth=0, token=-1, sid=np.full((q, L), -1), logp=0.0,
         entropy=root.entropy(), evaluated=True, pruned=False,
     )
-    cost = torch.ones(q, dtype=torch.long, device=dev)  # read back once, after the loop
+    cost = torch.ones(q, dtype=torch.long, device=dev)  # read back with the candidates, after the loop
     table = torch.arange(q, device=dev)[:, None]  # (Q, W) rows into `state`; -1 = empty beam
     state = root
     score = ranker.start(q).to(dev)
@@ -113,7 +113,8 @@ def run_beam(
         new_sid[..., lvl] = code
         # the tree: kept children, and (for display) the valid children the beam dropped
         kq, kb = keep.nonzero(as_tuple=True)
-        kept_parent = node_tab[kq, par[kq, kb]].cpu().numpy()
+        every_query_full = len(kq) == q * k  # known from the shape: rows grouped by query, k each (State.block)
+        kept_parent = node_tab[kq, par[kq, kb]]
         kept_nodes = tree.add(
             query=kq, parent=kept_parent, depth=lvl + 1, token=code[kq, kb],
             sid=new_sid[kq, kb], logp=new_cum[kq, kb], evaluated=forward_leaves or lvl < L - 1, pruned=False,
@@ -125,8 +126,10 @@ def run_beam(
         new_table[kq, kb] = torch.arange(len(kq), device=dev)
         level_state = None
         if lvl < L - 1 or forward_leaves:
+            parents = state.index(table[kq, par[kq, kb]])
+            parents.block = k if every_query_full else None
             with torch.no_grad():
-                level_state = policy.step(state.index(table[kq, par[kq, kb]]), code[kq, kb])
+                level_state = policy.step(parents, code[kq, kb], strict=False)
             tree.set(kept_nodes, entropy=level_state.entropy())  # H (Eq. 12) of the forwarded beams
             cost += torch.bincount(kq, minlength=q)
         levels.append(
@@ -135,7 +138,7 @@ def run_beam(
         node_tab = torch.full((q, k), -1, dtype=torch.long, device=dev)
         node_tab[kq, kb] = torch.as_tensor(kept_nodes, device=dev)
         table, state, score, cum, tok_lp, sid = new_table, level_state, top_s, new_cum, new_tok, new_sid
-    return BeamTrace(root, root_node, levels, table, score, cost.cpu().numpy(), tree)
+    return BeamTrace(root, root_node, levels, table, score, cost, tree)
 
 
 def _add_pruned(tree: TreeBuilder, lvl: int, child_cum: torch.Tensor, top_i: torch.Tensor, keep: torch.Tensor,
@@ -171,8 +174,9 @@ def candidates_from_trace(trace: BeamTrace, policy: SIDPolicy, n_candidates: int
     if rows.shape[1] < c:  # fewer final beams than candidates (a narrow tree): the rest is padding
         rows = torch.cat([rows, rows.new_full((q, c - rows.shape[1]), -1)], 1)
     r = rows.clamp_min(0)
-    # the chosen beams' SIDs and log-probs, read back to the host in one copy
-    ok, sid, tok, cum = host_arrays([rows >= 0, last.sid[r], last.token_logp[r], last.cum_logp[r]])
+    # the tree, the chosen beams' SIDs and log-probs and the cost, read back to the host in one copy
+    tree, (ok, sid, tok, cum, cost) = trace.tree.build_with(
+        [rows >= 0, last.sid[r], last.token_logp[r], last.cum_logp[r], trace.cost])
     ok = ok.astype(bool)
     sids = torch.as_tensor(np.where(ok[..., None], sid, -1).astype(np.int64))
     tok = torch.as_tensor(np.where(ok[..., None], tok, 0.0).astype(np.float32))
@@ -181,7 +185,7 @@ def candidates_from_trace(trace: BeamTrace, policy: SIDPolicy, n_candidates: int
     items = torch.as_tensor(items_np)
     valid = torch.as_tensor(ok & (items_np >= 0))
     return CandidateSets(sids=sids, items=items, valid=valid, logp=logp, token_logp=tok,
-                         tree=trace.tree.build(), cost_tokens=trace.cost, budget_tokens=budget, decoder=decoder,
+                         tree=tree, cost_tokens=cost.astype(np.int64), budget_tokens=budget, decoder=decoder,
                          seconds=time.perf_counter() - started, prefill_tokens=trace.root.context.prefill_tokens)
 
 

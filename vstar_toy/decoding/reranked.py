@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from ..policy.base import SIDPolicy
@@ -94,10 +93,11 @@ def _parent_values(trace, value_fn) -> torch.Tensor:
     mid, leaf = trace.levels[-2], trace.levels[-1]
     above_state = trace.levels[-3].state if len(trace.levels) >= 3 else trace.root
     above_nodes = trace.levels[-3].node if len(trace.levels) >= 3 else trace.root_node
-    rows = torch.as_tensor(np.searchsorted(above_nodes, mid.parent), device=mid.sid.device)
+    rows = torch.searchsorted(torch.as_tensor(above_nodes, device=mid.parent.device), mid.parent)
     depth = len(trace.levels) - 2  # 0-based index of the depth-(L-1) code
     v_mid = value_fn(above_state.index(rows, cache=False), mid.sid[:, depth], mid.cum_logp)
-    v_leaf = v_mid[torch.as_tensor(np.searchsorted(mid.node, leaf.parent), device=v_mid.device)]
+    mid_rows = torch.searchsorted(torch.as_tensor(mid.node, device=leaf.parent.device), leaf.parent)
+    v_leaf = v_mid[mid_rows.to(v_mid.device)]
     trace.tree.set(mid.node, value=v_mid)
     trace.tree.set(leaf.node, value=v_leaf)
     return v_leaf

@@ -102,13 +102,19 @@ class TreeBuilder:
         self.updates.append((np.asarray(ids), columns))
 
     def build(self) -> PrefixTree:
+        return self.build_with([])[0]
+
+    def build_with(self, also: list[torch.Tensor]) -> tuple[PrefixTree, list[np.ndarray]]:
+        """The tree, and the tensors ``also`` as numpy arrays, all read back to the host in one copy per device
+        (a decoder's candidates with its tree: one synchronisation for both)."""
+        tensors = [x for _, given in self.parts for x in given.values() if isinstance(x, torch.Tensor)]
+        tensors += [x for _, cols in self.updates for x in cols.values() if isinstance(x, torch.Tensor)]
+        arrays = host_arrays(tensors + list(also))
+        host = dict(zip(map(id, tensors), arrays))
         if not self.parts:
             empty = {k: np.zeros(0, dtype=np.int64) for k in PrefixTree.__dataclass_fields__}
             empty["sid"] = np.zeros((0, self.levels), dtype=np.int64)
-            return PrefixTree(**empty)
-        tensors = [x for _, given in self.parts for x in given.values() if isinstance(x, torch.Tensor)]
-        tensors += [x for _, cols in self.updates for x in cols.values() if isinstance(x, torch.Tensor)]
-        host = dict(zip(map(id, tensors), host_arrays(tensors)))
+            return PrefixTree(**empty), arrays[len(tensors):]
 
         def arr(x, n: int, dtype, fill):
             if x is None:
@@ -121,7 +127,7 @@ class TreeBuilder:
         for ids, values in self.updates:
             for name, v in values.items():
                 cols[name][ids] = host[id(v)] if isinstance(v, torch.Tensor) else np.asarray(v)
-        return PrefixTree(**cols)
+        return PrefixTree(**cols), arrays[len(tensors):]
 
 
 def host_arrays(tensors: list[torch.Tensor]) -> list[np.ndarray]:

@@ -267,14 +267,14 @@ def warm_start(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
     trace = run_beam(policy, histories, b0, record_pruned=False)  # its depth-L selection is not used
     q = len(trace.root)
     tree = SearchTree.empty(L, K, trace.root, pool_rows=q * budget, child_trie=policy.catalog.child_t,
-                            warmup=trace.cost, lam=cfg.lam, rule=cfg.priority)
+                            warmup=trace.cost.cpu(), lam=cfg.lam, rule=cfg.priority)
     tree.add(torch.arange(q), parent=torch.full((q,), -1), trie=torch.zeros(q, dtype=torch.long),
              sid=torch.full((q, L), -1), token_logp=torch.zeros(q, L), cum=torch.zeros(q),
              value=torch.full((q,), float("nan")), states=trace.root)
     # the previous level: its states, the beam-tree id of its first row (ids are consecutive), its local indices
     parents, first_id, prev_loc = trace.root, int(trace.root_node[0]), torch.zeros(q, dtype=torch.long)
     for lvl in trace.levels[: L - 1]:
-        prow = torch.as_tensor(lvl.parent - first_id)  # each node's parent row in the previous level
+        prow = (lvl.parent - first_id).cpu()  # each node's parent row in the previous level
         codes = lvl.sid[:, lvl.token_logp.shape[1] - 1].cpu()  # this level's code
         with torch.no_grad():
             v = value_fn(parents.index(prow.to(parents.query.device), cache=False), codes.to(parents.query.device),
@@ -373,7 +373,7 @@ def expand(policy: SIDPolicy, tree: SearchTree, path: torch.Tensor, fire: torch.
     cum = tree.cum[qs, par] + step_lp
     with torch.no_grad():
         v = value_fn(parents, codes.to(dev), cum.to(dev)).float().cpu()
-        states = policy.step(parents, codes.to(dev))
+        states = policy.step(parents, codes.to(dev), strict=False)
     tree.cost.index_add_(0, qs, torch.ones_like(qs))
     depth = tree.depth[qs, par] + 1
     rows = torch.arange(len(qs))

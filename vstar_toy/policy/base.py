@@ -6,9 +6,9 @@ Every decoder and every loss talks to a policy through four calls (docs/design.m
   ``Context.prefill_tokens``), then forward the generation-start token: the state at the empty prefix,
   with log-probs over the level-1 codes. Costs 1 forward token per context. The encoded contexts
   travel with the states (``State.context``), never on the policy: two decodes may interleave.
-- ``step(states, tokens) -> State``: extend any batch of prefixes by one SID token each, reusing the
-  context cache and each parent's prefix cache. Rows may mix queries and depths, which is what lets
-  VED advance all queries in one call. Costs 1 forward token per row.
+- ``step(states, tokens, strict=True) -> State``: extend any batch of prefixes by one SID token each,
+  reusing the context cache and each parent's prefix cache. Rows may mix queries and depths, which is
+  what lets VED advance all queries in one call. Costs 1 forward token per row.
 - ``logprobs(histories, sids) -> (N, L)`` with gradients, for the losses: each context is encoded
   once and all its candidates reuse it.
 
@@ -57,11 +57,13 @@ class Context:
     hidden: torch.Tensor
     items: torch.Tensor
     encoder: tuple[int, int] | None = None
+    n_prefill: int | None = None
 
     @property
     def prefill_tokens(self) -> int:
-        """The prompt tokens encoded (the prefill, counted apart from decoding's Cost, Sec. 5.5)."""
-        return int(self.mask.sum())
+        """The prompt tokens encoded (the prefill, counted apart from decoding's Cost, Sec. 5.5): counted on the
+        host by ``encode`` when the histories came from the host, else read from the mask (a host read)."""
+        return self.n_prefill if self.n_prefill is not None else int(self.mask.sum())
 
 
 ROW_FIELDS = ("query", "node", "depth", "tokens", "logp", "hidden", "kv")
@@ -76,7 +78,11 @@ class State:
     -inf at invalid codes (all -inf at depth L); hidden: (N, L+1, d) backbone hidden states of
     [start, y_1 .. y_l] (zeros beyond depth), what the value head reads; kv: (N, ...) the prefix
     cache, layout owned by the policy; context: the encoded prompts of the batch, shared by all rows
-    (not a row field: ``index`` and ``cat`` keep it whole).
+    (not a row field: ``index`` and ``cat`` keep it whole); block: c when the rows are grouped by
+    context, c consecutive rows of context 0, then c of context 1, ... (``query`` is [0]*c + [1]*c + ...),
+    as whoever built the rows knows from their shapes (``start``: 1; a beam level where every query kept c
+    beams), None when not known. A backbone may lay such rows out as one block per context without reading
+    ``query`` back to the host to find out (``policy/qwen.py: _query_major``); ``index`` and ``cat`` forget it.
     """
 
     query: torch.Tensor
@@ -87,6 +93,7 @@ class State:
     hidden: torch.Tensor
     kv: torch.Tensor
     context: Context
+    block: int | None = None
 
     def __len__(self) -> int:
         return len(self.query)
@@ -159,9 +166,10 @@ class SIDPolicy(nn.Module):
         items' text (``PolicyConfig.item_text``); others ignore it."""
         raise NotImplementedError
 
-    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots):
+    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block: int | None = None):
         """(N, S) new tokens attending to ctx rows ``query``, to the first ``past_len`` positions of
-        ``past_kv`` and causally to themselves. Returns hidden (N, S, d) and their kv (N, ..., S, ...)."""
+        ``past_kv`` and causally to themselves. Returns hidden (N, S, d) and their kv (N, ..., S, ...).
+        ``block``: c when the caller knows the rows are grouped by context, c each (``State.block``)."""
         raise NotImplementedError
 
     def _code_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
@@ -263,11 +271,15 @@ class SIDPolicy(nn.Module):
                 raise ValueError("this Context was encoded without gradients: pass the histories where the "
                                  "log-probs need gradients")
             return histories
-        items = torch.as_tensor(np.asarray(histories), dtype=torch.long, device=self.device)
+        on_host = not isinstance(histories, torch.Tensor)
+        if on_host:
+            histories = np.asarray(histories)
+        n_prefill = int((histories >= 0).sum()) * (self.levels + 1) if on_host else None  # no device read
+        items = torch.as_tensor(histories, dtype=torch.long, device=self.device)
         tokens, levels, slots, mask, next_slot = self.item_tokens(items)
         ctx_hidden, kv = self._encode(tokens, levels, slots, mask, self.token_items(items))
         return Context(kv=kv, mask=mask, next_slot=next_slot, hidden=ctx_hidden, items=items,
-                       encoder=self.weights_key())
+                       encoder=self.weights_key(), n_prefill=n_prefill)
 
     def start(self, histories: np.ndarray | torch.Tensor | Context) -> State:
         """Prefill the contexts (B, H item ids, -1 padded, or their ``encode``) and forward the start
@@ -278,7 +290,7 @@ class SIDPolicy(nn.Module):
         start = torch.full((b, 1), SEP, device=self.device)
         zero = torch.zeros(b, dtype=torch.long, device=self.device)
         hidden, new_kv = self._extend(
-            context, query, None, zero, start, zero[:, None], context.next_slot[:, None]
+            context, query, None, zero, start, zero[:, None], context.next_slot[:, None], block=1
         )
         h0 = hidden[:, 0]
         state_hidden = torch.zeros(b, self.levels + 1, h0.shape[-1], device=self.device, dtype=h0.dtype)
@@ -287,21 +299,29 @@ class SIDPolicy(nn.Module):
             query=query, node=zero.clone(), depth=zero.clone(),
             tokens=torch.full((b, self.levels), -1, dtype=torch.long, device=self.device),
             logp=self.restricted_logp(h0, zero, zero), hidden=state_hidden,
-            kv=self._write_kv(self._empty_kv(b), zero, new_kv), context=context,
+            kv=self._write_kv(self._empty_kv(b), zero, new_kv), context=context, block=1,
         )
 
-    def step(self, states: State, codes: torch.Tensor) -> State:
-        """Extend each row of ``states`` by its code (N,); all rows in one backbone call."""
+    def step(self, states: State, codes: torch.Tensor, strict: bool = True) -> State:
+        """Extend each row of ``states`` by its code (N,); all rows in one backbone call.
+
+        A code that is not a valid child of its row's prefix is refused: with ``strict`` by a ValueError that
+        names it (one host read per call); otherwise by a device-side assertion that names nothing
+        (``torch._assert_async``: no host read, on a GPU no synchronisation), what the decoders use, whose codes
+        come from the valid children by construction."""
         codes = torch.as_tensor(codes, dtype=torch.long, device=self.device)
         depth = states.depth
         out_of_range = (codes < 0) | (codes >= self.k_max)
         node = self.child[states.node, codes.clamp(0, self.k_max - 1)]
-        if bool((depth >= self.levels).any() | out_of_range.any() | (node < 0).any()):  # one host sync, not three
+        bad = (depth >= self.levels).any() | out_of_range.any() | (node < 0).any()
+        if not strict:
+            torch._assert_async(~bad, "a decoder stepped a state by a code that is not a valid child of its prefix")
+        elif bool(bad):  # one host read, not three
             if (depth >= self.levels).any():
                 raise ValueError("cannot step a state at depth L: the SID is complete")
             if out_of_range.any():
-                bad = int(codes[out_of_range][0])
-                raise ValueError(f"code {bad} is out of range: expected 0 <= code < {self.k_max}")
+                code = int(codes[out_of_range][0])
+                raise ValueError(f"code {code} is out of range: expected 0 <= code < {self.k_max}")
             r = int((node < 0).nonzero()[0])
             raise ValueError(
                 f"code {int(codes[r])} is not a valid child of prefix {states.tokens[r, : int(depth[r])].tolist()}"
@@ -310,7 +330,7 @@ class SIDPolicy(nn.Module):
         tok = self.code_token(depth, codes)
         slot = states.context.next_slot[states.query]
         hidden, new_kv = self._extend(
-            states.context, states.query, states.kv, lvl, tok[:, None], lvl[:, None], slot[:, None]
+            states.context, states.query, states.kv, lvl, tok[:, None], lvl[:, None], slot[:, None], block=states.block
         )
         h = hidden[:, 0]
         rows = torch.arange(len(codes), device=self.device)
@@ -321,7 +341,7 @@ class SIDPolicy(nn.Module):
         return State(
             query=states.query, node=node, depth=lvl, tokens=tokens,
             logp=self.restricted_logp(h, lvl, node), hidden=state_hidden,
-            kv=self._write_kv(states.kv, lvl, new_kv), context=states.context,
+            kv=self._write_kv(states.kv, lvl, new_kv), context=states.context, block=states.block,
         )
 
     def candidate_hidden(self, histories, sids: torch.Tensor, with_last: bool = False):
@@ -340,7 +360,7 @@ class SIDPolicy(nn.Module):
         query = torch.arange(b, device=self.device).repeat_interleave(c)
         zero = torch.zeros(b * c, dtype=torch.long, device=self.device)
         hidden, _ = self._extend(ctx, query, None, zero, inp, lv.expand(b * c, -1),
-                                 next_slot[query][:, None].expand(-1, n_in))
+                                 next_slot[query][:, None].expand(-1, n_in), block=c)
         return hidden.reshape(b, c, n_in, -1), ctx
 
     def logprobs(self, histories, sids: torch.Tensor) -> torch.Tensor:
@@ -389,8 +409,8 @@ class CountingPolicy:
         self.prefill_tokens += root.context.prefill_tokens
         return root
 
-    def step(self, states: State, codes: torch.Tensor) -> State:
-        out = self.policy.step(states, codes)
+    def step(self, states: State, codes: torch.Tensor, strict: bool = True) -> State:
+        out = self.policy.step(states, codes, strict)
         self.tokens += len(out)
         return out
 

@@ -126,13 +126,16 @@ def _attention(q, k, v, bias, scale) -> torch.Tensor:
     return out.reshape(n, h, s, dh)
 
 
-def _query_major(query: torch.Tensor, n_ctx: int) -> int | None:
+def _query_major(query: torch.Tensor, n_ctx: int, block: int | None = None) -> int | None:
     """c when ``query`` is [0]*c + [1]*c + ... + [n_ctx-1]*c (each context's rows together) and c is at
-    most ``MAX_BLOCK``, else None."""
+    most ``MAX_BLOCK``, else None. ``block``: c as the caller knows it (``State.block``), taken on its word;
+    without it, ``query`` is compared on the device and the answer read back to the host."""
     n = len(query)
     if n == 0 or n % n_ctx or n // n_ctx > MAX_BLOCK:
         return None
     c = n // n_ctx
+    if block is not None:
+        return c if block == c else None
     return c if torch.equal(query, torch.arange(n_ctx, device=query.device).repeat_interleave(c)) else None
 
 
@@ -285,7 +288,7 @@ class QwenPolicy(SIDPolicy):
         bias = _bias(att, self.n_heads // self.n_kv, self._dtype)
         return self._layers(tokens, positions, lambda i, q, k, v: _attention(q, k, v, bias, self.scale))
 
-    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots):
+    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block=None):
         n, s = tokens.shape
         n_ctx, t = ctx.mask.shape
         p = 0 if past_kv is None else past_kv.shape[-2]
@@ -293,7 +296,7 @@ class QwenPolicy(SIDPolicy):
         positions = ctx.mask.sum(1)[query][:, None] + levels  # after the prompt's real tokens
         causal = torch.ones(s, s, dtype=torch.bool, device=dev).tril()
         past = torch.arange(p, device=dev)[None, :] < past_len[:, None] if p else None  # (N, P) filled positions
-        c = _query_major(query, n_ctx)
+        c = _query_major(query, n_ctx, block)
         if c is not None:
             # each context's c rows as one block after it: keys [prompt, the c rows' prefix caches, the c
             # rows' new tokens], the prompt's read in place (never copied per row); a row sees only its own
