@@ -89,6 +89,20 @@ def hf_hidden(policy: QwenPolicy, histories, sids: torch.Tensor) -> torch.Tensor
     return out.last_hidden_state[:, -(L + 1):].reshape(b, c, L + 1, -1)
 
 
+def test_the_stacked_projections_follow_the_weights(world, histories):
+    """q, k and v are one matrix product of the projections' weights stacked and kept between calls
+    (``QwenPolicy._stacked_qkv``): an in-place change of a weight, as an optimiser's step makes, stacks them again."""
+    policy = make_policy(world, "valid")
+    sids = random_sids(world, len(histories), 3)
+    with torch.no_grad():
+        before = policy.logprobs(histories, sids)
+        policy.model.model.layers[0].self_attn.k_proj.weight.mul_(3.0)
+        after = policy.logprobs(histories, sids)
+        reference = policy.reference_logprobs(histories, sids)  # the Hugging Face forward on the new weights
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, reference, rtol=ATOL, atol=ATOL)
+
+
 # ---------------------------------------------------------------------------------------------
 # (a) the KV cache against a full re-encode
 # ---------------------------------------------------------------------------------------------
