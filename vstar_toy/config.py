@@ -241,11 +241,17 @@ class SFTConfig:
     step of ``epochs``, Loshchilov & Hutter 2017), each after ``warmup_steps`` of linear warm-up."""
     warmup_steps: int = 0
     """Optimiser steps of linear warm-up from 0 to ``lr``, >= 0."""
+    align_weight: float = 0.0
+    """Weight of the title-to-SID alignment task, in [0, 10]; 0 turns it off. Each optimiser step adds this
+    times the NLL of ``batch_size`` catalog items' SIDs, each given its title alone
+    (``TinyPolicy.encode_titles``): the item alignment of MiniOneRec and LC-Rec (Zheng et al. 2024). Needs a
+    policy that reads item text (``PolicyConfig.item_text``)."""
     seed: int = 0
     """Seed of batching order, >= 0."""
 
     def __post_init__(self) -> None:
         _check_choices(self)
+        _number_in(self, "align_weight", 0, 10)
         _int_at_least(self, "warmup_steps", 0)
         _int_at_least(self, "epochs", 1)
         _int_at_least(self, "batch_size", 1)

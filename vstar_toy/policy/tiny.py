@@ -19,7 +19,7 @@ from torch import nn
 from ..config import PolicyConfig
 from ..seeding import seeded
 from ..world.catalog import Catalog
-from .base import SEP, Context, SIDPolicy
+from .base import PAD, SEP, Context, SIDPolicy
 from .packing import Packing
 
 MAX_SLOTS = 64  # items per sequence the slot embedding can tell apart; later slots share the last
@@ -88,6 +88,28 @@ class TinyPolicy(SIDPolicy):
             text = self.text_proj(self.item_text[items.clamp_min(0)])
             x = x + torch.where(items[..., None] >= 0, text, 0.0)
         return x
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the policy reads the items' text embeddings (``PolicyConfig.item_text``)."""
+        return self.text_proj is not None
+
+    def encode_titles(self, items) -> Context:
+        """Contexts of one item each (B,), seen through its title alone: the positions of the item's
+        [SEP, code_1 .. code_L] with the codes hidden (PAD tokens, attended to) and its text embedding on
+        each, as ``item_text`` adds it to a history item. What the alignment task conditions on
+        (``SFTConfig.align_weight``): ``logprobs(encode_titles(items), sids)`` is log pi(SID | title)."""
+        if not self.reads_text:
+            raise ValueError("encode_titles needs a policy that reads item text: PolicyConfig.item_text = True")
+        items = torch.as_tensor(items, dtype=torch.long, device=self.device)
+        b, width = len(items), self.levels + 1
+        tokens = torch.full((b, width), PAD, dtype=torch.long, device=self.device)
+        tokens[:, 0] = SEP
+        levels = torch.arange(width, device=self.device).expand(b, -1)
+        mask = torch.ones(b, width, dtype=torch.bool, device=self.device)
+        hidden, kv = self._encode(tokens, levels, torch.zeros_like(levels), mask, items[:, None].expand(-1, width))
+        return Context(kv=kv, mask=mask, next_slot=torch.ones(b, dtype=torch.long, device=self.device),
+                       hidden=hidden, items=items[:, None], encoder=self.weights_key(), n_prefill=b * width)
 
     # -- backbone pieces -------------------------------------------------------------------------
     def _encode(self, tokens, levels, slots, mask, items=None):

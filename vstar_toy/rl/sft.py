@@ -2,7 +2,8 @@
 
 The loss is the mean negative log-likelihood of the logged next items' SID tokens given the history,
 restricted to valid children (each history encoded once for all its logged items), with AdamW at a constant
-or warmed-up cosine rate (``SFTConfig.schedule``, ``lr_factor``). Validation HR@10 by beam search picks the
+or warmed-up cosine rate (``SFTConfig.schedule``, ``lr_factor``), plus, with ``SFTConfig.align_weight``, the
+NLL of catalog items' SIDs given their titles alone (item alignment). Validation HR@10 by beam search picks the
 epoch to keep (early stopping with ``patience``), except on a world whose validation rows are training pairs
 (``World.valid_seen``): there every epoch runs and the last is kept.
 """
@@ -75,6 +76,10 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
         raise ValueError(f"{world.name} has no training pairs")
     sids = torch.as_tensor(world.catalog.sids)[targets.clamp_min(0)]  # (S, T, L)
     sids[targets < 0] = -1
+    catalog_sids = torch.as_tensor(world.catalog.sids)
+    if cfg.align_weight > 0 and not getattr(policy, "reads_text", False):
+        raise ValueError(f"SFTConfig.align_weight = {cfg.align_weight:g} needs a policy that reads item titles: the "
+                         "tiny policy with PolicyConfig.item_text = True")
     val = None if world.valid_seen else world.queries("valid", n=cfg.eval_queries, seed=cfg.seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -99,6 +104,10 @@ def train_sft(policy: SIDPolicy, world: World, cfg: SFTConfig, progress: bool = 
             for b in range(n_batches):
                 idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 loss = target_nll(policy, hist[idx.numpy()], sids[idx])
+                if cfg.align_weight > 0:  # the alignment task: SIDs of catalog items drawn uniformly, given titles
+                    items = torch.randint(world.catalog.n_items, (cfg.batch_size,), generator=gen)
+                    aligned = target_nll(policy, policy.encode_titles(items), catalog_sids[items])
+                    loss = loss + cfg.align_weight * aligned
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)

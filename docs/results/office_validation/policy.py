@@ -51,6 +51,10 @@ SFT_VARIANTS = {  # name -> (Config.replace stages over the real-data preset, be
 FIXED = {  # the tested model's protocol (World.valid_seen: every epoch runs, the last is kept): how many epochs
     f"... {n} epochs, the last kept": with_(A, sft={"epochs": n}) for n in (6, 8, 12, 16)
 }
+CHOSEN = "... 8 epochs, the last kept"  # config.REAL_DATA's SFT
+FIXED |= {  # the title-to-SID alignment task (SFTConfig.align_weight) over the chosen SFT, paired with it too
+    f"{CHOSEN}, alignment {w:g}": with_(A, sft={"epochs": 8, "align_weight": w}) for w in (0.5, 1.0)
+}
 SEQREC_VARIANTS = {
     "SASRec (defaults)": SeqRecConfig(),
     "SASRec, width 128": SeqRecConfig(d_model=128),
@@ -101,6 +105,9 @@ def record(done: dict, name: str, hits: dict, people: np.ndarray, t: float, extr
     if REF in hits and name != REF:
         row["hr@10 - ref"] = cluster_ci(hr - hits[REF][0], people)
         row["ndcg@10 - ref"] = cluster_ci(nd - hits[REF][1], people)
+    if CHOSEN in hits and name.startswith(CHOSEN + ","):  # a change to the chosen policy, paired with it
+        row["hr@10 - chosen"] = cluster_ci(hr - hits[CHOSEN][0], people)
+        row["ndcg@10 - chosen"] = cluster_ci(nd - hits[CHOSEN][1], people)
     print(json.dumps(row), flush=True)
     done[name] = row
     OUT.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
