@@ -64,6 +64,7 @@ BAD = [
     (SFTConfig, "seed", -1, "an integer >= 0"),
     (SFTConfig, "schedule", "linear", "one of constant, cosine"),
     (SFTConfig, "warmup_steps", -1, "an integer >= 0"),
+    (SFTConfig, "align_weight", -0.5, "a number in [0, 10]"),
     (SeqRecConfig, "kind", "bert4rec", "one of sasrec, gru4rec"),
     (SeqRecConfig, "d_model", 4, "an integer >= 8"),
     (SeqRecConfig, "n_layers", 0, "an integer >= 1"),
