@@ -30,13 +30,19 @@ class Packing:
         self.slot, self.g, self.n_ctx = slot, g, n_ctx
 
     @staticmethod
-    def of(query: torch.Tensor, n_ctx: int) -> Packing:
-        """Rows whose contexts are ``query`` (N,), in any order, among ``n_ctx`` contexts.
+    def of(query: torch.Tensor, n_ctx: int, block: int | None = None) -> Packing:
+        """Rows whose contexts are ``query`` (N,), in any order, among ``n_ctx`` contexts. ``block``: c when the
+        caller knows the rows come grouped by context, c each (``State.block``): then row r is slot r, and nothing
+        is counted or read back to the host.
 
         >>> p = Packing.of(torch.tensor([1, 0, 1, 1]), 3)  # context 1 has the most rows: G = 3
         >>> p.g, p.slot.tolist()  # row 1 is context 0's first slot; rows 0, 2, 3 fill context 1's
         (3, [3, 0, 4, 5])
+        >>> Packing.of(torch.tensor([0, 0, 1, 1]), 2, block=2).slot.tolist()
+        [0, 1, 2, 3]
         """
+        if block is not None and len(query) == block * n_ctx:
+            return Packing(torch.arange(len(query), device=query.device), block, n_ctx)
         counts = torch.bincount(query, minlength=n_ctx)
         g = int(counts.max()) if len(query) else 1  # one read back to the host per call
         order = torch.argsort(query, stable=True)

@@ -128,7 +128,7 @@ class TinyPolicy(SIDPolicy):
     def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block=None):
         n, s = tokens.shape
         x = self._embed(tokens, levels, slots)
-        pack = Packing.of(query, len(ctx.mask))
+        pack = Packing.of(query, len(ctx.mask), block)
         p = 0 if past_kv is None else past_kv.shape[-2]
         att_mask = pack.mask(ctx.mask, past_len, p, s)  # (B, 1, G*S, T + G*(P+S))
         new_kv = []
