@@ -164,6 +164,24 @@ def test_step_on_mixed_queries_and_depths_equals_step_row_by_row(world, historie
     check_step_batch_equals_rows(policy, batch, codes, ATOL)
 
 
+def test_decodes_sharing_a_context_share_its_cache_and_it_grows(world, histories):
+    """A decode writes its tokens' keys and values into its Context's cache (``_DecodeCache``), which only ever
+    gains columns: decodes that share a Context (a training step's decoders do) give what each gives alone, and
+    a cache past its first room grows without moving what it holds."""
+    policy = make_policy(world)
+    with torch.no_grad():
+        alone = beam_search(policy, histories, 4)
+        ctx = policy.encode(histories)
+        first = beam_search(policy, ctx, 4)
+        room = ctx.cache.kv.shape[-2]
+        for _ in range(room // 9 + 1):  # 9 columns per context each (start, 4 + 4 beams)
+            again = beam_search(policy, ctx, 4)
+    assert ctx.cache.kv.shape[-2] > room
+    for out in (first, again):
+        assert torch.equal(out.sids, alone.sids) and np.array_equal(out.cost_tokens, alone.cost_tokens)
+        torch.testing.assert_close(out.logp, alone.logp, rtol=0, atol=ATOL)
+
+
 def test_left_padding_changes_nothing(world, histories):
     policy = make_policy(world)
     sids = random_sids(world, len(histories), 4, seed=2)

@@ -58,6 +58,7 @@ class Context:
     items: torch.Tensor
     encoder: tuple[int, int] | None = None
     n_prefill: int | None = None
+    cache: object = None  # what a backbone keeps of a decode beside the prompts (policy/qwen.py: _DecodeCache)
 
     @property
     def prefill_tokens(self) -> int:
@@ -166,10 +167,13 @@ class SIDPolicy(nn.Module):
         items' text (``PolicyConfig.item_text``); others ignore it."""
         raise NotImplementedError
 
-    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block: int | None = None):
+    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block: int | None = None,
+                keep: bool = False):
         """(N, S) new tokens attending to ctx rows ``query``, to the first ``past_len`` positions of
         ``past_kv`` and causally to themselves. Returns hidden (N, S, d) and their kv (N, ..., S, ...).
-        ``block``: c when the caller knows the rows are grouped by context, c each (``State.block``)."""
+        ``block``: c when the caller knows the rows are grouped by context, c each (``State.block``).
+        ``keep``: a decoding call (``start``, ``step``), whose tokens later steps attend to; a backbone may keep
+        their keys and values where it likes and return, as their kv, what ``_write_kv`` stores in the state."""
         raise NotImplementedError
 
     def _code_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:
@@ -183,6 +187,11 @@ class SIDPolicy(nn.Module):
     def _empty_kv(self, n: int) -> torch.Tensor:
         """A zero prefix cache for n rows, room for L+1 positions."""
         raise NotImplementedError
+
+    def prefix_cache(self, states: State) -> torch.Tensor:
+        """(N, ...) the keys and values of each row's prefix positions, in one layout whatever the backbone keeps
+        in ``State.kv`` (zeros at positions not reached): what ``policy/contract.py`` compares."""
+        return states.kv
 
     def _write_kv(self, kv: torch.Tensor, pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """Copy of prefix cache ``kv`` with ``new`` (one position) written at per-row ``pos``."""
@@ -290,7 +299,7 @@ class SIDPolicy(nn.Module):
         start = torch.full((b, 1), SEP, device=self.device)
         zero = torch.zeros(b, dtype=torch.long, device=self.device)
         hidden, new_kv = self._extend(
-            context, query, None, zero, start, zero[:, None], context.next_slot[:, None], block=1
+            context, query, None, zero, start, zero[:, None], context.next_slot[:, None], block=1, keep=True
         )
         h0 = hidden[:, 0]
         state_hidden = torch.zeros(b, self.levels + 1, h0.shape[-1], device=self.device, dtype=h0.dtype)
@@ -330,7 +339,8 @@ class SIDPolicy(nn.Module):
         tok = self.code_token(depth, codes)
         slot = states.context.next_slot[states.query]
         hidden, new_kv = self._extend(
-            states.context, states.query, states.kv, lvl, tok[:, None], lvl[:, None], slot[:, None], block=states.block
+            states.context, states.query, states.kv, lvl, tok[:, None], lvl[:, None], slot[:, None], block=states.block,
+            keep=True,
         )
         h = hidden[:, 0]
         rows = torch.arange(len(codes), device=self.device)

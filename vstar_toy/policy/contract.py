@@ -32,15 +32,16 @@ def step_rows(policy: SIDPolicy, histories, picks: list[tuple[int, int, int]]) -
     return State.cat(rows), torch.tensor(codes)
 
 
-def assert_states_close(a: State, b: State, atol: float) -> None:
-    """The same rows: equal prefixes, -inf at the same codes, log-probs, hidden states and caches within ``atol``."""
+def assert_states_close(policy: SIDPolicy, a: State, b: State, atol: float) -> None:
+    """The same rows: equal prefixes, -inf at the same codes, log-probs, hidden states and caches
+    (``policy.prefix_cache``) within ``atol``."""
     for name in ("query", "node", "depth", "tokens"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0)
     assert torch.equal(torch.isinf(a.logp), torch.isinf(b.logp))
     finite = torch.isfinite(a.logp)
     torch.testing.assert_close(a.logp[finite], b.logp[finite], rtol=0, atol=atol)
     torch.testing.assert_close(a.hidden, b.hidden, rtol=0, atol=atol)
-    torch.testing.assert_close(a.kv, b.kv, rtol=0, atol=atol)
+    torch.testing.assert_close(policy.prefix_cache(a), policy.prefix_cache(b), rtol=0, atol=atol)
 
 
 def check_step_batch_equals_rows(policy: SIDPolicy, batch: State, codes: torch.Tensor, atol: float,
@@ -52,7 +53,7 @@ def check_step_batch_equals_rows(policy: SIDPolicy, batch: State, codes: torch.T
         together = counted.step(batch, codes)
         assert counted.tokens == len(codes), (counted.tokens, len(codes))
         alone = State.cat([policy.step(batch.index(torch.tensor([i])), codes[i : i + 1]) for i in range(len(codes))])
-        assert_states_close(together, alone, atol)
+        assert_states_close(policy, together, alone, atol)
         if order is not None:
             perm = torch.as_tensor(order)
-            assert_states_close(policy.step(batch.index(perm), codes[perm]), together.index(perm), atol)
+            assert_states_close(policy, policy.step(batch.index(perm), codes[perm]), together.index(perm), atol)

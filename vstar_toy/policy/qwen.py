@@ -13,12 +13,14 @@ left-padded attention mask, so left padding changes nothing.
 Layers. The forward runs the backbone's own weights (embeddings, RMSNorms, q/k/v/o projections,
 rotary embedding, MLP) in its modules' arithmetic, with our attention, so that the masks and the cache
 are ours (``compile_blocks`` fuses the dense parts with ``torch.compile``): a context
-cache per layer, keys (B, kv_heads, T, dh) after RoPE, computed once by ``start``; and per state a
-prefix cache (N, layers, 2, kv_heads, L+1, dh) for ``<sid>, y_1 .. y_L``. Rows of any queries and
-depths step in one call. When a call's rows come grouped by query, c rows each (``start``, a beam
-level where every query kept B beams, ``logprobs``, ``candidate_hidden``), each prompt's c rows are laid out as
-one block after it with block-diagonal masks, so the prompt's keys are read in place, never copied
-per row; otherwise (VED's uneven expansions) each row gathers its prompt's keys, as tiny.py does.
+cache per layer, keys (B, kv_heads, T, dh) after RoPE, computed once by ``encode``. A decode (``start``,
+``step``) writes each token's keys and values in place into one cache per Context (``_DecodeCache``: the
+prompts' columns, then a column per forwarded token), and a state's ``kv`` is only the columns of its
+prefix ``<sid>, y_1 .. y_l``: no layer copies the prompt or the prefix, and indexing states copies
+L + 1 integers a row. Rows of any queries and depths step in one call. When a call's rows come grouped
+by query, c rows each (``start``, a beam level where every query kept B beams, ``logprobs``,
+``candidate_hidden``), each prompt's c rows are one block of queries over its keys, read in place;
+otherwise (VED's uneven expansions) each row gathers its prompt's keys, as tiny.py does.
 The oracles (``reference_logprobs``: the stock Hugging Face forward on [prompt, candidate] for each
 candidate; ``hf_beam_search``: ``generate``) live here too, for the tests and ``benchmarks/gpu.py``.
 
@@ -48,6 +50,7 @@ from ..config import BACKBONE_NAMES
 from ..seeding import seeded
 from ..world.catalog import Catalog
 from .base import SEP, Context, SIDPolicy
+from .packing import Packing
 
 # published sizes (the models' config.json); weights are random unless a checkpoint path is given
 _QWEN25 = dict(vocab_size=151936, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu",
@@ -139,6 +142,31 @@ def _query_major(query: torch.Tensor, n_ctx: int, block: int | None = None) -> i
     if block is not None:
         return c if block == c else None
     return c if torch.equal(query, torch.arange(n_ctx, device=query.device).repeat_interleave(c)) else None
+
+
+class _DecodeCache:
+    """A decode's keys and values per layer, written in place (``QwenPolicy._decode_step``): the prompts' in
+    columns 0 .. T-1 (copied once from the Context), then every token that ``start`` and ``step`` forward, in the
+    columns ``claim`` hands out and the rows' ``State.kv`` names. ``kv``: (layers, 2, B, kv_heads, capacity, dh),
+    grown by doubling; ``end``: the first column not handed out. Decodes that share a Context share its cache:
+    columns are only ever added."""
+
+    def __init__(self, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], t: int, room: int = 64):
+        b, h, _, dh = prompt_kv[0][0].shape
+        self.kv = prompt_kv[0][0].new_zeros(len(prompt_kv), 2, b, h, t + room, dh)
+        for i, (k, v) in enumerate(prompt_kv):
+            self.kv[i, 0, :, :, :t] = k
+            self.kv[i, 1, :, :, :t] = v
+        self.end = t
+
+    def claim(self, width: int) -> int:
+        """``width`` more columns for every context; returns the first."""
+        first, self.end = self.end, self.end + width
+        if self.end > self.kv.shape[-2]:
+            grown = self.kv.new_zeros(*self.kv.shape[:-2], max(2 * self.kv.shape[-2], self.end), self.kv.shape[-1])
+            grown[..., :first, :] = self.kv[..., :first, :]
+            self.kv = grown
+        return first
 
 
 class QwenPolicy(SIDPolicy):
@@ -313,55 +341,91 @@ class QwenPolicy(SIDPolicy):
         hidden, kv = self._layers(tokens, positions, lambda i, q, k, v: _attention(q, k, v, bias, self.scale))
         return hidden, [(k.contiguous(), v.contiguous()) for k, v in kv]  # views of q's tensors: kept compact
 
-    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block=None):
+    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block=None, keep=False):
+        if keep:
+            return self._decode_step(ctx, query, past_kv, tokens, levels, block)
+        if past_kv is not None:
+            raise ValueError("QwenPolicy keeps prefix caches only for decoding calls (keep=True)")
         n, s = tokens.shape
         n_ctx, t = ctx.mask.shape
-        p = 0 if past_kv is None else past_kv.shape[-2]
         dev = tokens.device
         positions = ctx.mask.sum(1)[query][:, None] + levels  # after the prompt's real tokens
         causal = torch.ones(s, s, dtype=torch.bool, device=dev).tril()
-        past = torch.arange(p, device=dev)[None, :] < past_len[:, None] if p else None  # (N, P) filled positions
         c = _query_major(query, n_ctx, block)
         if c is not None:
-            # each context's c rows as one block after it: keys [prompt, the c rows' prefix caches, the c
-            # rows' new tokens], the prompt's read in place (never copied per row); a row sees only its own
+            # each context's c rows as one block after it: keys [prompt, the c rows' tokens], the prompt's read in
+            # place (never copied per row); a row sees only its own
             b = n_ctx
             own = torch.eye(c, dtype=torch.bool, device=dev)[:, None, :, None]  # (c, 1, c, 1): row r, key row r'
-            masks = [ctx.mask[:, None, :].expand(b, c * s, t)]
-            if p:
-                masks.append((own & past.view(b, 1, 1, c, p)).expand(b, c, s, c, p).reshape(b, c * s, c * p))
-            masks.append((own & causal[None, :, None, :]).reshape(c * s, c * s).expand(b, -1, -1))
-            bias = _bias(torch.cat(masks, -1)[:, None], self.n_heads // self.n_kv, self._dtype)
+            mask = torch.cat([ctx.mask[:, None, :].expand(b, c * s, t),
+                              (own & causal[None, :, None, :]).reshape(c * s, c * s).expand(b, -1, -1)], -1)
+            bias = _bias(mask[:, None], self.n_heads // self.n_kv, self._dtype)
 
             def fold(x):  # (N, h, S', dh) -> (B, h, c * S', dh)
                 return x.reshape(b, c, *x.shape[1:]).transpose(1, 2).reshape(b, x.shape[1], -1, x.shape[-1])
 
             def attend(i, q, k, v):
                 ck, cv = ctx.kv[i]
-                keys, vals = [ck, fold(k)], [cv, fold(v)]
-                if p:
-                    keys.insert(1, fold(past_kv[:, i, 0]))
-                    vals.insert(1, fold(past_kv[:, i, 1]))
-                out = _attention(fold(q), torch.cat(keys, 2), torch.cat(vals, 2), bias, self.scale)
+                out = _attention(fold(q), torch.cat([ck, fold(k)], 2), torch.cat([cv, fold(v)], 2), bias, self.scale)
                 return out.view(b, -1, c, s, out.shape[-1]).transpose(1, 2).reshape(n, -1, s, out.shape[-1])
         else:
-            # rows of any queries, in any order: gather each row's prompt keys, then its prefix cache
-            masks = [ctx.mask[query][:, None, :].expand(n, s, t)]
-            if p:
-                masks.append(past[:, None, :].expand(n, s, p))
-            masks.append(causal[None].expand(n, -1, -1))
-            bias = _bias(torch.cat(masks, -1)[:, None], self.n_heads // self.n_kv, self._dtype)  # (N, 1, gS, T+P+S)
+            # rows of any queries, in any order: gather each row's prompt keys
+            mask = torch.cat([ctx.mask[query][:, None, :].expand(n, s, t), causal[None].expand(n, -1, -1)], -1)
+            bias = _bias(mask[:, None], self.n_heads // self.n_kv, self._dtype)  # (N, 1, gS, T+S)
 
             def attend(i, q, k, v):
                 ck, cv = ctx.kv[i]
-                keys, vals = [ck[query], k], [cv[query], v]
-                if p:
-                    keys.insert(1, past_kv[:, i, 0])
-                    vals.insert(1, past_kv[:, i, 1])
-                return _attention(q, torch.cat(keys, 2), torch.cat(vals, 2), bias, self.scale)
+                return _attention(q, torch.cat([ck[query], k], 2), torch.cat([cv[query], v], 2), bias, self.scale)
 
         hidden, kv = self._layers(tokens, positions, attend)
         return hidden, torch.stack([torch.stack([k, v], 1) for k, v in kv], 1)  # (N, layers, 2, kv, S, dh)
+
+    def _decode_step(self, ctx: Context, query, prefix, tokens, levels, block):
+        """One token per row of a decode (``start``, ``step``): its keys and values written in place into the
+        decode's cache (``_DecodeCache``), and attention over that cache, so no layer copies the prompt's or the
+        prefix's keys. ``prefix`` (N, L+1): the cache columns of each row's prefix positions (-1: none), the
+        rows' ``State.kv`` (None at ``start``). Returns hidden (N, 1, d) and each new token's column (N, 1)."""
+        n, s = tokens.shape
+        if s != 1:
+            raise ValueError(f"a decoding call forwards one token per row, not {s}")
+        n_ctx, t = ctx.mask.shape
+        dev = tokens.device
+        if ctx.cache is None:
+            ctx.cache = _DecodeCache(ctx.kv, t)
+        cache = ctx.cache
+        c = _query_major(query, n_ctx, block)
+        pack = Packing.of(query, n_ctx, c)  # without c: counts each context's rows (one host read)
+        first = cache.claim(pack.g)  # pack.g new columns per context; row r takes its rank among its context's rows
+        col = first + pack.slot - query * pack.g  # (N,)
+        u = cache.end
+        seen = torch.zeros(n, u + 1, dtype=torch.bool, device=dev)  # column u: where the empty positions point
+        seen[:, :t] = ctx.mask[query]
+        if prefix is not None:
+            seen.scatter_(1, torch.where(prefix >= 0, prefix, u), True)
+        seen[torch.arange(n, device=dev), col] = True  # the token sees itself
+        seen = seen[:, :u]
+        positions = ctx.mask.sum(1)[query][:, None] + levels  # after the prompt's real tokens
+        g = self.n_heads // self.n_kv
+        if c is not None:  # each context's c rows as one block of queries over its cache: the cache read in place
+            b = n_ctx
+            bias = _bias(seen.view(b, 1, c, u), g, self._dtype)
+
+            def attend(i, q, k, v):
+                cache.kv[i, 0, query, :, col] = k[:, :, 0]
+                cache.kv[i, 1, query, :, col] = v[:, :, 0]
+                out = _attention(q.reshape(b, c, -1, q.shape[-1]).transpose(1, 2), cache.kv[i, 0, :, :, :u],
+                                 cache.kv[i, 1, :, :, :u], bias, self.scale)  # (B, H, c, dh)
+                return out.transpose(1, 2).reshape(n, -1, 1, out.shape[-1])
+        else:  # rows of any queries: each gathers its context's cache
+            bias = _bias(seen.view(n, 1, 1, u), g, self._dtype)
+
+            def attend(i, q, k, v):
+                cache.kv[i, 0, query, :, col] = k[:, :, 0]
+                cache.kv[i, 1, query, :, col] = v[:, :, 0]
+                return _attention(q, cache.kv[i, 0, :, :, :u][query], cache.kv[i, 1, :, :, :u][query], bias, self.scale)
+
+        hidden, _ = self._layers(tokens, positions, attend)
+        return hidden, col[:, None]
 
     def _code_rows(self, level: int) -> torch.Tensor:
         k = self.catalog.codebook_sizes[level]
@@ -378,15 +442,22 @@ class QwenPolicy(SIDPolicy):
         return self.model.get_output_embeddings()(hidden).float().logsumexp(-1, keepdim=True)  # all V rows
 
     def _empty_kv(self, n: int) -> torch.Tensor:
-        layers = len(self.model.model.layers)
-        return torch.zeros(n, layers, 2, self.n_kv, self.levels + 1, self.head_dim, device=self.device,
-                           dtype=self._dtype)
+        """No prefix yet: a state's cache is the decode cache's column of each prefix position (-1: none)."""
+        return torch.full((n, self.levels + 1), -1, dtype=torch.long, device=self.device)
 
     def _write_kv(self, kv: torch.Tensor, pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         out = kv.clone()
-        rows = torch.arange(len(kv), device=kv.device)
-        out[rows, :, :, :, pos] = new[..., 0, :].to(out.dtype)  # new: (N, layers, 2, kv, 1, dh)
+        out[torch.arange(len(kv), device=kv.device), pos] = new[:, 0]  # new: (N, 1) columns
         return out
+
+    def prefix_cache(self, states) -> torch.Tensor:
+        """(N, L+1, layers, 2, kv, dh) the keys and values at each row's prefix columns of the decode cache."""
+        cols = states.kv
+        cache = states.context.cache
+        if cache is None:
+            return torch.zeros(len(cols), self.levels + 1, 0, device=self.device)
+        out = cache.kv[:, :, states.query[:, None], :, cols.clamp_min(0)]  # (N, L+1, layers, 2, kv, dh)
+        return torch.where((cols >= 0)[..., None, None, None, None], out, 0.0)
 
     # -- the oracles: the stock Hugging Face forward and generate ----------------------------------------
     def _prompt_ids(self, histories):

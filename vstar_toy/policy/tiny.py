@@ -125,7 +125,7 @@ class TinyPolicy(SIDPolicy):
             x = blk.finish(x, F.scaled_dot_product_attention(q, k, v, attn_mask=att_mask[:, None]))
         return self.ln_f(x), kv
 
-    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block=None):
+    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block=None, keep=False):
         n, s = tokens.shape
         x = self._embed(tokens, levels, slots)
         pack = Packing.of(query, len(ctx.mask), block)
