@@ -14,7 +14,9 @@ logits of std ~4, so that rankings are not decided by near-ties (as in tests/pro
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +182,27 @@ def test_decodes_sharing_a_context_share_its_cache_and_it_grows(world, histories
     for out in (first, again):
         assert torch.equal(out.sids, alone.sids) and np.array_equal(out.cost_tokens, alone.cost_tokens)
         torch.testing.assert_close(out.logp, alone.logp, rtol=0, atol=ATOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the decodes on a GPU against the same on the CPU")
+def test_a_gpu_decodes_what_the_cpu_decodes(world, histories):
+    """The decode cache, the stacked projections and the host-free beam levels on a GPU: beam search and VED give
+    the CPU's candidate sets and costs (float32, TF32 off), log-probs within 1e-4 (issue 34)."""
+    cpu = make_policy(world)
+    head = ValueHead.for_policy(cpu, ValueConfig()).eval()
+    gpu, gpu_head = copy.deepcopy(cpu).to("cuda"), copy.deepcopy(head).to("cuda")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            for cfg in (DecodeConfig(decoder="beam", n_candidates=4, warm_beam=2),
+                        DecodeConfig(decoder="ved", n_candidates=4, warm_beam=2)):
+                a, b = decode(cpu, histories, cfg, head), decode(gpu, histories, cfg, gpu_head)
+                assert torch.equal(a.sids, b.sids.cpu()) and np.array_equal(a.cost_tokens, b.cost_tokens), cfg.decoder
+                torch.testing.assert_close(a.logp, b.logp.cpu(), rtol=0, atol=1e-4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def test_left_padding_changes_nothing(world, histories):
@@ -449,3 +472,16 @@ def test_the_gpu_benchmark_runs_tiny(tmp_path):
     assert rows["  gradient cosine (naive, shared)"]["ok"]  # float32 on a CPU: equal up to rounding
     assert rows["  parameters identical on both ranks after the step"]["ok"]  # the two-process row ran (gloo)
     assert "| measure | result | target | verdict |" in out.with_suffix(".md").read_text()
+
+
+def test_the_device_check_rehearses_on_a_cpu(tmp_path):
+    """``benchmarks/gpu_check.sh``, the one call a session lent a GPU makes (issue 34), runs end to end here: without
+    CUDA it says so, skips the GPU tests with their reason and rehearses the benchmark on the tiny backbone."""
+    env = dict(os.environ, OUT=str(tmp_path), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no CUDA" in (tmp_path / "device.txt").read_text()
+    assert "needs CUDA" in (tmp_path / "gpu-tests.txt").read_text()
+    rows = {r["measure"]: r for r in json.loads((tmp_path / "cpu-rehearsal.json").read_text())["rows"]}
+    assert not any(r["error"] for r in rows.values()) and rows["host reads per beam search"]["value"] == 1
