@@ -185,7 +185,7 @@ def test_decodes_sharing_a_context_share_its_cache_and_it_grows(world, histories
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the decodes on a GPU against the same on the CPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: decodes on a GPU against the same on the CPU")
 def test_a_gpu_decodes_what_the_cpu_decodes(world, histories):
     """The decode cache, the stacked projections and the host-free beam levels on a GPU: beam search and VED give
     the CPU's candidate sets and costs (float32, TF32 off), log-probs within 1e-4 (issue 34)."""
