@@ -184,6 +184,19 @@ def test_decodes_sharing_a_context_share_its_cache_and_it_grows(world, histories
         torch.testing.assert_close(out.logp, alone.logp, rtol=0, atol=ATOL)
 
 
+def test_a_batch_decodes_what_each_query_decodes_alone(world, histories):
+    """The decode cache holds every query's columns side by side: a batch gives each query the beams, costs and
+    log-probs it gets alone, on its own cache. (VED's uneven rows per query are held to the same by the contract
+    test above, row by row; VED's sampling keys depend on a query's row, so its sets are not compared here.)"""
+    policy = make_policy(world)
+    with torch.no_grad():
+        together = beam_search(policy, histories, 6)
+        alone = [beam_search(policy, histories[i : i + 1], 6) for i in range(len(histories))]
+    assert torch.equal(together.sids, torch.cat([a.sids for a in alone]))
+    assert np.array_equal(together.cost_tokens, np.concatenate([a.cost_tokens for a in alone]))
+    torch.testing.assert_close(together.logp, torch.cat([a.logp for a in alone]), rtol=0, atol=ATOL)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: decodes on a GPU against the same on the CPU")
 def test_a_gpu_decodes_what_the_cpu_decodes(world, histories):
