@@ -35,7 +35,7 @@ import time
 import torch
 
 from vstar_toy import pipeline
-from vstar_toy.config import PRESETS, preset
+from vstar_toy.config import OBJECTIVES, PRESETS, preset
 from vstar_toy.decoding import decode
 from vstar_toy.policy.tiny import naive_logprobs
 from vstar_toy.policy.value import ValueHead
@@ -44,7 +44,6 @@ from vstar_toy.rl.train import train_step, training_state
 from vstar_toy.world.rewards import rewards
 
 DECODERS = ("beam", "ved")
-OBJECTIVES = ("grpo", "sibling", "joint")
 
 
 def load_models(world, cfg, say):

@@ -39,7 +39,7 @@ def world(preset_name: Preset = "cpu_demo", as_json: AsJson = False, quiet: Quie
     """Build the synthetic world and print its summary (items, SIDs, branching, measured mismatch)."""
     if plot is not None:
         check_output_dir(plot, "--plot")
-    cfg, w = flags.load(preset_name, given, None)
+    _, w = flags.load(preset_name, given, None)
     show.world(w.summary(), as_json)
     if plot is not None:
         from . import plots
@@ -130,7 +130,7 @@ def train(out: Annotated[Path, typer.Option(help="run directory: metrics.csv, ch
     check_output_dir(out)  # before the imports: a bad path answers at once
     from .config import UPDATES
     from .rl import distributed
-    from .rl.run import train_from_sft
+    from .train_run import train_from_sft
 
     given = {**given, "rl": {**UPDATES.get(update, {}), **given["rl"]}}  # the named update, its parts overridden
     distributed.init_from_env()

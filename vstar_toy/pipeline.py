@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, files
-from .config import Config, WorldConfig
+from .config import BACKBONE_NAMES, Config, WorldConfig
 from .files import cache_root
 from .policy.base import SIDPolicy
 from .policy.tiny import TinyPolicy
@@ -62,12 +62,9 @@ def check_names(data: str | None = None, backbone: str | None = None) -> None:
         if data not in SHIPPED and not Path(data).exists():
             raise ValueError(f"--data = {data!r} is invalid: expected {', '.join(SHIPPED)}, a MiniOneRec directory or "
                              "a compact .jsonl.gz file")
-    if backbone is not None:
-        from .policy.qwen import BACKBONES
-
-        if backbone not in BACKBONES and not Path(backbone).is_dir():
-            raise ValueError(f"--backbone = {backbone!r} is invalid: expected one of {', '.join(BACKBONES)} "
-                             "or a local checkpoint directory")
+    if backbone is not None and backbone not in BACKBONE_NAMES and not Path(backbone).is_dir():
+        raise ValueError(f"--backbone = {backbone!r} is invalid: expected one of {', '.join(BACKBONE_NAMES)} "
+                         "or a local checkpoint directory")
 
 
 def load(cfg: Config, data: str | None = None, backbone: str | None = None) -> World:

@@ -178,10 +178,11 @@ def candidates_from_trace(trace: BeamTrace, policy: SIDPolicy, n_candidates: int
     tree, (ok, sid, tok, cum, cost) = trace.tree.build_with(
         [rows >= 0, last.sid[r], last.token_logp[r], last.cum_logp[r], trace.cost])
     ok = ok.astype(bool)
-    sids = torch.as_tensor(np.where(ok[..., None], sid, -1).astype(np.int64))
+    sid = np.where(ok[..., None], sid, -1).astype(np.int64)
+    sids = torch.as_tensor(sid)
     tok = torch.as_tensor(np.where(ok[..., None], tok, 0.0).astype(np.float32))
     logp = torch.as_tensor(np.where(ok, cum, NEG_INF).astype(np.float32))
-    items_np = policy.catalog.item_of(np.where(ok[..., None], sid, -1).astype(np.int64).reshape(-1, L)).reshape(q, c)
+    items_np = policy.catalog.item_of(sid.reshape(-1, L)).reshape(q, c)
     items = torch.as_tensor(items_np)
     valid = torch.as_tensor(ok & (items_np >= 0))
     return CandidateSets(sids=sids, items=items, valid=valid, logp=logp, token_logp=tok,

@@ -126,16 +126,18 @@ class Arm:
         return Pretrained(self.policy)
 
     def reading(self, **policy) -> Arm:
-        """This arm from a policy with more PolicyConfig fields set: ``VSTAR.reading(item_text=True)``."""
-        return dataclasses.replace(self, policy=_fields(**{**dict(self.policy), **policy}))
+        """This arm from a policy with more PolicyConfig fields set: ``VSTAR.reading(item_text=True)``; another
+        arm, so without this one's display name."""
+        return dataclasses.replace(self, policy=_fields(**{**dict(self.policy), **policy}), name="")
 
     def where(self, **rl) -> Arm:
         """This arm with more RLConfig fields set: ``VSTAR.where(baseline="beam")``. A field set to
-        RLConfig's default is left out, so that one arm has one name."""
+        RLConfig's default is left out, so that one arm has one name; another arm, so without this one's display
+        name."""
         fields = {**dict(self.rl), **rl}
         default = RLConfig()
         return dataclasses.replace(self, rl=tuple(sorted((k, v) for k, v in fields.items()
-                                                         if getattr(default, k) != v)))
+                                                         if getattr(default, k) != v)), name="")
 
     @property
     def label(self) -> str:

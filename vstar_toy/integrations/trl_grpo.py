@@ -97,11 +97,8 @@ def token_advantages(sids: torch.Tensor, rewards: torch.Tensor, num_generations:
     s = sids.reshape(-1, g, L).long()
     r = rewards.reshape(-1, g).float()
     v = torch.ones(r.shape, dtype=torch.bool) if valid is None else valid.reshape(-1, g).bool()
-    if rl.negatives == "topr" and token_logp is None:
-        raise ValueError("negatives = 'topr' needs token_logp: the behaviour policy's log-probs of the completions")
-    weights = negative_weights(rl.negatives, s, (torch.zeros(s.shape) if token_logp is None
-                                                 else token_logp.reshape(-1, g, L).float()), v,
-                               None if own is None else own.reshape(-1, g, L))
+    weights = negative_weights(rl.negatives, s, None if token_logp is None else token_logp.reshape(-1, g, L).float(),
+                               v, None if own is None else own.reshape(-1, g, L))
     grpo_neg, sibling_neg = weights if weights is not None else (None, None)
     out = torch.zeros(s.shape, dtype=torch.float32)
     joint = rl.objective == "joint"

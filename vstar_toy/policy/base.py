@@ -173,7 +173,8 @@ class SIDPolicy(nn.Module):
         ``past_kv`` and causally to themselves. Returns hidden (N, S, d) and their kv (N, ..., S, ...).
         ``block``: c when the caller knows the rows are grouped by context, c each (``State.block``).
         ``keep``: a decoding call (``start``, ``step``), whose tokens later steps attend to; a backbone may keep
-        their keys and values where it likes and return, as their kv, what ``_write_kv`` stores in the state."""
+        their keys and values where it likes and return, as their kv, what ``_write_kv`` stores in the state.
+        Without ``keep`` (the training passes, ``candidate_hidden``) the kv is not read and may be None."""
         raise NotImplementedError
 
     def _code_logits(self, hidden: torch.Tensor, level: int) -> torch.Tensor:

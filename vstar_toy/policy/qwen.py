@@ -377,8 +377,8 @@ class QwenPolicy(SIDPolicy):
                 ck, cv = ctx.kv[i]
                 return _attention(q, torch.cat([ck[query], k], 2), torch.cat([cv[query], v], 2), bias, self.scale)
 
-        hidden, kv = self._layers(tokens, positions, attend)
-        return hidden, torch.stack([torch.stack([k, v], 1) for k, v in kv], 1)  # (N, layers, 2, kv, S, dh)
+        hidden, _ = self._layers(tokens, positions, attend)
+        return hidden, None  # a training pass: no later step reads its keys
 
     def _decode_step(self, ctx: Context, query, prefix, tokens, levels, block):
         """One token per row of a decode (``start``, ``step``): its keys and values written in place into the
@@ -406,13 +406,17 @@ class QwenPolicy(SIDPolicy):
         seen = seen[:, :u]
         positions = ctx.mask.sum(1)[query][:, None] + levels  # after the prompt's real tokens
         g = self.n_heads // self.n_kv
+
+        def keep(i, k, v):  # layer i's keys and values of the new tokens, into their columns
+            cache.kv[i, 0, query, :, col] = k[:, :, 0]
+            cache.kv[i, 1, query, :, col] = v[:, :, 0]
+
         if c is not None:  # each context's c rows as one block of queries over its cache: the cache read in place
             b = n_ctx
             bias = _bias(seen.view(b, 1, c, u), g, self._dtype)
 
             def attend(i, q, k, v):
-                cache.kv[i, 0, query, :, col] = k[:, :, 0]
-                cache.kv[i, 1, query, :, col] = v[:, :, 0]
+                keep(i, k, v)
                 out = _attention(q.reshape(b, c, -1, q.shape[-1]).transpose(1, 2), cache.kv[i, 0, :, :, :u],
                                  cache.kv[i, 1, :, :, :u], bias, self.scale)  # (B, H, c, dh)
                 return out.transpose(1, 2).reshape(n, -1, 1, out.shape[-1])
@@ -420,8 +424,7 @@ class QwenPolicy(SIDPolicy):
             bias = _bias(seen.view(n, 1, 1, u), g, self._dtype)
 
             def attend(i, q, k, v):
-                cache.kv[i, 0, query, :, col] = k[:, :, 0]
-                cache.kv[i, 1, query, :, col] = v[:, :, 0]
+                keep(i, k, v)
                 return _attention(q, cache.kv[i, 0, :, :, :u][query], cache.kv[i, 1, :, :, :u][query], bias, self.scale)
 
         hidden, _ = self._layers(tokens, positions, attend)

@@ -323,19 +323,25 @@ class SiblingLevel:
     """How many child nodes i's parent has in the set."""
 
 
+def level_groups(sids: torch.Tensor, valid: torch.Tensor, level: int) -> tuple[torch.Tensor, ...]:
+    """The groups of depth ``level`` in 1..L, each (B, C, C) over valid candidates: j in G(h, v) of i (the same
+    node), j in G(h) of i (the same parent h), j the first candidate of its node; and Eq. 16's children of i's
+    parent, the distinct nodes of G(h), one candidate each."""
+    same_node = _pair_mask(same_prefix(sids, level), valid)
+    same_parent = _pair_mask(same_prefix(sids, level - 1), valid)
+    first_node = _first_of_group(same_node)
+    return same_node, same_parent, first_node, same_parent & first_node[:, None, :]
+
+
 def _sibling_level(sids: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor, level: int,
                    ddof: int = DDOF) -> SiblingLevel:
     """``SiblingLevel`` of depth ``level`` in 1..L."""
-    same_node = _pair_mask(same_prefix(sids, level), valid)  # (B, C, C): j in G(h, v) of i
-    same_parent = _pair_mask(same_prefix(sids, level - 1), valid)  # (B, C, C): j in G(h) of i
+    same_node, same_parent, first_node, child = level_groups(sids, valid, level)  # Eq. 16
     # Eq. 17: R-bar(x; h, v) = mean of R over G(h, v), read from the node's first candidate so that
     # every candidate through a node carries bit-identical scores.
     expand = rewards[:, None, :].expand_as(same_node)
     score, _, _ = _masked_stats(expand, same_node)
     score = score.gather(-1, _group_rep(same_node))
-    first_node = _first_of_group(same_node)
-    # Eq. 16: the children of i's parent h are the distinct nodes of G(h), one candidate each.
-    child = same_parent & first_node[:, None, :]
     mu_h, sigma_h, n_children = _masked_stats(score[:, None, :].expand_as(child), child, ddof)
     return SiblingLevel(score=score, first_node=first_node, first_parent=_first_of_group(same_parent), child=child,
                         mu_h=mu_h, sigma_h=sigma_h, n_children=n_children)

@@ -41,7 +41,12 @@ BEAM_OVERLAP = "beam_overlap"
 """Share of the policy's own beam-search set that is inside the group."""
 
 # -- the update --------------------------------------------------------------------------------------------
-LOSS_KL = "loss_kl"
+def loss(term: str) -> str:
+    """One term of the objective as ``losses.policy_loss`` reports it: "grpo", "sibling", "kl", "distill"."""
+    return f"loss_{term}"
+
+
+LOSS_KL = loss("kl")
 """The KL term to the frozen SFT reference (``RLConfig.kl_estimator``); ``loss("grpo")``, ``loss("sibling")``
 ... the objective's other terms (``losses.policy_loss``)."""
 GRAD_NORM = "grad_norm"
@@ -60,11 +65,6 @@ VALID_VED_MEAN_REWARD = "valid_ved_mean_reward"
 """The same users decoded by VED: what the search finds on the policy now."""
 TRANSFER = "transfer"
 """The share of VED's lead at SFT that training has carried into the policy (``horizon.transfer``)."""
-
-
-def loss(term: str) -> str:
-    """One term of the objective as ``losses.policy_loss`` reports it: "grpo", "sibling", "kl", "distill"."""
-    return f"loss_{term}"
 
 
 SFT_TOP = "sft_top"

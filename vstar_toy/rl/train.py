@@ -262,7 +262,7 @@ def _loop(world: World, st: TrainingState, cfg: Config, start: int, rows: list[d
                 row[columns.TRANSFER] = transfer(row[columns.VALID_MEAN_REWARD], sft["beam"], sft["ved"])
         row[columns.SECONDS] = time.perf_counter() - t0
         rows.append(row)
-        bar.set_postfix(reward=f"{row['reward']:.3f}")
+        bar.set_postfix(reward=f"{row[columns.REWARD]:.3f}")
         if on_step is not None:
             on_step(row)
         if run is not None and main:

@@ -14,18 +14,7 @@ import math
 
 import torch
 
-from vstar_toy.prefix import same_prefix
-
-from .advantages import (
-    DDOF,
-    EPS,
-    _check_ddof,
-    _check_rewards,
-    _first_of_group,
-    _masked_stats,
-    _pair_mask,
-    grpo_advantages,
-)
+from .advantages import DDOF, EPS, _check_ddof, _check_rewards, _masked_stats, grpo_advantages, level_groups
 
 
 def baseline_advantages(rewards: torch.Tensor, baseline: torch.Tensor, eps: float = EPS,
@@ -101,9 +90,7 @@ def sibling_topr_weights(sids: torch.Tensor, token_logp: torch.Tensor, valid: to
         valid = torch.ones(sids.shape[:2], dtype=torch.bool, device=sids.device)
     out = []
     for lv in range(1, sids.shape[-1] + 1):
-        same_node = _pair_mask(same_prefix(sids, lv), valid)
-        same_parent = _pair_mask(same_prefix(sids, lv - 1), valid)
-        child = same_parent & _first_of_group(same_node)[:, None, :]  # (B, C, C): j is a child node of i's parent
+        child = level_groups(sids, valid, lv)[-1]  # (B, C, C): j is a child node of i's parent (Eq. 16)
         p = token_logp[..., lv - 1].exp()
         total = torch.where(child, p[:, None, :], 0.0).sum(-1)  # sum of pi over S(h)
         n = child.sum(-1).to(p.dtype)
@@ -240,20 +227,23 @@ def distill_weights(rewards: torch.Tensor, valid: torch.Tensor | None = None, ki
     return torch.where(valid.any(1, keepdim=True) & valid, w.nan_to_num(0.0), 0.0)
 
 
-def negative_weights(kind: str, sids: torch.Tensor, token_logp: torch.Tensor, valid: torch.Tensor,
+def negative_weights(kind: str, sids: torch.Tensor, token_logp: torch.Tensor | None, valid: torch.Tensor,
                      own: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The weights of negative advantages for ``RLConfig.negatives`` = ``kind``: None for "keep"; else
     ((B, C) for GRPO's term, (B, C, L) for Sibling-GRPO's nodes). "drop": 1 where the candidate (a node:
     its prefix) is in the policy's own set, ``own`` = ``own_prefixes(...)`` (B, C, L), else 0; "topr":
     ``topr_weights`` of the candidates' log pi and ``sibling_topr_weights`` of the nodes'.
-    ``token_logp`` (B, C, L): log pi(y_l | x, y_<l) under the behaviour policy."""
+    ``token_logp`` (B, C, L): log pi(y_l | x, y_<l) under the behaviour policy; only "topr" reads it."""
     if kind == "keep":
         return None
     if kind == "drop":
         if own is None:
             raise ValueError("negatives = 'drop' needs own: which candidates the policy would decode itself")
-        return own[..., -1].to(token_logp.dtype), own.to(token_logp.dtype)
+        dtype = torch.float32 if token_logp is None else token_logp.dtype
+        return own[..., -1].to(dtype), own.to(dtype)
     if kind == "topr":
+        if token_logp is None:
+            raise ValueError("negatives = 'topr' needs token_logp: the behaviour policy's log-probs of the candidates")
         seq = torch.where(valid[..., None], token_logp, 0.0).sum(-1)
         return topr_weights(seq, valid), sibling_topr_weights(sids.clamp_min(0), token_logp, valid)
     raise ValueError(f"negatives = {kind!r} is invalid: expected keep, drop or topr")

@@ -192,12 +192,10 @@ class World:
         users = np.arange(min(max_users, len(self.tastes)))
         logp = self.logged_logprobs(users)
         aff = self.affinity(users)
-        out = []
-        for level in range(1, self.catalog.levels + 1):
-            x = self.catalog.prefix_logsumexp(logp, level)
-            y = self.catalog.prefix_mean(aff, level)
-            out.append(float(np.nanmean(spearman_rows(x, y))))
-        return out
+        cat = self.catalog
+        log_mass, mean_aff = cat.node_logsumexp(logp), cat.node_mean(aff)  # every node's, once for all levels
+        return [float(np.nanmean(spearman_rows(log_mass[..., cat.nodes_at(level)], mean_aff[..., cat.nodes_at(level)])))
+                for level in range(1, cat.levels + 1)]
 
     def summary(self) -> dict:
         """The numbers `vstar-toy world --json` prints."""

@@ -10,14 +10,14 @@ import copy
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import checkpoint
-from ..config import Config
-from ..evaluate import evaluate
-from ..files import run_lock
-from ..pipeline import sft_policy, value_model
-from ..world import World
-from . import columns, distributed
-from .train import train
+from . import checkpoint
+from .config import Config
+from .evaluate import evaluate
+from .files import run_lock
+from .pipeline import sft_policy, value_model
+from .rl import columns, distributed
+from .rl.train import train
+from .world import World
 
 DIAGNOSTICS = (columns.ZERO_VAR_SHARE, columns.SIBLING_SIGNAL_SHARE, columns.LOSS_KL, columns.GRAD_NORM,
                columns.entropy(1), columns.ADV_SPREAD_GLOBAL, columns.ADV_SPREAD_SIBLING, columns.VALUE_LOSS)
