@@ -29,7 +29,8 @@ READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "
 """The ``torch.Tensor`` methods that hand values to the host."""
 
 
-SHAPE_OPS = ("nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_consecutive", "repeat_interleave")
+SHAPE_OPS = ("nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_consecutive", "repeat_interleave",
+             "bincount")
 """Operators whose output shape depends on the values: on a GPU each waits for the device to learn the shape."""
 
 

@@ -54,7 +54,7 @@ class TablePolicy(SIDPolicy):
                      logp=self.table[rows, 0], hidden=torch.zeros(b, self.levels + 1, 1), kv=rows[:, None],
                      context=ctx)
 
-    def step(self, states: State, codes: torch.Tensor, strict: bool = True) -> State:
+    def step(self, states: State, codes: torch.Tensor, strict: bool = True, at: int | None = None) -> State:
         node = self.child[states.node, codes]
         tokens = states.tokens.clone()
         tokens[torch.arange(len(codes)), states.depth] = codes

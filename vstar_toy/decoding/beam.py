@@ -129,9 +129,9 @@ def run_beam(
             parents = state.index(table[kq, par[kq, kb]])
             parents.block = k if every_query_full else None
             with torch.no_grad():
-                level_state = policy.step(parents, code[kq, kb], strict=False)
+                level_state = policy.step(parents, code[kq, kb], strict=False, at=lvl)
             tree.set(kept_nodes, entropy=level_state.entropy())  # H (Eq. 12) of the forwarded beams
-            cost += torch.bincount(kq, minlength=q)
+            cost.index_add_(0, kq, torch.ones_like(kq))  # a count of fixed size: bincount would sync a GPU
         levels.append(
             BeamLevel(kq, kept_nodes, kept_parent, new_sid[kq, kb], new_cum[kq, kb], new_tok[kq, kb], level_state)
         )

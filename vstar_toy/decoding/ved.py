@@ -53,11 +53,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..config import DecodeConfig
 from ..policy.base import SIDPolicy, State
 from .beam import NEG_INF, run_beam
-from .tree import CandidateSets, PrefixTree, budget_tokens
+from .tree import FIELDS, CandidateSets, PrefixTree, budget_tokens, host_arrays
 
 GATE_TOL = 1e-9
 """Slack of Eq. 14's comparison G(s) >= G_bar: a node whose G equals its depth's mean (e.g. the only
@@ -110,7 +111,8 @@ def expansion_gate(g: torch.Tensor, g_bar: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class SearchTree:
-    """The search trees of Q queries as padded node arrays; node 0 of each query is its root.
+    """The search trees of Q queries as padded node arrays on the policy's device; node 0 of each query is
+    its root.
 
     Per node (Q, cap): ``parent`` (-1 at the root), ``depth`` l, ``visits`` N(s) (Eq. 13), ``value`` V
     (NaN at the root, which has no value: Eq. 5 starts at l = 1), ``entropy`` H (Eq. 12; 0 at depth L),
@@ -119,8 +121,10 @@ class SearchTree:
     every leaf), ``trie`` its trie node; (Q, cap, L) ``sid`` and ``token_logp``; (Q, cap, K) ``child``:
     the local index of each child code in the tree, -1 if absent. Per query (Q,): ``count`` nodes,
     ``cost`` forward tokens spent, ``warmup`` of which by the warm start. ``pool``: the States of the
-    forwarded nodes; ``child_trie``: the catalog's trie (``Catalog.child``); ``lam`` and ``rule``: how
+    forwarded nodes; ``child_trie``: the catalog's trie (``SIDPolicy.child``); ``lam`` and ``rule``: how
     every node's priority G is computed (``DecodeConfig.lam`` and ``priority``, fixed for the search).
+    On the host: ``n_pool`` rows of ``pool`` used, and ``bound``, at least the largest ``count``, kept from
+    the sizes the search reads back once per iteration (``plan``), so that making room reads nothing.
     """
 
     parent: torch.Tensor
@@ -145,27 +149,29 @@ class SearchTree:
     lam: float
     rule: str
     n_pool: int = 0
+    bound: int = 0
 
     NODE_FIELDS = ("parent", "depth", "visits", "value", "entropy", "g", "cum", "n_valid", "n_children", "row",
                    "trie", "sid", "token_logp", "child")
 
     @classmethod
-    def empty(cls, levels: int, k: int, root: State, pool_rows: int, child_trie: torch.Tensor, warmup: np.ndarray,
+    def empty(cls, levels: int, k: int, root: State, pool_rows: int, child_trie: torch.Tensor, warmup: torch.Tensor,
               lam: float, rule: str, cap: int = 64) -> SearchTree:
         """No nodes yet, for the queries of ``root``, which the warm start reached at ``warmup`` (Q,)
-        forward tokens each (the cost so far)."""
-        q = len(root)
-        long = dict(dtype=torch.long)
-        cost = torch.as_tensor(warmup, dtype=torch.long).clone()
+        forward tokens each (the cost so far); every array on ``root``'s device."""
+        q, dev = len(root), root.logp.device
+        long = dict(dtype=torch.long, device=dev)
+        cost = warmup.to(**long).clone()
         return cls(
-            parent=torch.full((q, cap), -1, **long), depth=torch.zeros(q, cap, **long), visits=torch.zeros(q, cap),
-            value=torch.zeros(q, cap), entropy=torch.zeros(q, cap), g=torch.zeros(q, cap), cum=torch.zeros(q, cap),
-            n_valid=torch.zeros(q, cap, **long), n_children=torch.zeros(q, cap, **long),
-            row=torch.full((q, cap), -1, **long),
+            parent=torch.full((q, cap), -1, **long), depth=torch.zeros(q, cap, **long),
+            visits=torch.zeros(q, cap, device=dev), value=torch.zeros(q, cap, device=dev),
+            entropy=torch.zeros(q, cap, device=dev), g=torch.zeros(q, cap, device=dev),
+            cum=torch.zeros(q, cap, device=dev), n_valid=torch.zeros(q, cap, **long),
+            n_children=torch.zeros(q, cap, **long), row=torch.full((q, cap), -1, **long),
             trie=torch.zeros(q, cap, **long), sid=torch.full((q, cap, levels), -1, **long),
-            token_logp=torch.zeros(q, cap, levels), child=torch.full((q, cap, k), -1, **long),
+            token_logp=torch.zeros(q, cap, levels, device=dev), child=torch.full((q, cap, k), -1, **long),
             count=torch.zeros(q, **long), cost=cost, warmup=cost.clone(),
-            pool=State.empty_like(root, pool_rows), child_trie=child_trie, lam=lam, rule=rule,
+            pool=State.empty_like(root, pool_rows), child_trie=child_trie.to(dev), lam=lam, rule=rule,
         )
 
     @property
@@ -175,45 +181,46 @@ class SearchTree:
     @property
     def exists(self) -> torch.Tensor:
         """(Q, cap) bool: the slot holds a node."""
-        return torch.arange(self.parent.shape[1])[None, :] < self.count[:, None]
+        return torch.arange(self.parent.shape[1], device=self.count.device)[None, :] < self.count[:, None]
 
-    def grow(self, need: int) -> None:
-        """Make room for ``need`` more nodes per query (doubling the capacity)."""
+    def grow(self, most: int) -> None:
+        """Make room for ``most`` more nodes per query (doubling the capacity), from the host's ``bound``."""
         cap = self.parent.shape[1]
-        if int(self.count.max()) + need <= cap:
-            return
-        new_cap = max(2 * cap, int(self.count.max()) + need)
-        fill = {"parent": -1, "row": -1, "sid": -1, "child": -1}
-        for f in self.NODE_FIELDS:
-            old = getattr(self, f)
-            pad = old.new_full((old.shape[0], new_cap - cap, *old.shape[2:]), fill.get(f, 0))
-            setattr(self, f, torch.cat([old, pad], 1))
+        if self.bound + most > cap:
+            new_cap = max(2 * cap, self.bound + most)
+            fill = {"parent": -1, "row": -1, "sid": -1, "child": -1}
+            for f in self.NODE_FIELDS:
+                old = getattr(self, f)
+                pad = old.new_full((old.shape[0], new_cap - cap, *old.shape[2:]), fill.get(f, 0))
+                setattr(self, f, torch.cat([old, pad], 1))
+        self.bound += most
 
-    def add(self, qs: torch.Tensor, *, parent: torch.Tensor, trie: torch.Tensor, sid: torch.Tensor,
-            token_logp: torch.Tensor, cum: torch.Tensor, value: torch.Tensor, states: State | None) -> torch.Tensor:
-        """Append one node per row of queries ``qs`` (several per query allowed): its parent's local index,
-        trie node, SID and per-token log pi, cumulative log pi and V; ``states`` are the nodes' own
-        forwarded States (their H and next-token pi), or None for unforwarded leaves. Returns the nodes'
-        local indices."""
+    def add(self, qs: torch.Tensor, *, parent: torch.Tensor | None, trie: torch.Tensor, sid: torch.Tensor,
+            token_logp: torch.Tensor, cum: torch.Tensor, value: torch.Tensor, states: State | None,
+            most: int) -> torch.Tensor:
+        """Append one node per row of queries ``qs`` (several per query allowed, at most ``most``, as the
+        caller knows on the host): its parent's local index (None: the nodes are the roots), trie node, SID
+        and per-token log pi, cumulative log pi and V; ``states`` are the nodes' own forwarded States (their H
+        and next-token pi), or None for unforwarded leaves. Returns the nodes' local indices."""
         L = self.levels
-        self.grow(int(torch.bincount(qs, minlength=len(self.count)).max()) if len(qs) else 0)
+        self.grow(most)
         loc = self.count[qs] + _rank_within(qs)
         self.count.index_add_(0, qs, torch.ones_like(qs))
         depth = (sid >= 0).sum(-1)
-        self.parent[qs, loc], self.depth[qs, loc], self.trie[qs, loc] = parent, depth, trie
+        self.parent[qs, loc] = -1 if parent is None else parent
+        self.depth[qs, loc], self.trie[qs, loc] = depth, trie
         self.sid[qs, loc], self.token_logp[qs, loc], self.cum[qs, loc] = sid, token_logp, cum
         self.visits[qs, loc] = 1.0
-        has_parent = parent >= 0
-        code = sid[torch.arange(len(qs)), (depth - 1).clamp_min(0)]
-        self.child[qs[has_parent], parent[has_parent], code[has_parent]] = loc[has_parent]
-        self.n_children.index_put_((qs[has_parent], parent[has_parent]), torch.ones_like(loc[has_parent]),
-                                   accumulate=True)
+        if parent is not None:
+            code = sid.gather(1, (depth - 1)[:, None]).squeeze(1)
+            self.child[qs, parent, code] = loc
+            self.n_children.index_put_((qs, parent), torch.ones_like(loc), accumulate=True)
         if states is None:
-            entropy, n_valid = torch.zeros(len(qs)), torch.zeros(len(qs), dtype=torch.long)
+            entropy, n_valid = torch.zeros_like(value), torch.zeros_like(qs)
         else:
-            entropy = states.entropy().float().cpu()
-            n_valid = torch.isfinite(states.logp).sum(-1).cpu()
-            self.row[qs, loc] = self.n_pool + torch.arange(len(qs))
+            entropy = states.entropy().float()
+            n_valid = (self.child_trie[trie] >= 0).sum(-1)  # the codes where states.logp is finite
+            self.row[qs, loc] = self.n_pool + torch.arange(len(qs), device=qs.device)
             self.pool.put(self.n_pool, states)
             self.n_pool += len(qs)
         self.value[qs, loc], self.entropy[qs, loc], self.n_valid[qs, loc] = value, entropy, n_valid
@@ -237,7 +244,7 @@ class SearchTree:
         """(Q, L + 1) Eq. 14's G_bar_l: the mean priority of the tree's nodes at each depth (the root's
         depth 0 holds only the root, whose gate ``root_gate`` decides)."""
         on = self.exists & (self.depth > 0)
-        total = torch.zeros(len(self.count), self.levels + 1, dtype=torch.float64)
+        total = torch.zeros(len(self.count), self.levels + 1, dtype=torch.float64, device=self.count.device)
         total.scatter_add_(1, self.depth, torch.where(on, self.g, 0.0).double())
         n = torch.zeros_like(total).scatter_add_(1, self.depth, on.double())
         return total / n.clamp_min(1.0)
@@ -249,10 +256,17 @@ def _rank_within(qs: torch.Tensor) -> torch.Tensor:
     sorted_q = qs[order]
     first = torch.ones_like(sorted_q, dtype=torch.bool)
     first[1:] = sorted_q[1:] != sorted_q[:-1]
-    start = torch.cummax(torch.where(first, torch.arange(len(qs)), torch.zeros_like(qs)), 0).values
+    arange = torch.arange(len(qs), device=qs.device)
+    start = torch.cummax(torch.where(first, arange, torch.zeros_like(qs)), 0).values
     out = torch.empty_like(qs)
-    out[order] = torch.arange(len(qs)) - start
+    out[order] = arange - start
     return out
+
+
+def _true_where(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """The flat indices of ``mask``'s true entries in row-major order (what ``nonzero`` gives), whose number
+    ``n`` the host already knows: a fixed-size sort, where ``nonzero`` would wait on a GPU to learn its size."""
+    return torch.argsort((~mask).reshape(-1).to(torch.uint8), stable=True)[:n]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,51 +279,61 @@ def warm_start(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
     then every child of the depth-(L-1) nodes as a scored leaf (``add_leaves``). Cost 1 + (L-1) b0."""
     L, K, b0 = policy.levels, policy.k_max, cfg.warm_beam
     trace = run_beam(policy, histories, b0, record_pruned=False)  # its depth-L selection is not used
-    q = len(trace.root)
-    tree = SearchTree.empty(L, K, trace.root, pool_rows=q * budget, child_trie=policy.catalog.child_t,
-                            warmup=trace.cost.cpu(), lam=cfg.lam, rule=cfg.priority)
-    tree.add(torch.arange(q), parent=torch.full((q,), -1), trie=torch.zeros(q, dtype=torch.long),
-             sid=torch.full((q, L), -1), token_logp=torch.zeros(q, L), cum=torch.zeros(q),
-             value=torch.full((q,), float("nan")), states=trace.root)
+    q, dev = len(trace.root), trace.root.logp.device
+    tree = SearchTree.empty(L, K, trace.root, pool_rows=q * budget, child_trie=policy.child, warmup=trace.cost,
+                            lam=cfg.lam, rule=cfg.priority)
+    roots = torch.arange(q, device=dev)
+    tree.add(roots, parent=None, trie=torch.zeros_like(roots), sid=torch.full((q, L), -1, device=dev),
+             token_logp=torch.zeros(q, L, device=dev), cum=torch.zeros(q, device=dev),
+             value=torch.full((q,), float("nan"), device=dev), states=trace.root, most=1)
     # the previous level: its states, the beam-tree id of its first row (ids are consecutive), its local indices
-    parents, first_id, prev_loc = trace.root, int(trace.root_node[0]), torch.zeros(q, dtype=torch.long)
+    parents, first_id, prev_loc = trace.root, int(trace.root_node[0]), torch.zeros_like(roots)
     for lvl in trace.levels[: L - 1]:
-        prow = (lvl.parent - first_id).cpu()  # each node's parent row in the previous level
-        codes = lvl.sid[:, lvl.token_logp.shape[1] - 1].cpu()  # this level's code
+        prow = lvl.parent - first_id  # each node's parent row in the previous level
+        codes = lvl.sid[:, lvl.token_logp.shape[1] - 1]  # this level's code
         with torch.no_grad():
-            v = value_fn(parents.index(prow.to(parents.query.device), cache=False), codes.to(parents.query.device),
-                         lvl.cum_logp).float().cpu()
-        tok = torch.zeros(len(prow), L)
-        tok[:, : lvl.token_logp.shape[1]] = lvl.token_logp.cpu()
-        prev_loc = tree.add(lvl.query.cpu(), parent=prev_loc[prow], trie=lvl.state.node.cpu(), sid=lvl.sid.cpu(),
-                            token_logp=tok, cum=lvl.cum_logp.cpu(), value=v, states=lvl.state)
+            v = value_fn(parents.index(prow, cache=False), codes, lvl.cum_logp).float()
+        tok = torch.zeros(len(prow), L, device=dev)
+        tok[:, : lvl.token_logp.shape[1]] = lvl.token_logp
+        prev_loc = tree.add(lvl.query, parent=prev_loc[prow], trie=lvl.state.node, sid=lvl.sid, token_logp=tok,
+                            cum=lvl.cum_logp, value=v, states=lvl.state, most=b0)
         parents, first_id = lvl.state, int(lvl.node[0])
     if L > 1:
-        add_leaves(tree, trace.levels[L - 2].query.cpu(), prev_loc, value_fn)
+        add_leaves(tree, trace.levels[L - 2].query, prev_loc, value_fn)
     return tree
 
 
-def add_leaves(tree: SearchTree, qs: torch.Tensor, loc: torch.Tensor, value_fn) -> None:
+def add_leaves(tree: SearchTree, qs: torch.Tensor, loc: torch.Tensor, value_fn,
+               sizes: tuple[int, int] | None = None, among: torch.Tensor | None = None) -> None:
     """Every valid child of the forwarded depth-(L-1) nodes ``loc`` of queries ``qs``, as a leaf: its
     pi from the parent's cached distribution, its V from the parent's state, no forward (G = V at
     depth L, Eq. 11). Adding a free leaf one walk at a time, as the paper adds children, would only
-    reorder free work; beam search scores its leaves the same way."""
+    reorder free work; beam search scores its leaves the same way. ``among``: (P,) bool, only these of the
+    nodes bring leaves (default: all). ``sizes``: the number of leaves and the most of one query, when the
+    caller read them back already (else read here, once)."""
     if len(qs) == 0:
         return
-    dev = tree.pool.logp.device
-    parents = tree.pool.index(tree.row[qs, loc].to(dev), cache=False)
-    logp = parents.logp.float().cpu()
-    p_idx, codes = torch.isfinite(logp).nonzero(as_tuple=True)  # (parent, code) of every valid child
+    K = tree.child.shape[-1]
+    valid = tree.child_trie[tree.trie[qs, loc]] >= 0  # (P, K): the codes where the parents' logp is finite
+    if among is not None:
+        valid &= among[:, None]
+    if sizes is None:
+        per_query = torch.zeros_like(tree.count).index_add_(0, qs, valid.sum(1))
+        sizes = tuple(torch.stack([per_query.sum(), per_query.max()]).tolist())
+    n, most = sizes
+    flat = _true_where(valid, n)
+    p_idx, codes = flat // K, flat % K  # (parent, code) of every valid child
+    parents = tree.pool.index(tree.row[qs, loc], cache=False)
     pq, ploc = qs[p_idx], loc[p_idx]
-    step_lp = logp[p_idx, codes]
+    step_lp = parents.logp.float()[p_idx, codes]
     cum = tree.cum[pq, ploc] + step_lp
     with torch.no_grad():
-        v = value_fn(parents.index(p_idx.to(dev), cache=False), codes.to(dev), cum.to(dev)).float().cpu()
-    L, rows = tree.levels, torch.arange(len(p_idx))
+        v = value_fn(parents.index(p_idx, cache=False), codes, cum).float()
+    L, rows = tree.levels, torch.arange(n, device=qs.device)
     sid, tok = tree.sid[pq, ploc].clone(), tree.token_logp[pq, ploc].clone()
     sid[rows, L - 1], tok[rows, L - 1] = codes, step_lp
     trie = tree.child_trie[tree.trie[pq, ploc], codes]
-    tree.add(pq, parent=ploc, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=None)
+    tree.add(pq, parent=ploc, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=None, most=most)
 
 
 def select(tree: SearchTree, active: torch.Tensor, beta: float, exhausted: torch.Tensor) -> torch.Tensor:
@@ -317,11 +341,11 @@ def select(tree: SearchTree, active: torch.Tensor, beta: float, exhausted: torch
     (-1 beyond it, and everywhere for inactive queries but the root). At each node the walk takes the
     non-exhausted child of largest U (Eq. 13); it stops where there is none."""
     q = len(tree.count)
-    rows = torch.arange(q)
-    path = torch.full((q, tree.levels + 1), -1, dtype=torch.long)
+    rows = torch.arange(q, device=active.device)
+    path = torch.full((q, tree.levels + 1), -1, dtype=torch.long, device=active.device)
     path[:, 0] = 0
     n_root = tree.visits[:, 0]
-    cur, going = torch.zeros(q, dtype=torch.long), active.clone()
+    cur, going = torch.zeros_like(rows), active.clone()
     for d in range(tree.levels):
         kids = tree.child[rows, cur]  # (Q, K)
         ok = (kids >= 0) & ~exhausted.gather(1, kids.clamp_min(0))
@@ -353,36 +377,79 @@ def triggered(tree: SearchTree, path: torch.Tensor, active: torch.Tensor, budget
     return fire & (fire.flip(1).long().cumsum(1).flip(1) <= room[:, None])  # deepest first
 
 
-def expand(policy: SIDPolicy, tree: SearchTree, path: torch.Tensor, fire: torch.Tensor, value_fn,
-           cfg: DecodeConfig, keys) -> None:
-    """Stage 3's action: every firing node adds its next child in the Gumbel-top-k order of log pi
-    (a sample without replacement in proportion to pi). The child costs one forward token (its own
-    state: H, Eq. 12, and G, Eq. 11) and gets V from its parent's state; a child at depth L - 1
-    brings all its leaves (``add_leaves``)."""
-    qs, pos = fire.nonzero(as_tuple=True)
-    if len(qs) == 0:
+def choose(tree: SearchTree, path: torch.Tensor, keys) -> torch.Tensor:
+    """Stage 3's draw: (Q, L + 1) the code each node of the path would add next, its next in the Gumbel-top-k
+    order of log pi among the valid codes not yet in the tree (a sample without replacement in proportion to
+    pi); meaningful where the node is forwarded and open."""
+    q = len(tree.count)
+    node = path.clamp_min(0)
+    rows = torch.arange(q, device=path.device)[:, None]
+    logp = tree.pool.logp[tree.row.gather(1, node).clamp_min(0)].float()  # (Q, L + 1, K)
+    trie = tree.trie.gather(1, node)
+    closed = (tree.child[rows, node] >= 0) | (tree.child_trie[trie] < 0)  # taken, or not a valid code
+    query = rows.expand_as(node)
+    score = (logp + keys(query.reshape(-1), trie.reshape(-1)).reshape(logp.shape)).masked_fill(closed, NEG_INF)
+    return score.argmax(-1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one iteration reads back to the host, once: ``going``, whether any query is still searching; the
+    sizes of the expansion, which fix the shapes of all it does without reading again: ``children`` (new
+    children in all, the most of one query) and ``leaves`` (the leaves they bring, likewise); and ``nodes``,
+    the tree's node count before the expansion."""
+
+    going: bool
+    children: tuple[int, int]
+    leaves: tuple[int, int]
+    nodes: int
+
+
+def plan(tree: SearchTree, path: torch.Tensor, fire: torch.Tensor, codes: torch.Tensor,
+         active: torch.Tensor) -> Plan:
+    """The iteration's one host read (``Plan``); brings ``tree.bound`` to the largest count."""
+    node = path.clamp_min(0)
+    child_trie = tree.child_trie[tree.trie.gather(1, node), codes]  # each child's trie node
+    brings = fire & (tree.depth.gather(1, node) == tree.levels - 2)  # a child at depth L - 1 brings its leaves
+    n_leaves = torch.where(brings, (tree.child_trie[child_trie] >= 0).sum(-1), 0)
+    fired, leaves = fire.sum(1), n_leaves.sum(1)
+    going, n_fire, most_fire, n_leaf, most_leaf, bound, nodes = torch.stack([
+        active.any().long(), fired.sum(), fired.max(), leaves.sum(), leaves.max(), tree.count.max(),
+        tree.count.sum()]).tolist()
+    tree.bound = bound
+    return Plan(bool(going), (n_fire, most_fire), (n_leaf, most_leaf), nodes)
+
+
+def expand(policy: SIDPolicy, tree: SearchTree, path: torch.Tensor, fire: torch.Tensor, codes: torch.Tensor,
+           value_fn, sizes: Plan) -> None:
+    """Stage 3's action: every firing node adds its drawn child (``choose``). The child costs one forward
+    token (its own state: H, Eq. 12, and G, Eq. 11) and gets V from its parent's state; a child at depth
+    L - 1 brings all its leaves (``add_leaves``). ``sizes``: how many of each, read back by ``plan``."""
+    n, most = sizes.children
+    if n == 0:
         return
-    par = path[qs, pos]
-    dev = tree.pool.logp.device
-    parents = tree.pool.index(tree.row[qs, par].to(dev))
-    logp = parents.logp.float().cpu()
-    taken = tree.child[qs, par] >= 0
-    score = (logp + keys(qs, tree.trie[qs, par])).masked_fill(taken | ~torch.isfinite(logp), NEG_INF)
-    codes = score.argmax(1)
-    step_lp = logp.gather(1, codes[:, None]).squeeze(1)
+    flat = _true_where(fire, n)  # the firing nodes, query by query, root first
+    width = fire.shape[1]
+    qs, pos = flat // width, flat % width
+    par, code = path[qs, pos], codes[qs, pos]
+    parents = tree.pool.index(tree.row[qs, par])
+    # the rows come query by query, at most `most` each (grouped when every query fires as many): what the
+    # backbone would otherwise read back to lay them out
+    parents.most, parents.block = most, most if n == most * len(tree.count) else None
+    step_lp = parents.logp.float().gather(1, code[:, None]).squeeze(1)
     cum = tree.cum[qs, par] + step_lp
     with torch.no_grad():
-        v = value_fn(parents, codes.to(dev), cum.to(dev)).float().cpu()
-        states = policy.step(parents, codes.to(dev), strict=False)
+        v = value_fn(parents, code, cum).float()
+        states = policy.step(parents, code, strict=False)
     tree.cost.index_add_(0, qs, torch.ones_like(qs))
     depth = tree.depth[qs, par] + 1
-    rows = torch.arange(len(qs))
+    rows = torch.arange(n, device=qs.device)
     sid, tok = tree.sid[qs, par].clone(), tree.token_logp[qs, par].clone()
-    sid[rows, depth - 1], tok[rows, depth - 1] = codes, step_lp
-    trie = tree.child_trie[tree.trie[qs, par], codes]
-    loc = tree.add(qs, parent=par, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=states)
-    last = depth == tree.levels - 1
-    add_leaves(tree, qs[last], loc[last], value_fn)
+    sid[rows, depth - 1], tok[rows, depth - 1] = code, step_lp
+    trie = tree.child_trie[tree.trie[qs, par], code]
+    loc = tree.add(qs, parent=par, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=states, most=most)
+    if sizes.leaves[0]:
+        add_leaves(tree, qs, loc, value_fn, sizes.leaves, among=depth == tree.levels - 1)
 
 
 def backpropagate(tree: SearchTree, path: torch.Tensor, active: torch.Tensor) -> None:
@@ -394,21 +461,23 @@ def backpropagate(tree: SearchTree, path: torch.Tensor, active: torch.Tensor) ->
 
 def extract(tree: SearchTree, n_candidates: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Value-aware extraction: the |C| depth-L leaves of highest V. Returns sids (Q, C, L), token
-    log-probs (Q, C, L) and log pi(y|x) (Q, C), padded with -1 / -inf if the tree holds fewer leaves.
+    log-probs (Q, C, L) and log pi(y|x) (Q, C), padded with -1 / 0 / -inf if the tree holds fewer leaves.
 
     The paper's fallback -- completing high-value prefixes from cached pi when leaves run short -- has
     nothing to add here: every child of a forwarded depth-(L-1) node is already a scored leaf."""
-    q = len(tree.count)
     L, C = tree.levels, n_candidates
     leaf = tree.exists & (tree.depth == L)
     # the C highest values; among equal values, the leaf added first (a stable sort: reproducible)
     top_v, top_i = [t[:, :C] for t in torch.sort(torch.where(leaf, tree.value, NEG_INF), dim=1, descending=True,
                                                   stable=True)]
-    sids = torch.full((q, C, L), -1, dtype=torch.long)
-    tok, logp = torch.zeros(q, C, L), torch.full((q, C), NEG_INF)
-    b, c = (top_v > NEG_INF).nonzero(as_tuple=True)  # fewer leaves than C: the rest stays padding
-    i = top_i[b, c]
-    sids[b, c], tok[b, c], logp[b, c] = tree.sid[b, i], tree.token_logp[b, i], tree.cum[b, i]
+    if top_i.shape[1] < C:  # fewer slots than candidates: the rest is padding
+        pad = C - top_i.shape[1]
+        top_v, top_i = F.pad(top_v, (0, pad), value=NEG_INF), F.pad(top_i, (0, pad))
+    ok = top_v > NEG_INF  # fewer leaves than C: the rest stays padding
+    per_token = top_i[..., None].expand(-1, -1, L)
+    sids = torch.where(ok[..., None], tree.sid.gather(1, per_token), -1)
+    tok = torch.where(ok[..., None], tree.token_logp.gather(1, per_token), 0.0)
+    logp = torch.where(ok, tree.cum.gather(1, top_i), NEG_INF)
     return sids, tok, logp
 
 
@@ -423,31 +492,42 @@ def warm_start_cost(levels: int, b0: int) -> int:
 
 def ved_decode(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget: int | None = None) -> CandidateSets:
     """VED for a batch of queries (Sec. 4.2; the module docstring). ``value_fn`` scores children
-    (``values.ValueFn``); ``budget`` defaults to ``cfg.budget_x`` times beam search's 1x."""
+    (``values.ValueFn``); ``budget`` defaults to ``cfg.budget_x`` times beam search's 1x.
+
+    The tree stays on the policy's device. The search reads the host once per iteration (``plan``: whether
+    to go on, and the sizes of the expansion), once for the warm start's leaves and once at the end (the
+    candidates, the costs and the tree in one copy); nothing else waits for the device."""
     t0 = time.perf_counter()
     L = policy.levels
     budget = budget if budget is not None else budget_tokens(L, cfg.n_candidates, cfg.budget_x)
     check_budget(budget, L, cfg.warm_beam)
     keys = GumbelKeys(cfg.seed, policy.k_max)
     tree = warm_start(policy, histories, value_fn, cfg, budget)  # 1. initialisation
-    active = tree.cost < budget
+    active, sizes = tree.cost < budget, None
     for _ in range(max_iterations(budget)):
         exhausted = tree.exhausted()
         active &= ~exhausted[:, 0]
-        if not active.any():
-            break
         path = select(tree, active, cfg.beta, exhausted)  # 2. selection (Eq. 13)
         fire = triggered(tree, path, active, budget, cfg.root_gate)  # 3. gated expansion (Eq. 14) ...
-        expand(policy, tree, path, fire, value_fn, cfg, keys)
+        codes = choose(tree, path, keys)
+        sizes = plan(tree, path, fire, codes, active)  # the iteration's one host read
+        if not sizes.going:
+            break
+        expand(policy, tree, path, fire, codes, value_fn, sizes)
         backpropagate(tree, path, active)  # 4. backpropagation
         active &= tree.cost < budget
     sids, tok, logp = extract(tree, cfg.n_candidates)  # value-aware extraction
-    items = torch.as_tensor(policy.catalog.item_of(sids.reshape(-1, L).numpy()).reshape(sids.shape[:2]))
+    n_nodes = sizes.nodes if sizes is not None and not sizes.going else int(tree.count.sum())
+    (sids, tok, logp, cost, warmup), nodes = host_arrays_with_tree(tree, n_nodes, [sids, tok, logp, tree.cost,
+                                                                                   tree.warmup])
+    sids = sids.astype(np.int64)
+    items = policy.catalog.item_of(sids.reshape(-1, L)).reshape(sids.shape[:2])
     return CandidateSets(
-        sids=sids, items=items, valid=items >= 0, logp=logp, token_logp=tok, tree=to_prefix_tree(tree),
-        cost_tokens=tree.cost.numpy(), budget_tokens=budget, decoder="ved", warmup_tokens=tree.warmup.numpy(),
-        expansion_tokens=(tree.cost - tree.warmup).numpy(), seconds=time.perf_counter() - t0,
-        prefill_tokens=tree.pool.context.prefill_tokens,
+        sids=torch.as_tensor(sids), items=torch.as_tensor(items), valid=torch.as_tensor(items >= 0),
+        logp=torch.as_tensor(logp, dtype=torch.float32), token_logp=torch.as_tensor(tok, dtype=torch.float32),
+        tree=nodes, cost_tokens=cost.astype(np.int64), budget_tokens=budget, decoder="ved",
+        warmup_tokens=warmup.astype(np.int64), expansion_tokens=(cost - warmup).astype(np.int64),
+        seconds=time.perf_counter() - t0, prefill_tokens=tree.pool.context.prefill_tokens,
     )
 
 
@@ -468,50 +548,75 @@ def max_iterations(budget: int) -> int:
     return budget + 1
 
 
+def _u64(c: int) -> int:
+    """A 64-bit unsigned constant as the int64 with the same bits (torch multiplies int64 modulo 2^64)."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
+    """The unsigned (logical) right shift of int64 bits: the arithmetic shift with the sign bits masked off."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 bits (products wrap modulo 2^64, as uint64 arithmetic does)."""
+    z = (z ^ _shr(z, 30)) * _u64(0xBF58476D1CE4E5B9)
+    z = (z ^ _shr(z, 27)) * _u64(0x94D049BB133111EB)
+    return z ^ _shr(z, 31)
+
+
 class GumbelKeys:
     """Fixed Gumbel noise per (seed, query row, trie node, code) from an integer hash (SplitMix64):
     the n-th child a node adds is its n-th best code by log pi + key, a sample without replacement in
-    proportion to pi that any processing order reproduces."""
+    proportion to pi that any processing order reproduces. Computed on the rows' device.
+
+    >>> GumbelKeys(0, 3)(torch.tensor([0, 0]), torch.tensor([5, 5])).shape  # same row, same keys
+    torch.Size([2, 3])
+    """
 
     def __init__(self, seed: int, k_max: int):
         self.seed, self.k_max = seed, k_max
+        self._seed_hash: torch.Tensor | None = None  # the seed's part, hashed once on the rows' device
 
     def __call__(self, query: torch.Tensor, trie_node: torch.Tensor) -> torch.Tensor:
         """(N, K) keys for rows (query, trie node)."""
-        code = np.arange(self.k_max, dtype=np.uint64)[None, :]
-        with np.errstate(over="ignore"):
-            h = _mix(np.uint64(self.seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1))
-            h = _mix(h ^ query.numpy().astype(np.uint64)[:, None])
-            h = _mix(h ^ (trie_node.numpy().astype(np.uint64)[:, None] * np.uint64(0x632BE59BD9B4E019)))
-            h = _mix(h ^ code)
-        u = ((h >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)  # in (0, 1)
-        return torch.as_tensor(-np.log(-np.log(u)), dtype=torch.float32)
+        dev = query.device
+        if self._seed_hash is None or self._seed_hash.device != dev:
+            seed = torch.full((), self.seed, dtype=torch.long, device=dev)
+            self._seed_hash = _mix(seed * _u64(0x9E3779B97F4A7C15) + 1)
+        code = torch.arange(self.k_max, device=dev)[None, :]
+        h = _mix(self._seed_hash ^ query.long()[:, None])
+        h = _mix(h ^ (trie_node.long()[:, None] * _u64(0x632BE59BD9B4E019)))
+        h = _mix(h ^ code)
+        u = (_shr(h, 11).double() + 0.5) / float(1 << 53)  # in (0, 1)
+        return (-torch.log(-torch.log(u))).float()
 
 
-def _mix(z):
-    """SplitMix64's finaliser (uint64 arithmetic wraps around)."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def to_prefix_tree(tree: SearchTree) -> PrefixTree:
-    """VED's search tree as a PrefixTree (parents renumbered globally; ``evaluated``: forwarded)."""
-    qs, loc = tree.exists.nonzero(as_tuple=True)
+def host_arrays_with_tree(tree: SearchTree, n_nodes: int, also: list[torch.Tensor]
+                          ) -> tuple[list[np.ndarray], PrefixTree]:
+    """The tensors ``also`` and VED's search tree as a PrefixTree (parents renumbered globally;
+    ``evaluated``: forwarded), read back to the host in one copy; ``n_nodes``: the tree's node count."""
+    cap = tree.parent.shape[1]
+    flat = _true_where(tree.exists, n_nodes)
+    qs, loc = flat // cap, flat % cap
     offset = torch.cumsum(tree.count, 0) - tree.count
     parent = tree.parent[qs, loc]
     d = tree.depth[qs, loc]
-    n_kids = tree.n_children[qs, loc]
-    return PrefixTree(
-        query=qs.numpy(), parent=torch.where(parent >= 0, offset[qs] + parent, -1).numpy(), depth=d.numpy(),
-        token=torch.where(d > 0, tree.sid[qs, loc].gather(1, (d - 1).clamp_min(0)[:, None]).squeeze(1), -1).numpy(),
-        sid=tree.sid[qs, loc].numpy(), logp=tree.cum[qs, loc].numpy(), value=tree.value[qs, loc].double().numpy(),
-        entropy=torch.where(tree.row[qs, loc] >= 0, tree.entropy[qs, loc], torch.nan).double().numpy(),
-        priority=tree.g[qs, loc].double().numpy(), visits=tree.visits[qs, loc].long().numpy(),
-        evaluated=(tree.row[qs, loc] >= 0).numpy(), pruned=np.zeros(len(qs), dtype=bool),
-        fully_expanded=((n_kids >= tree.n_valid[qs, loc]) & (d < tree.levels)).numpy(),
+    forwarded = tree.row[qs, loc] >= 0
+    cols = dict(
+        query=qs, parent=torch.where(parent >= 0, offset[qs] + parent, -1), depth=d,
+        token=torch.where(d > 0, tree.sid[qs, loc].gather(1, (d - 1).clamp_min(0)[:, None]).squeeze(1), -1),
+        sid=tree.sid[qs, loc], logp=tree.cum[qs, loc], value=tree.value[qs, loc],
+        entropy=torch.where(forwarded, tree.entropy[qs, loc], torch.nan), priority=tree.g[qs, loc],
+        visits=tree.visits[qs, loc], evaluated=forwarded,
+        fully_expanded=(tree.n_children[qs, loc] >= tree.n_valid[qs, loc]) & (d < tree.levels),
     )
+    arrays = host_arrays(list(cols.values()) + list(also))
+    nodes = PrefixTree(**{k: a.astype(FIELDS[k][0]) for k, a in zip(cols, arrays)},
+                       pruned=np.zeros(n_nodes, dtype=bool))
+    return arrays[len(cols):], nodes
 
 
 __all__ = ["GATE_TOL", "SearchTree", "priority", "ucb", "expansion_gate", "warm_start", "select", "triggered",
-           "expand", "backpropagate", "extract", "warm_start_cost", "ved_decode", "GumbelKeys"]
+           "expand", "backpropagate", "extract", "warm_start_cost", "ved_decode", "GumbelKeys", "choose", "plan",
+           "Plan"]

@@ -83,7 +83,10 @@ class State:
     context, c consecutive rows of context 0, then c of context 1, ... (``query`` is [0]*c + [1]*c + ...),
     as whoever built the rows knows from their shapes (``start``: 1; a beam level where every query kept c
     beams), None when not known. A backbone may lay such rows out as one block per context without reading
-    ``query`` back to the host to find out (``policy/qwen.py: _query_major``); ``index`` and ``cat`` forget it.
+    ``query`` back to the host to find out (``policy/qwen.py: _query_major``). most: the most rows of one
+    context, when whoever built the rows knows it without reading the device (VED's expansions); a backbone
+    then sizes its per-context layout without counting (``Packing.of``), and a State with ``most`` and no
+    ``block`` is known not to be grouped. ``index`` and ``cat`` forget both.
     """
 
     query: torch.Tensor
@@ -95,6 +98,7 @@ class State:
     kv: torch.Tensor
     context: Context
     block: int | None = None
+    most: int | None = None
 
     def __len__(self) -> int:
         return len(self.query)
@@ -168,10 +172,11 @@ class SIDPolicy(nn.Module):
         raise NotImplementedError
 
     def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block: int | None = None,
-                keep: bool = False):
+                keep: bool = False, most: int | None = None):
         """(N, S) new tokens attending to ctx rows ``query``, to the first ``past_len`` positions of
         ``past_kv`` and causally to themselves. Returns hidden (N, S, d) and their kv (N, ..., S, ...).
-        ``block``: c when the caller knows the rows are grouped by context, c each (``State.block``).
+        ``block``: c when the caller knows the rows are grouped by context, c each (``State.block``); ``most``:
+        the most rows of one context, when the caller knows it (``State.most``).
         ``keep``: a decoding call (``start``, ``step``), whose tokens later steps attend to; a backbone may keep
         their keys and values where it likes and return, as their kv, what ``_write_kv`` stores in the state.
         Without ``keep`` (the training passes, ``candidate_hidden``) the kv is not read and may be None."""
@@ -233,28 +238,31 @@ class SIDPolicy(nn.Module):
         return items.repeat_interleave(self.levels + 1, dim=1)
 
     # -- restricted log-probabilities --------------------------------------------------------------
-    def restricted_logp(self, hidden: torch.Tensor, level: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
+    def restricted_logp(self, hidden: torch.Tensor, level: torch.Tensor, node: torch.Tensor,
+                        at: int | None = None) -> torch.Tensor:
         """(N, K_max) log pi(code | prefix) over valid children of ``node``; -inf elsewhere.
 
         Rows at depth L (``level`` == L) get all -inf. ``level`` (N,) is 0-based: the level of the
-        code being predicted.
+        code being predicted. ``at``: every row's level, when the caller knows it (a training pass, ``start``);
+        else each level's code head runs on every row and each row keeps its own level's (no host read to sort
+        the rows by level: the heads are small beside a layer).
         """
         n = hidden.shape[0]
         out = torch.full((n, self.k_max), float("-inf"), device=hidden.device, dtype=torch.float32)
-        for lvl in range(self.levels):
-            rows = (level == lvl).nonzero().squeeze(-1)
-            if len(rows) == 0:
-                continue
+        for lvl in range(self.levels) if at is None else range(at, min(at + 1, self.levels)):  # none at depth L
             k = self.catalog.codebook_sizes[lvl]
-            logits = self._code_logits(hidden[rows], lvl).float()  # (n, K_l)
-            valid = self.child[node[rows], :k] >= 0
+            logits = self._code_logits(hidden, lvl).float()  # (N, K_l)
+            valid = self.child[node, :k] >= 0
+            if at is None:  # rows of other levels (or at depth L) are dropped below; keep them finite meanwhile
+                valid = valid | ~valid.any(-1, keepdim=True)
             if self.normalize == "valid":
                 lp = logits.masked_fill(~valid, float("-inf")).log_softmax(-1)
             elif self.normalize == "level":
                 lp = logits.log_softmax(-1).masked_fill(~valid, float("-inf"))
             else:  # the backbone's own normaliser, e.g. over its whole vocabulary
-                lp = (logits - self._log_partition(hidden[rows], lvl).float()).masked_fill(~valid, float("-inf"))
-            out = out.index_put((rows,), torch.nn.functional.pad(lp, (0, self.k_max - k), value=float("-inf")))
+                lp = (logits - self._log_partition(hidden, lvl).float()).masked_fill(~valid, float("-inf"))
+            lp = torch.nn.functional.pad(lp, (0, self.k_max - k), value=float("-inf"))
+            out = lp if at is not None else torch.where((level == lvl)[:, None], lp, out)
         return out
 
     # -- the protocol ------------------------------------------------------------------------------
@@ -308,12 +316,13 @@ class SIDPolicy(nn.Module):
         return State(
             query=query, node=zero.clone(), depth=zero.clone(),
             tokens=torch.full((b, self.levels), -1, dtype=torch.long, device=self.device),
-            logp=self.restricted_logp(h0, zero, zero), hidden=state_hidden,
+            logp=self.restricted_logp(h0, zero, zero, at=0), hidden=state_hidden,
             kv=self._write_kv(self._empty_kv(b), zero, new_kv), context=context, block=1,
         )
 
-    def step(self, states: State, codes: torch.Tensor, strict: bool = True) -> State:
-        """Extend each row of ``states`` by its code (N,); all rows in one backbone call.
+    def step(self, states: State, codes: torch.Tensor, strict: bool = True, at: int | None = None) -> State:
+        """Extend each row of ``states`` by its code (N,); all rows in one backbone call. ``at``: every row's
+        depth, when the caller knows it (a beam level), so that only the next level's code head runs.
 
         A code that is not a valid child of its row's prefix is refused: with ``strict`` by a ValueError that
         names it (one host read per call); otherwise by a device-side assertion that names nothing
@@ -341,7 +350,7 @@ class SIDPolicy(nn.Module):
         slot = states.context.next_slot[states.query]
         hidden, new_kv = self._extend(
             states.context, states.query, states.kv, lvl, tok[:, None], lvl[:, None], slot[:, None], block=states.block,
-            keep=True,
+            keep=True, most=states.most,
         )
         h = hidden[:, 0]
         rows = torch.arange(len(codes), device=self.device)
@@ -351,8 +360,8 @@ class SIDPolicy(nn.Module):
         state_hidden[rows, lvl] = h.to(state_hidden.dtype)
         return State(
             query=states.query, node=node, depth=lvl, tokens=tokens,
-            logp=self.restricted_logp(h, lvl, node), hidden=state_hidden,
-            kv=self._write_kv(states.kv, lvl, new_kv), context=states.context, block=states.block,
+            logp=self.restricted_logp(h, lvl, node, at=None if at is None else at + 1), hidden=state_hidden,
+            kv=self._write_kv(states.kv, lvl, new_kv), context=states.context, block=states.block, most=states.most,
         )
 
     def candidate_hidden(self, histories, sids: torch.Tensor, with_last: bool = False):
@@ -390,7 +399,7 @@ class SIDPolicy(nn.Module):
         node = torch.zeros(b * c, dtype=torch.long, device=self.device)
         out = []
         for lvl in range(L):
-            lp = self.restricted_logp(hidden[:, lvl], torch.full_like(node, lvl), node)
+            lp = self.restricted_logp(hidden[:, lvl], torch.full_like(node, lvl), node, at=lvl)
             code = torch.where(pad, lp.argmax(1), flat[:, lvl])  # padding rows follow any valid code
             out.append(torch.where(pad, torch.zeros_like(lp[:, 0]), lp.gather(1, code[:, None]).squeeze(1)))
             node = self.child[node, code]
@@ -420,8 +429,8 @@ class CountingPolicy:
         self.prefill_tokens += root.context.prefill_tokens
         return root
 
-    def step(self, states: State, codes: torch.Tensor, strict: bool = True) -> State:
-        out = self.policy.step(states, codes, strict)
+    def step(self, states: State, codes: torch.Tensor, strict: bool = True, at: int | None = None) -> State:
+        out = self.policy.step(states, codes, strict, at)
         self.tokens += len(out)
         return out
 

@@ -30,10 +30,11 @@ class Packing:
         self.slot, self.g, self.n_ctx = slot, g, n_ctx
 
     @staticmethod
-    def of(query: torch.Tensor, n_ctx: int, block: int | None = None) -> Packing:
+    def of(query: torch.Tensor, n_ctx: int, block: int | None = None, most: int | None = None) -> Packing:
         """Rows whose contexts are ``query`` (N,), in any order, among ``n_ctx`` contexts. ``block``: c when the
         caller knows the rows come grouped by context, c each (``State.block``): then row r is slot r, and nothing
-        is counted or read back to the host.
+        is counted or read back to the host. ``most``: the most rows of one context, when the caller knows it
+        (``State.most``): the slots per context, not read back.
 
         >>> p = Packing.of(torch.tensor([1, 0, 1, 1]), 3)  # context 1 has the most rows: G = 3
         >>> p.g, p.slot.tolist()  # row 1 is context 0's first slot; rows 0, 2, 3 fill context 1's
@@ -43,8 +44,8 @@ class Packing:
         """
         if block is not None and len(query) == block * n_ctx:
             return Packing(torch.arange(len(query), device=query.device), block, n_ctx)
-        counts = torch.bincount(query, minlength=n_ctx)
-        g = int(counts.max()) if len(query) else 1  # one read back to the host per call
+        counts = torch.zeros(n_ctx, dtype=torch.long, device=query.device).index_add_(0, query, torch.ones_like(query))
+        g = most if most is not None else int(counts.max()) if len(query) else 1  # else one read per call
         order = torch.argsort(query, stable=True)
         first = counts.cumsum(0) - counts  # (B,) the first sorted row of each context
         sorted_q = query[order]

@@ -131,16 +131,19 @@ def _attention(q, k, v, bias, scale) -> torch.Tensor:
     return out.reshape(n, h, s, dh)
 
 
-def _query_major(query: torch.Tensor, n_ctx: int, block: int | None = None) -> int | None:
+def _query_major(query: torch.Tensor, n_ctx: int, block: int | None = None, most: int | None = None) -> int | None:
     """c when ``query`` is [0]*c + [1]*c + ... + [n_ctx-1]*c (each context's rows together) and c is at
     most ``MAX_BLOCK``, else None. ``block``: c as the caller knows it (``State.block``), taken on its word;
-    without it, ``query`` is compared on the device and the answer read back to the host."""
+    ``most`` without ``block``: a caller that knows the rows are not grouped (``State.most``); without
+    either, ``query`` is compared on the device and the answer read back to the host."""
     n = len(query)
     if n == 0 or n % n_ctx or n // n_ctx > MAX_BLOCK:
         return None
     c = n // n_ctx
     if block is not None:
         return c if block == c else None
+    if most is not None:
+        return None
     return c if torch.equal(query, torch.arange(n_ctx, device=query.device).repeat_interleave(c)) else None
 
 
@@ -341,9 +344,10 @@ class QwenPolicy(SIDPolicy):
         hidden, kv = self._layers(tokens, positions, lambda i, q, k, v: _attention(q, k, v, bias, self.scale))
         return hidden, [(k.contiguous(), v.contiguous()) for k, v in kv]  # views of q's tensors: kept compact
 
-    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block=None, keep=False):
+    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block=None, keep=False,
+                most=None):
         if keep:
-            return self._decode_step(ctx, query, past_kv, tokens, levels, block)
+            return self._decode_step(ctx, query, past_kv, tokens, levels, block, most)
         if past_kv is not None:
             raise ValueError("QwenPolicy keeps prefix caches only for decoding calls (keep=True)")
         n, s = tokens.shape
@@ -351,7 +355,7 @@ class QwenPolicy(SIDPolicy):
         dev = tokens.device
         positions = ctx.mask.sum(1)[query][:, None] + levels  # after the prompt's real tokens
         causal = torch.ones(s, s, dtype=torch.bool, device=dev).tril()
-        c = _query_major(query, n_ctx, block)
+        c = _query_major(query, n_ctx, block, most)
         if c is not None:
             # each context's c rows as one block after it: keys [prompt, the c rows' tokens], the prompt's read in
             # place (never copied per row); a row sees only its own
@@ -380,7 +384,7 @@ class QwenPolicy(SIDPolicy):
         hidden, _ = self._layers(tokens, positions, attend)
         return hidden, None  # a training pass: no later step reads its keys
 
-    def _decode_step(self, ctx: Context, query, prefix, tokens, levels, block):
+    def _decode_step(self, ctx: Context, query, prefix, tokens, levels, block, most=None):
         """One token per row of a decode (``start``, ``step``): its keys and values written in place into the
         decode's cache (``_DecodeCache``), and attention over that cache, so no layer copies the prompt's or the
         prefix's keys. ``prefix`` (N, L+1): the cache columns of each row's prefix positions (-1: none), the
@@ -393,8 +397,8 @@ class QwenPolicy(SIDPolicy):
         if ctx.cache is None:
             ctx.cache = _DecodeCache(ctx.kv, t)
         cache = ctx.cache
-        c = _query_major(query, n_ctx, block)
-        pack = Packing.of(query, n_ctx, c)  # without c: counts each context's rows (one host read)
+        c = _query_major(query, n_ctx, block, most)
+        pack = Packing.of(query, n_ctx, c, most)  # without c or most: counts each context's rows (one host read)
         first = cache.claim(pack.g)  # pack.g new columns per context; row r takes its rank among its context's rows
         col = first + pack.slot - query * pack.g  # (N,)
         u = cache.end
@@ -487,7 +491,7 @@ class QwenPolicy(SIDPolicy):
         node = torch.zeros(b * c, dtype=torch.long, device=self.device)
         out = []
         for lvl in range(L):
-            lp = self.restricted_logp(hidden[:, lvl], torch.full_like(node, lvl), node)
+            lp = self.restricted_logp(hidden[:, lvl], torch.full_like(node, lvl), node, at=lvl)
             out.append(lp.gather(1, flat[:, lvl : lvl + 1]).squeeze(1))
             node = self.child[node, flat[:, lvl]]
         return torch.stack(out, 1).reshape(b, c, L)

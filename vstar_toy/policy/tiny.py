@@ -125,10 +125,11 @@ class TinyPolicy(SIDPolicy):
             x = blk.finish(x, F.scaled_dot_product_attention(q, k, v, attn_mask=att_mask[:, None]))
         return self.ln_f(x), kv
 
-    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block=None, keep=False):
+    def _extend(self, ctx: Context, query, past_kv, past_len, tokens, levels, slots, block=None, keep=False,
+                most=None):
         n, s = tokens.shape
         x = self._embed(tokens, levels, slots)
-        pack = Packing.of(query, len(ctx.mask), block)
+        pack = Packing.of(query, len(ctx.mask), block, most)
         p = 0 if past_kv is None else past_kv.shape[-2]
         att_mask = pack.mask(ctx.mask, past_len, p, s)  # (B, 1, G*S, T + G*(P+S))
         new_kv = []
@@ -209,7 +210,7 @@ def naive_logprobs(policy: SIDPolicy, histories, sids: torch.Tensor) -> torch.Te
     node = torch.zeros(n, dtype=torch.long, device=policy.device)
     out = []
     for lvl in range(L):
-        lp = policy.restricted_logp(hidden[:, lvl], torch.full_like(node, lvl), node)  # (N, K_max)
+        lp = policy.restricted_logp(hidden[:, lvl], torch.full_like(node, lvl), node, at=lvl)  # (N, K_max)
         out.append(lp.gather(1, flat[:, lvl : lvl + 1]).squeeze(1))
         node = policy.child[node, flat[:, lvl]]
     res = torch.stack(out, 1)  # (N, L)
