@@ -118,8 +118,9 @@ class SearchTree:
     (NaN at the root, which has no value: Eq. 5 starts at l = 1), ``entropy`` H (Eq. 12; 0 at depth L),
     ``g`` the priority G (Eq. 11), ``cum`` log pi(y_<=l | x), ``n_valid`` the node's valid children in
     the catalog, ``n_children`` those in the tree, ``row`` its State in ``pool`` (-1: not forwarded, as
-    every leaf), ``trie`` its trie node; (Q, cap, L) ``sid`` and ``token_logp``; (Q, cap, K) ``child``:
-    the local index of each child code in the tree, -1 if absent. Per query (Q,): ``count`` nodes,
+    every leaf), ``trie`` its trie node; (Q, cap, L) ``sid`` and ``token_logp``. Per forwarded node, by its
+    ``row`` (the only nodes with children), (pool rows + 1, K) ``child``: the local index of each child code in
+    the tree, -1 if absent; the last row, all -1, stands for every leaf (``children``). Per query (Q,): ``count`` nodes,
     ``cost`` forward tokens spent, ``warmup`` of which by the warm start. ``pool``: the States of the
     forwarded nodes; ``child_trie``: the catalog's trie (``SIDPolicy.child``); ``lam`` and ``rule``: how
     every node's priority G is computed (``DecodeConfig.lam`` and ``priority``, fixed for the search).
@@ -152,7 +153,7 @@ class SearchTree:
     bound: int = 0
 
     NODE_FIELDS = ("parent", "depth", "visits", "value", "entropy", "g", "cum", "n_valid", "n_children", "row",
-                   "trie", "sid", "token_logp", "child")
+                   "trie", "sid", "token_logp")
 
     @classmethod
     def empty(cls, levels: int, k: int, root: State, pool_rows: int, child_trie: torch.Tensor, warmup: torch.Tensor,
@@ -169,7 +170,7 @@ class SearchTree:
             cum=torch.zeros(q, cap, device=dev), n_valid=torch.zeros(q, cap, **long),
             n_children=torch.zeros(q, cap, **long), row=torch.full((q, cap), -1, **long),
             trie=torch.zeros(q, cap, **long), sid=torch.full((q, cap, levels), -1, **long),
-            token_logp=torch.zeros(q, cap, levels, device=dev), child=torch.full((q, cap, k), -1, **long),
+            token_logp=torch.zeros(q, cap, levels, device=dev), child=torch.full((pool_rows + 1, k), -1, **long),
             count=torch.zeros(q, **long), cost=cost, warmup=cost.clone(),
             pool=State.empty_like(root, pool_rows), child_trie=child_trie.to(dev), lam=lam, rule=rule,
         )
@@ -188,7 +189,7 @@ class SearchTree:
         cap = self.parent.shape[1]
         if self.bound + most > cap:
             new_cap = max(2 * cap, self.bound + most)
-            fill = {"parent": -1, "row": -1, "sid": -1, "child": -1}
+            fill = {"parent": -1, "row": -1, "sid": -1}
             for f in self.NODE_FIELDS:
                 old = getattr(self, f)
                 pad = old.new_full((old.shape[0], new_cap - cap, *old.shape[2:]), fill.get(f, 0))
@@ -213,7 +214,7 @@ class SearchTree:
         self.visits[qs, loc] = 1.0
         if parent is not None:
             code = sid.gather(1, (depth - 1)[:, None]).squeeze(1)
-            self.child[qs, parent, code] = loc
+            self.child[self.row[qs, parent], code] = loc  # a parent is always forwarded
             self.n_children.index_put_((qs, parent), torch.ones_like(loc), accumulate=True)
         if states is None:
             entropy, n_valid = torch.zeros_like(value), torch.zeros_like(qs)
@@ -226,6 +227,11 @@ class SearchTree:
         self.value[qs, loc], self.entropy[qs, loc], self.n_valid[qs, loc] = value, entropy, n_valid
         self.g[qs, loc] = priority(value, entropy, depth, L, self.rule, self.lam)  # Eq. 11
         return loc
+
+    def children(self, qs: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
+        """(..., K) the local index of each child code of nodes ``node`` of queries ``qs`` (broadcast), -1 if
+        absent; a leaf has none."""
+        return self.child[self.row[qs, node]]  # a leaf's row, -1, indexes the last row of child: all -1
 
     def exhausted(self) -> torch.Tensor:
         """(Q, cap) bool: nothing can be added below the node (it is a leaf, or every valid child is
@@ -347,7 +353,7 @@ def select(tree: SearchTree, active: torch.Tensor, beta: float, exhausted: torch
     n_root = tree.visits[:, 0]
     cur, going = torch.zeros_like(rows), active.clone()
     for d in range(tree.levels):
-        kids = tree.child[rows, cur]  # (Q, K)
+        kids = tree.children(rows, cur)  # (Q, K)
         ok = (kids >= 0) & ~exhausted.gather(1, kids.clamp_min(0))
         u = ucb(tree.g.gather(1, kids.clamp_min(0)), tree.visits.gather(1, kids.clamp_min(0)), n_root[:, None], beta)
         best = kids.clamp_min(0).gather(1, torch.where(ok, u, NEG_INF).argmax(1, keepdim=True)).squeeze(1)
@@ -386,7 +392,7 @@ def choose(tree: SearchTree, path: torch.Tensor, keys) -> torch.Tensor:
     rows = torch.arange(q, device=path.device)[:, None]
     logp = tree.pool.logp[tree.row.gather(1, node).clamp_min(0)].float()  # (Q, L + 1, K)
     trie = tree.trie.gather(1, node)
-    closed = (tree.child[rows, node] >= 0) | (tree.child_trie[trie] < 0)  # taken, or not a valid code
+    closed = (tree.children(rows, node) >= 0) | (tree.child_trie[trie] < 0)  # taken, or not a valid code
     query = rows.expand_as(node)
     score = (logp + keys(query.reshape(-1), trie.reshape(-1)).reshape(logp.shape)).masked_fill(closed, NEG_INF)
     return score.argmax(-1)
