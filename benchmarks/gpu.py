@@ -11,7 +11,8 @@ Rows, each timed as the best of ``--repeats`` passes after one warm-up pass (sec
 
 0. Counted, not timed (on any device; with ``--tiny`` at 64 x 16): the operators one beam search and one VED
    search dispatch and the values they read back to the host (``vstar_toy.dispatch.Counts``), against the
-   targets of issue 34 (per beam search at most 500 operators and 4 host reads; per VED search L + 1 reads).
+   targets of issue 34 (per beam search at most 500 operators and 4 host reads; per VED search L + 1 reads),
+   VED in exact and in fixed shapes (``DecodeConfig.shapes``).
 
 1. ``generate(num_beams=B, num_return_sequences=B, prefix_allowed_tokens_fn=...)``, length_penalty 0
    (sequences ranked by their summed log-probs): the baseline.
@@ -19,7 +20,8 @@ Rows, each timed as the best of ``--repeats`` passes after one warm-up pass (sec
    over the whole vocabulary); its candidate set must equal ``generate``'s (the share of queries where
    it does is printed: bf16 rounding may flip near-ties).
 3. Our beam search with ``normalize="valid"``, which reads only the level's SID rows of the LM head.
-4. VED at the 1x budget (|C| = B, b0 = B / 2, a random ``ValueHead``), same normalisation as row 3.
+4. VED at the 1x budget (|C| = B, b0 = B / 2, a random ``ValueHead``), same normalisation as row 3; then in
+   fixed shapes (L rows per query per iteration, two host reads per search).
    Then row 3 again at 4x the queries (256): the batch a serving GPU would take.
 5. One training step (``policy_loss("joint")``, backward, AdamW) over Q x B candidates (row 2's), with
    random rewards: *naive*, every candidate re-encodes its prompt through the Hugging Face forward
@@ -44,6 +46,7 @@ are measured in the same run on the same device, which the table names.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import gc
 import json
@@ -187,10 +190,11 @@ def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarr
         quality(cands.sids)
         rows.add("  peak memory", gib, "GiB")
 
-    def run_ved(key: str = "ved", label: str = ""):
+    def run_ved(key: str = "ved", label: str = "", shapes: str = "exact"):
         policy.normalize = "valid"
         head = ValueHead.for_policy(policy, ValueConfig()).eval()
-        cfg = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0)
+        cfg = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0,
+                           shapes=shapes)
         with torch.no_grad():
             t, gib, cands = timed(lambda: decode(policy, hist, cfg, head), repeats, dev)
         res[key] = (t, cands)
@@ -229,6 +233,7 @@ def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarr
     rows.attempt("beam (vocab)", lambda: run_beam("vocab", hist, TARGETS["beam_seconds"], "beam_vocab"))
     rows.attempt("beam (valid)", lambda: run_beam("valid", hist, TARGETS["beam_seconds"], "beam_valid"))
     rows.attempt("ved", run_ved)
+    rows.attempt("ved, fixed shapes", lambda: run_ved("ved_fixed", ", fixed shapes", "fixed"))
     rows.attempt("beam (valid), 4x queries",
                  lambda: run_beam("valid", many, TARGETS["beam_256_seconds"], "beam_valid_4x"))
     if "generate" in res and "beam_vocab" in res:
@@ -248,6 +253,10 @@ def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarr
         ratio = res["ved"][0] / res["beam_valid"][0]
         rows.add("VED 1x time / our beam (valid) time", ratio, "x", f"<= {TARGETS['ved_over_beam']:g}x",
                  ratio <= TARGETS["ved_over_beam"])
+    if "ved_fixed" in res and "beam_valid" in res:
+        ratio = res["ved_fixed"][0] / res["beam_valid"][0]
+        rows.add("VED 1x (fixed shapes) time / our beam (valid) time", ratio, "x",
+                 f"<= {TARGETS['ved_over_beam']:g}x", ratio <= TARGETS["ved_over_beam"])
     if compiled:
         rows.attempt("compiled", compiled_rows)
     policy.normalize = "vocab"
@@ -261,9 +270,12 @@ def count_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, beams: int) -> 
     policy.normalize = "valid"
     head = ValueHead.for_policy(policy, ValueConfig()).eval()
     ved = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0)
+    fixed = dataclasses.replace(ved, shapes="fixed")
     levels = policy.catalog.levels
     for name, fn, ops, reads in [("beam search", lambda: beam_search(policy, hist, beams), 500, 4),
-                                 ("VED search", lambda: decode(policy, hist, ved, head), None, levels + 1)]:
+                                 ("VED search", lambda: decode(policy, hist, ved, head), None, levels + 1),
+                                 ("VED search, fixed shapes", lambda: decode(policy, hist, fixed, head), None,
+                                  levels + 1)]:
         with torch.no_grad():
             fn()  # warm-up: caches (the trie's tables, compiled kernels) are built once, not per search
             with Counts() as c:

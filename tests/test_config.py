@@ -100,6 +100,7 @@ BAD = [
     (DecodeConfig, "beta", -1.0, "a number in [0, 1e+06]"),
     (DecodeConfig, "priority", "Q", "one of G, V, H"),
     (DecodeConfig, "root_gate", "ajar", "one of open, closed"),
+    (DecodeConfig, "shapes", "ragged", "one of exact, fixed"),
     (DecodeConfig, "rank", "hr", "one of value, logp"),
     (DecodeConfig, "top_k", 0, "an integer >= 1"),
     (DecodeConfig, "temperature", 0.0, "a number in (0, 100]"),

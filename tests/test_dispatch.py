@@ -3,6 +3,7 @@ decoders' counts on the tiny Qwen2 at 64 queries x 16 beams, held at or below th
 benchmarks/results/cpu-tiny-2026-12-07*.md), so that a change that adds launches or synchronisations to a decode
 step is seen on a CPU."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -47,15 +48,23 @@ def test_the_decoders_do_not_ask_more_of_the_device_than_when_counting_began():
     hist, _ = gpu.histories(size, 0)
     head = ValueHead.for_policy(policy, ValueConfig()).eval()
     ved = DecodeConfig(decoder="ved", n_candidates=16, warm_beam=8, budget_x=1.0)
-    counted = {}
+    fixed = dataclasses.replace(ved, shapes="fixed")
+    counted, outs = {}, {}
     with torch.no_grad():
-        for name, fn in [("beam", lambda: beam_search(policy, hist, 16)), ("ved", lambda: decode(policy, hist, ved,
-                                                                                                  head))]:
+        for name, fn in [("beam", lambda: beam_search(policy, hist, 16)),
+                         ("ved", lambda: decode(policy, hist, ved, head)),
+                         ("ved fixed", lambda: decode(policy, hist, fixed, head))]:
             fn()
             with Counts() as c:
-                out = fn()
+                out = outs[name] = fn()
             counted[name] = (c.ops, c.host_reads, c.shape_syncs)
             assert out.valid.all() and np.all(out.items.numpy() >= 0)
+    # fixed shapes: the same candidates, costs and tree; log-probs within float noise (other rows share the batch)
+    exact, same = outs["ved"], outs["ved fixed"]
+    assert torch.equal(exact.sids, same.sids) and np.array_equal(exact.cost_tokens, same.cost_tokens)
+    assert np.array_equal(exact.tree.sid, same.tree.sid) and np.array_equal(exact.tree.visits, same.tree.visits)
+    assert torch.allclose(exact.logp, same.logp, atol=1e-4)
+    assert counted["ved fixed"][1] <= gpu.TINY["levels"] + 1  # issue 34's goal: at most one read per level plus one
     # before (2026-12-07): beam 1,406 operators, 53 reads, 22 value-dependent shapes; VED 16,593, 319, 385. The
     # trees recorded on the device and read back once (decoding/tree.py: TreeBuilder): beam 1,431, 12, 21; VED
     # 16,521, 299, 385. The tree, candidates and cost in one copy, the rows' layout known from shapes
@@ -65,6 +74,8 @@ def test_the_decoders_do_not_ask_more_of_the_device_than_when_counting_began():
     # device, read once per iteration (decoding/ved.py: plan), its Gumbel keys hashed there, code heads chosen
     # without sorting rows by level: beam 1,251, 1, 12; VED 17,031, 19, 9 (more operators: the keys and the
     # bookkeeping that numpy and the host did between reads now run as device operators). Child tables for
-    # the forwarded nodes only (SearchTree.child by pool row): VED 17,130, 19, 9
+    # the forwarded nodes only (SearchTree.child by pool row): VED 17,130, 19, 9; every leaf's row written
+    # (masked rows' spare slots): 17,164. Fixed shapes (DecodeConfig.shapes): 17,038, 2, 9
     assert all(a <= b for a, b in zip(counted["beam"], (1251, 1, 12))), counted
-    assert all(a <= b for a, b in zip(counted["ved"], (17130, 19, 9))), counted
+    assert all(a <= b for a, b in zip(counted["ved"], (17164, 19, 9))), counted
+    assert all(a <= b for a, b in zip(counted["ved fixed"], (17038, 2, 9))), counted

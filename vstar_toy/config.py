@@ -387,6 +387,7 @@ DECODER_NAMES = get_args(Decoder)
 (and checks that it does)."""
 VALUE_DECODERS = ("ved", "reranked")  # the decoders that rank prefixes by a value
 Rank = Literal["value", "logp"]
+Shapes = Literal["exact", "fixed"]
 BACKBONE_NAMES = ("tiny-qwen", "qwen2.5-0.5b", "qwen2.5-1.5b")
 """The Qwen2 architectures a policy can be built on by name (``policy.qwen.BACKBONES`` holds their configs, and
 checks that it holds these)."""
@@ -425,6 +426,11 @@ class DecodeConfig:
     HR@K and NDCG@K read: "value" (the paper's value-aware extraction: by V) or "logp" (by log pi(y|x),
     as beam search ranks). The set is the same either way. On real data, ranking by log pi is what
     validation users chose (docs/results/office_validation)."""
+    shapes: Shapes = "exact"
+    """How VED's iterations are shaped (``decoding/ved.py``): "exact" forwards the nodes that fire and reads the
+    host once per iteration to learn how many; "fixed" forwards L rows per query every iteration, the unused
+    masked, reads the host twice per search and repeats the same shapes (what a CUDA graph can capture), at L
+    times the expansion's forward rows. The same candidate sets, costs and tree."""
     rerank_width: int | None = None
     """b of the reranked decoder: children kept per node, >= 1; its tree costs 1 + b + ... + b^(L-1)
     forward tokens, which must fit the budget. None: the widest b that fits (5 at 1x for |C| = 16 and

@@ -71,6 +71,7 @@ def settings_for(case: Case, data, **fixed) -> tuple[DecodeConfig, int]:
         budget_x=data.draw(st.sampled_from([1.0, 1.5, 2.0, 4.0])), lam=data.draw(st.sampled_from([0.0, 0.1, 1.0])),
         beta=data.draw(st.sampled_from([0.0, 0.1, 1.0])), priority=data.draw(st.sampled_from(["G", "V", "H"])),
         root_gate=data.draw(st.sampled_from(["open", "closed"])), seed=data.draw(st.integers(0, 3)),
+        shapes=data.draw(st.sampled_from(["exact", "fixed"])),
     )
     return dataclasses.replace(cfg, **fixed), data.draw(st.integers(0, 3))
 

@@ -119,13 +119,17 @@ class SearchTree:
     ``g`` the priority G (Eq. 11), ``cum`` log pi(y_<=l | x), ``n_valid`` the node's valid children in
     the catalog, ``n_children`` those in the tree, ``row`` its State in ``pool`` (-1: not forwarded, as
     every leaf), ``trie`` its trie node; (Q, cap, L) ``sid`` and ``token_logp``. Per forwarded node, by its
-    ``row`` (the only nodes with children), (pool rows + 1, K) ``child``: the local index of each child code in
-    the tree, -1 if absent; the last row, all -1, stands for every leaf (``children``). Per query (Q,): ``count`` nodes,
+    ``row`` (the only nodes with children), (pool rows + 2, K) ``child``: the local index of each child code in
+    the tree, -1 if absent; the last row, all -1, stands for every leaf (``children``), the one before it takes
+    the masked rows' writes (``add``'s ``keep``), as does each query's last node slot, never a node. Per query
+    (Q,): ``count`` nodes,
     ``cost`` forward tokens spent, ``warmup`` of which by the warm start. ``pool``: the States of the
     forwarded nodes; ``child_trie``: the catalog's trie (``SIDPolicy.child``); ``lam`` and ``rule``: how
     every node's priority G is computed (``DecodeConfig.lam`` and ``priority``, fixed for the search).
     On the host: ``n_pool`` rows of ``pool`` used, and ``bound``, at least the largest ``count``, kept from
-    the sizes the search reads back once per iteration (``plan``), so that making room reads nothing.
+    the sizes the search reads back once per iteration (``plan``), so that making room reads nothing;
+    ``iterations``, in fixed shapes (``DecodeConfig.shapes``), the iterations that spend every query's budget
+    (None in exact shapes, where ``plan`` says when to stop).
     """
 
     parent: torch.Tensor
@@ -151,6 +155,7 @@ class SearchTree:
     rule: str
     n_pool: int = 0
     bound: int = 0
+    iterations: int | None = None
 
     NODE_FIELDS = ("parent", "depth", "visits", "value", "entropy", "g", "cum", "n_valid", "n_children", "row",
                    "trie", "sid", "token_logp")
@@ -170,7 +175,7 @@ class SearchTree:
             cum=torch.zeros(q, cap, device=dev), n_valid=torch.zeros(q, cap, **long),
             n_children=torch.zeros(q, cap, **long), row=torch.full((q, cap), -1, **long),
             trie=torch.zeros(q, cap, **long), sid=torch.full((q, cap, levels), -1, **long),
-            token_logp=torch.zeros(q, cap, levels, device=dev), child=torch.full((pool_rows + 1, k), -1, **long),
+            token_logp=torch.zeros(q, cap, levels, device=dev), child=torch.full((pool_rows + 2, k), -1, **long),
             count=torch.zeros(q, **long), cost=cost, warmup=cost.clone(),
             pool=State.empty_like(root, pool_rows), child_trie=child_trie.to(dev), lam=lam, rule=rule,
         )
@@ -185,10 +190,11 @@ class SearchTree:
         return torch.arange(self.parent.shape[1], device=self.count.device)[None, :] < self.count[:, None]
 
     def grow(self, most: int) -> None:
-        """Make room for ``most`` more nodes per query (doubling the capacity), from the host's ``bound``."""
+        """Make room for ``most`` more nodes per query and the spare last slot (doubling the capacity), from the
+        host's ``bound``."""
         cap = self.parent.shape[1]
-        if self.bound + most > cap:
-            new_cap = max(2 * cap, self.bound + most)
+        if self.bound + most + 1 > cap:
+            new_cap = max(2 * cap, self.bound + most + 1)
             fill = {"parent": -1, "row": -1, "sid": -1}
             for f in self.NODE_FIELDS:
                 old = getattr(self, f)
@@ -198,34 +204,44 @@ class SearchTree:
 
     def add(self, qs: torch.Tensor, *, parent: torch.Tensor | None, trie: torch.Tensor, sid: torch.Tensor,
             token_logp: torch.Tensor, cum: torch.Tensor, value: torch.Tensor, states: State | None,
-            most: int) -> torch.Tensor:
+            most: int, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Append one node per row of queries ``qs`` (several per query allowed, at most ``most``, as the
         caller knows on the host): its parent's local index (None: the nodes are the roots), trie node, SID
         and per-token log pi, cumulative log pi and V; ``states`` are the nodes' own forwarded States (their H
-        and next-token pi), or None for unforwarded leaves. Returns the nodes' local indices."""
+        and next-token pi), or None for unforwarded leaves. ``keep``: (N,) bool, only these rows become nodes,
+        the others write into the spare slots (fixed shapes: no row is dropped, so no size is read back).
+        Returns the nodes' local indices (meaningless where ``keep`` is false)."""
         L = self.levels
         self.grow(most)
-        loc = self.count[qs] + _rank_within(qs)
-        self.count.index_add_(0, qs, torch.ones_like(qs))
+        if keep is None:
+            loc = at = self.count[qs] + _rank_within(qs)
+            self.count.index_add_(0, qs, torch.ones_like(qs))
+        else:  # ranks among the kept rows of each query; the masked rows rank in a group of their own
+            loc = self.count[qs] + _rank_within(torch.where(keep, qs, len(self.count)))
+            at = torch.where(keep, loc, self.parent.shape[1] - 1)  # the spare last slot
+            self.count.index_add_(0, qs, keep.long())
         depth = (sid >= 0).sum(-1)
-        self.parent[qs, loc] = -1 if parent is None else parent
-        self.depth[qs, loc], self.trie[qs, loc] = depth, trie
-        self.sid[qs, loc], self.token_logp[qs, loc], self.cum[qs, loc] = sid, token_logp, cum
-        self.visits[qs, loc] = 1.0
+        self.parent[qs, at] = -1 if parent is None else parent
+        self.depth[qs, at], self.trie[qs, at] = depth, trie
+        self.sid[qs, at], self.token_logp[qs, at], self.cum[qs, at] = sid, token_logp, cum
+        self.visits[qs, at] = 1.0
         if parent is not None:
             code = sid.gather(1, (depth - 1)[:, None]).squeeze(1)
-            self.child[self.row[qs, parent], code] = loc  # a parent is always forwarded
-            self.n_children.index_put_((qs, parent), torch.ones_like(loc), accumulate=True)
+            prow = self.row[qs, parent]  # a parent is always forwarded
+            self.child[prow if keep is None else torch.where(keep, prow, -2), code] = loc
+            self.n_children.index_put_((qs, parent), torch.ones_like(loc) if keep is None else keep.long(),
+                                       accumulate=True)
         if states is None:
             entropy, n_valid = torch.zeros_like(value), torch.zeros_like(qs)
+            self.row[qs, at] = -1  # a spare slot may have held a forwarded row's write
         else:
             entropy = states.entropy().float()
             n_valid = (self.child_trie[trie] >= 0).sum(-1)  # the codes where states.logp is finite
-            self.row[qs, loc] = self.n_pool + torch.arange(len(qs), device=qs.device)
+            self.row[qs, at] = self.n_pool + torch.arange(len(qs), device=qs.device)
             self.pool.put(self.n_pool, states)
             self.n_pool += len(qs)
-        self.value[qs, loc], self.entropy[qs, loc], self.n_valid[qs, loc] = value, entropy, n_valid
-        self.g[qs, loc] = priority(value, entropy, depth, L, self.rule, self.lam)  # Eq. 11
+        self.value[qs, at], self.entropy[qs, at], self.n_valid[qs, at] = value, entropy, n_valid
+        self.g[qs, at] = priority(value, entropy, depth, L, self.rule, self.lam)  # Eq. 11
         return loc
 
     def children(self, qs: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
@@ -286,8 +302,17 @@ def warm_start(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
     L, K, b0 = policy.levels, policy.k_max, cfg.warm_beam
     trace = run_beam(policy, histories, b0, record_pruned=False)  # its depth-L selection is not used
     q, dev = len(trace.root), trace.root.logp.device
-    tree = SearchTree.empty(L, K, trace.root, pool_rows=q * budget, child_trie=policy.child, warmup=trace.cost,
-                            lam=cfg.lam, rule=cfg.priority)
+    if cfg.shapes == "exact":
+        tree = SearchTree.empty(L, K, trace.root, pool_rows=q * budget, child_trie=policy.child, warmup=trace.cost,
+                                lam=cfg.lam, rule=cfg.priority)
+    else:  # room for every iteration's L rows per query, and for the leaves they may bring, made once
+        full = all(len(lvl.query) == q * b0 for lvl in trace.levels[: L - 1])  # known from the shapes
+        warm = warm_start_cost(L, b0)
+        iterations = budget - (warm if full else L)  # each iteration spends at least a token of an active query
+        tree = SearchTree.empty(L, K, trace.root, pool_rows=q * (warm + iterations * L), child_trie=policy.child,
+                                warmup=trace.cost, lam=cfg.lam, rule=cfg.priority,
+                                cap=warm + b0 * K + iterations * (L + K) + 1)
+        tree.iterations = iterations
     roots = torch.arange(q, device=dev)
     tree.add(roots, parent=None, trie=torch.zeros_like(roots), sid=torch.full((q, L), -1, device=dev),
              token_logp=torch.zeros(q, L, device=dev), cum=torch.zeros(q, device=dev),
@@ -305,30 +330,43 @@ def warm_start(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
                             cum=lvl.cum_logp, value=v, states=lvl.state, most=b0)
         parents, first_id = lvl.state, int(lvl.node[0])
     if L > 1:
-        add_leaves(tree, trace.levels[L - 2].query, prev_loc, value_fn)
+        add_leaves(tree, trace.levels[L - 2].query, prev_loc, value_fn,
+                   per_query=None if tree.iterations is None else b0)
     return tree
 
 
 def add_leaves(tree: SearchTree, qs: torch.Tensor, loc: torch.Tensor, value_fn,
-               sizes: tuple[int, int] | None = None, among: torch.Tensor | None = None) -> None:
+               sizes: tuple[int, int] | None = None, among: torch.Tensor | None = None,
+               per_query: int | None = None) -> None:
     """Every valid child of the forwarded depth-(L-1) nodes ``loc`` of queries ``qs``, as a leaf: its
     pi from the parent's cached distribution, its V from the parent's state, no forward (G = V at
     depth L, Eq. 11). Adding a free leaf one walk at a time, as the paper adds children, would only
     reorder free work; beam search scores its leaves the same way. ``among``: (P,) bool, only these of the
     nodes bring leaves (default: all). ``sizes``: the number of leaves and the most of one query, when the
-    caller read them back already (else read here, once)."""
+    caller read them back already (else read here, once). ``per_query``: fixed shapes, with at most that many
+    of the nodes per query: every (node, code) pair is a row, the invalid ones masked (``SearchTree.add``'s
+    ``keep``; they read their node's first valid code, so that any value function can score them), and
+    nothing is read back."""
     if len(qs) == 0:
         return
+    if per_query is not None and among is not None:  # a node that brings none reads its query's root instead
+        loc = torch.where(among, loc, 0)
     K = tree.child.shape[-1]
-    valid = tree.child_trie[tree.trie[qs, loc]] >= 0  # (P, K): the codes where the parents' logp is finite
-    if among is not None:
-        valid &= among[:, None]
-    if sizes is None:
-        per_query = torch.zeros_like(tree.count).index_add_(0, qs, valid.sum(1))
-        sizes = tuple(torch.stack([per_query.sum(), per_query.max()]).tolist())
-    n, most = sizes
-    flat = _true_where(valid, n)
+    codes_ok = tree.child_trie[tree.trie[qs, loc]] >= 0  # (P, K): the codes where the parents' logp is finite
+    valid = codes_ok if among is None else codes_ok & among[:, None]
+    keep = None
+    if per_query is not None:
+        keep, n, most = valid.reshape(-1), valid.numel(), per_query * K
+        flat = torch.arange(n, device=qs.device)
+    else:
+        if sizes is None:
+            counts = torch.zeros_like(tree.count).index_add_(0, qs, valid.sum(1))
+            sizes = tuple(torch.stack([counts.sum(), counts.max()]).tolist())
+        n, most = sizes
+        flat = _true_where(valid, n)
     p_idx, codes = flat // K, flat % K  # (parent, code) of every valid child
+    if keep is not None:
+        codes = torch.where(keep, codes, codes_ok.long().argmax(1)[p_idx])
     parents = tree.pool.index(tree.row[qs, loc], cache=False)
     pq, ploc = qs[p_idx], loc[p_idx]
     step_lp = parents.logp.float()[p_idx, codes]
@@ -339,7 +377,7 @@ def add_leaves(tree: SearchTree, qs: torch.Tensor, loc: torch.Tensor, value_fn,
     sid, tok = tree.sid[pq, ploc].clone(), tree.token_logp[pq, ploc].clone()
     sid[rows, L - 1], tok[rows, L - 1] = codes, step_lp
     trie = tree.child_trie[tree.trie[pq, ploc], codes]
-    tree.add(pq, parent=ploc, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=None, most=most)
+    tree.add(pq, parent=ploc, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=None, most=most, keep=keep)
 
 
 def select(tree: SearchTree, active: torch.Tensor, beta: float, exhausted: torch.Tensor) -> torch.Tensor:
@@ -458,6 +496,41 @@ def expand(policy: SIDPolicy, tree: SearchTree, path: torch.Tensor, fire: torch.
         add_leaves(tree, qs, loc, value_fn, sizes.leaves, among=depth == tree.levels - 1)
 
 
+def expand_fixed(policy: SIDPolicy, tree: SearchTree, path: torch.Tensor, fire: torch.Tensor, codes: torch.Tensor,
+                 value_fn) -> None:
+    """``expand`` in fixed shapes: every query forwards L rows, one per path position 0 .. L - 1 (the depth-L
+    position never fires), query by query; a row whose node does not fire steps the query's root by its first
+    valid code, and is masked out of the tree and the cost (``SearchTree.add``'s ``keep``). The same children
+    in the same order as ``expand``, at L times its forward rows, and nothing read back: every iteration has
+    the same shapes."""
+    q, L = len(tree.count), tree.levels
+    dev = path.device
+    keep = fire[:, :L].reshape(-1)
+    qs = torch.arange(q, device=dev).repeat_interleave(L)
+    pos = torch.arange(L, device=dev).repeat(q)
+    par = torch.where(keep, path[qs, pos], 0)
+    first_code = (tree.child_trie[tree.trie[qs, 0]] >= 0).long().argmax(1)  # the root's first valid code
+    code = torch.where(keep, codes[qs, pos], first_code)
+    parents = tree.pool.index(tree.row[qs, par])
+    parents.most = parents.block = L  # L rows per query, query by query
+    step_lp = parents.logp.float().gather(1, code[:, None]).squeeze(1)
+    cum = tree.cum[qs, par] + step_lp
+    with torch.no_grad():
+        v = value_fn(parents, code, cum).float()
+        states = policy.step(parents, code, strict=False)
+    tree.cost.index_add_(0, qs, keep.long())
+    depth = tree.depth[qs, par] + 1
+    rows = torch.arange(len(qs), device=dev)
+    sid, tok = tree.sid[qs, par].clone(), tree.token_logp[qs, par].clone()
+    sid[rows, depth - 1], tok[rows, depth - 1] = code, step_lp
+    trie = tree.child_trie[tree.trie[qs, par], code]
+    loc = tree.add(qs, parent=par, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=states, most=L,
+                   keep=keep)
+    if L > 1:  # only position L - 2's child is at depth L - 1 and brings leaves
+        add_leaves(tree, qs.view(q, L)[:, L - 2], loc.view(q, L)[:, L - 2], value_fn,
+                   among=keep.view(q, L)[:, L - 2], per_query=1)
+
+
 def backpropagate(tree: SearchTree, path: torch.Tensor, active: torch.Tensor) -> None:
     """Stage 4: N(s) += 1 along each active query's walk (the new children start at N = 1; their V, H
     and G were set when they were added, and ``depth_means`` reads the tree as it now is)."""
@@ -500,9 +573,11 @@ def ved_decode(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
     """VED for a batch of queries (Sec. 4.2; the module docstring). ``value_fn`` scores children
     (``values.ValueFn``); ``budget`` defaults to ``cfg.budget_x`` times beam search's 1x.
 
-    The tree stays on the policy's device. The search reads the host once per iteration (``plan``: whether
-    to go on, and the sizes of the expansion), once for the warm start's leaves and once at the end (the
-    candidates, the costs and the tree in one copy); nothing else waits for the device."""
+    The tree stays on the policy's device. In exact shapes (``DecodeConfig.shapes``) the search reads the host
+    once per iteration (``plan``: whether to go on, and the sizes of the expansion), once for the warm start's
+    leaves and once at the end (the candidates, the costs and the tree in one copy); nothing else waits for the
+    device. In fixed shapes it runs the iterations that spend every query's budget, each forwarding L rows per
+    query (``expand_fixed``), and reads the host twice, at the end: the same candidate sets, costs and tree."""
     t0 = time.perf_counter()
     L = policy.levels
     budget = budget if budget is not None else budget_tokens(L, cfg.n_candidates, cfg.budget_x)
@@ -510,16 +585,20 @@ def ved_decode(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
     keys = GumbelKeys(cfg.seed, policy.k_max)
     tree = warm_start(policy, histories, value_fn, cfg, budget)  # 1. initialisation
     active, sizes = tree.cost < budget, None
-    for _ in range(max_iterations(budget)):
+    fixed = tree.iterations is not None
+    for _ in range(tree.iterations if fixed else max_iterations(budget)):
         exhausted = tree.exhausted()
         active &= ~exhausted[:, 0]
         path = select(tree, active, cfg.beta, exhausted)  # 2. selection (Eq. 13)
         fire = triggered(tree, path, active, budget, cfg.root_gate)  # 3. gated expansion (Eq. 14) ...
         codes = choose(tree, path, keys)
-        sizes = plan(tree, path, fire, codes, active)  # the iteration's one host read
-        if not sizes.going:
-            break
-        expand(policy, tree, path, fire, codes, value_fn, sizes)
+        if fixed:
+            expand_fixed(policy, tree, path, fire, codes, value_fn)
+        else:
+            sizes = plan(tree, path, fire, codes, active)  # the iteration's one host read
+            if not sizes.going:
+                break
+            expand(policy, tree, path, fire, codes, value_fn, sizes)
         backpropagate(tree, path, active)  # 4. backpropagation
         active &= tree.cost < budget
     sids, tok, logp = extract(tree, cfg.n_candidates)  # value-aware extraction
@@ -624,5 +703,5 @@ def host_arrays_with_tree(tree: SearchTree, n_nodes: int, also: list[torch.Tenso
 
 
 __all__ = ["GATE_TOL", "SearchTree", "priority", "ucb", "expansion_gate", "warm_start", "select", "triggered",
-           "expand", "backpropagate", "extract", "warm_start_cost", "ved_decode", "GumbelKeys", "choose", "plan",
-           "Plan"]
+           "expand", "expand_fixed", "backpropagate", "extract", "warm_start_cost", "ved_decode", "GumbelKeys",
+           "choose", "plan", "Plan"]
