@@ -200,8 +200,9 @@ def test_a_batch_decodes_what_each_query_decodes_alone(world, histories):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: decodes on a GPU against the same on the CPU")
 def test_a_gpu_decodes_what_the_cpu_decodes(world, histories):
-    """The decode cache, the stacked projections and the host-free beam levels on a GPU: beam search and VED give
-    the CPU's candidate sets and costs (float32, TF32 off), log-probs within 1e-4 (issue 34)."""
+    """The decode cache, the stacked projections, the host-free beam levels and VED's tree on the device on a GPU:
+    beam search and VED (exact and fixed shapes) give the CPU's candidate sets and costs (float32, TF32 off),
+    log-probs within 1e-4 (issue 34)."""
     cpu = make_policy(world)
     head = ValueHead.for_policy(cpu, ValueConfig()).eval()
     gpu, gpu_head = copy.deepcopy(cpu).to("cuda"), copy.deepcopy(head).to("cuda")
@@ -210,7 +211,8 @@ def test_a_gpu_decodes_what_the_cpu_decodes(world, histories):
     try:
         with torch.no_grad():
             for cfg in (DecodeConfig(decoder="beam", n_candidates=4, warm_beam=2),
-                        DecodeConfig(decoder="ved", n_candidates=4, warm_beam=2)):
+                        DecodeConfig(decoder="ved", n_candidates=4, warm_beam=2),
+                        DecodeConfig(decoder="ved", n_candidates=4, warm_beam=2, shapes="fixed")):
                 a, b = decode(cpu, histories, cfg, head), decode(gpu, histories, cfg, gpu_head)
                 assert torch.equal(a.sids, b.sids.cpu()) and np.array_equal(a.cost_tokens, b.cost_tokens), cfg.decoder
                 torch.testing.assert_close(a.logp, b.logp.cpu(), rtol=0, atol=1e-4)
