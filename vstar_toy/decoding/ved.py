@@ -17,6 +17,13 @@ For every query, under a budget of B backbone forward tokens (Cost of Eq. 10):
 Steps 2-4 repeat until the budget is spent, then ``extract`` returns the depth-L leaves with the
 highest V.
 
+**Where it runs.** The search tree lives on the policy's device (``SearchTree``), and the search asks the
+host for a value only where a shape depends on one: once per iteration in exact shapes (``plan``: whether a
+query is still searching, and how many children and leaves the expansion adds), or twice per search in fixed
+shapes (``DecodeConfig.shapes``; ``expand_fixed``: every iteration forwards L rows per query, the rows whose
+node does not fire masked out), which repeat the same shapes every iteration at L times the expansion's
+forward rows. Both give the same candidate sets, costs and tree (issue 34; ``benchmarks/gpu.py`` counts).
+
 **How the budget is counted.** One forward token for the start state and one for every node whose
 own next-token distribution is needed -- to expand it, or for its entropy H in G. A depth-L leaf
 needs neither (Eq. 11: G = V at depth L), and every value here reads only its parent's state and
