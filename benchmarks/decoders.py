@@ -6,7 +6,8 @@ time over beam search's, and what batching and the KV cache buy over a naive ref
 Every decoder goes through ``vstar_toy.decoding.decode`` with the default ``DecodeConfig`` sizes
 (|C| = 16, b0 = 8) at ``budget_x = 1``: B = 1 + (L - 1) * |C| forward tokens per query. Each decoder
 decodes the same test queries in batches of 64 (one warm-up pass, then ``--repeats`` timed passes;
-the best pass is reported, the median beside it).
+the best pass is reported, the median beside it). VED also runs with the backbone-only value head, with the
+oracle's table lookup (what the value costs), and in fixed shapes (``DecodeConfig.shapes``: what they cost here).
 
 The naive reference is constrained beam search as public code often writes it: one query at a
 time, no KV cache, and for every node the whole prompt plus the prefix re-encoded by one causal pass
@@ -189,6 +190,9 @@ def main(argv=None) -> dict:
     rows["ved/backbone V"] = time_decoder(policy, backbone_head, histories, ved_cfg, args.batch, args.repeats)
     rows["ved/oracle V"] = time_decoder(policy, OracleValue(world), histories, ved_cfg, args.batch, args.repeats,
                                         queries=world.queries("test", n=args.queries, seed=0))
+    # what fixed shapes cost on this device (DecodeConfig.shapes: L rows per query per iteration, two host reads)
+    rows["ved/fixed"] = time_decoder(policy, head, histories, dataclasses.replace(ved_cfg, shapes="fixed"), args.batch,
+                                     args.repeats)
     # 2. the naive reference against the batched beam search
     naive = check_naive(policy, histories[: args.naive_queries], C, 1)
     beam_per_query = rows["beam"]["best_s"] / len(histories)
