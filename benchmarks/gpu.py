@@ -437,7 +437,7 @@ def build(size: dict, seed: int, device: torch.device) -> QwenPolicy:
 
 
 def profile(policy: QwenPolicy, hist: np.ndarray, beams: int, path: str) -> None:
-    """The top operators of one beam search and one VED pass (after a warm-up pass of each)."""
+    """The top operators of one beam search and one VED pass in each shape (after a warm-up pass of each)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -445,8 +445,10 @@ def profile(policy: QwenPolicy, hist: np.ndarray, beams: int, path: str) -> None
     cuda = dev.type == "cuda"
     head = ValueHead.for_policy(policy, ValueConfig()).eval()
     cfg = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0)
+    fixed = dataclasses.replace(cfg, shapes="fixed")
     runs = {"beam search (valid)": lambda: beam_search(policy, hist, beams),
-            "VED 1x (valid)": lambda: decode(policy, hist, cfg, head)}
+            "VED 1x (valid)": lambda: decode(policy, hist, cfg, head),
+            "VED 1x, fixed shapes (valid)": lambda: decode(policy, hist, fixed, head)}
     policy.normalize = "valid"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with open(path, "w") as f:
