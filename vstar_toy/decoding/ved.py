@@ -487,20 +487,30 @@ def expand(policy: SIDPolicy, tree: SearchTree, path: torch.Tensor, fire: torch.
     # the rows come query by query, at most `most` each (grouped when every query fires as many): what the
     # backbone would otherwise read back to lay them out
     parents.most, parents.block = most, most if n == most * len(tree.count) else None
+    loc, depth = _add_children(policy, tree, parents, qs, par, code, value_fn, most)
+    if sizes.leaves[0]:
+        add_leaves(tree, qs, loc, value_fn, sizes.leaves, among=depth == tree.levels - 1)
+
+
+def _add_children(policy: SIDPolicy, tree: SearchTree, parents: State, qs: torch.Tensor, par: torch.Tensor,
+                  code: torch.Tensor, value_fn, most: int, keep: torch.Tensor | None = None):
+    """The children ``code`` of nodes ``par`` of queries ``qs`` (their States ``parents``), each forwarded (one
+    token of its query's cost) and given V from its parent's state; ``keep`` masks rows out (``SearchTree.add``).
+    Returns the children's local indices and depths."""
     step_lp = parents.logp.float().gather(1, code[:, None]).squeeze(1)
     cum = tree.cum[qs, par] + step_lp
     with torch.no_grad():
         v = value_fn(parents, code, cum).float()
         states = policy.step(parents, code, strict=False)
-    tree.cost.index_add_(0, qs, torch.ones_like(qs))
+    tree.cost.index_add_(0, qs, torch.ones_like(qs) if keep is None else keep.long())
     depth = tree.depth[qs, par] + 1
-    rows = torch.arange(n, device=qs.device)
+    rows = torch.arange(len(qs), device=qs.device)
     sid, tok = tree.sid[qs, par].clone(), tree.token_logp[qs, par].clone()
     sid[rows, depth - 1], tok[rows, depth - 1] = code, step_lp
     trie = tree.child_trie[tree.trie[qs, par], code]
-    loc = tree.add(qs, parent=par, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=states, most=most)
-    if sizes.leaves[0]:
-        add_leaves(tree, qs, loc, value_fn, sizes.leaves, among=depth == tree.levels - 1)
+    loc = tree.add(qs, parent=par, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=states, most=most,
+                   keep=keep)
+    return loc, depth
 
 
 def expand_fixed(policy: SIDPolicy, tree: SearchTree, path: torch.Tensor, fire: torch.Tensor, codes: torch.Tensor,
@@ -520,19 +530,7 @@ def expand_fixed(policy: SIDPolicy, tree: SearchTree, path: torch.Tensor, fire: 
     code = torch.where(keep, codes[qs, pos], first_code)
     parents = tree.pool.index(tree.row[qs, par])
     parents.most = parents.block = L  # L rows per query, query by query
-    step_lp = parents.logp.float().gather(1, code[:, None]).squeeze(1)
-    cum = tree.cum[qs, par] + step_lp
-    with torch.no_grad():
-        v = value_fn(parents, code, cum).float()
-        states = policy.step(parents, code, strict=False)
-    tree.cost.index_add_(0, qs, keep.long())
-    depth = tree.depth[qs, par] + 1
-    rows = torch.arange(len(qs), device=dev)
-    sid, tok = tree.sid[qs, par].clone(), tree.token_logp[qs, par].clone()
-    sid[rows, depth - 1], tok[rows, depth - 1] = code, step_lp
-    trie = tree.child_trie[tree.trie[qs, par], code]
-    loc = tree.add(qs, parent=par, trie=trie, sid=sid, token_logp=tok, cum=cum, value=v, states=states, most=L,
-                   keep=keep)
+    loc, _ = _add_children(policy, tree, parents, qs, par, code, value_fn, L, keep)
     if L > 1:  # only position L - 2's child is at depth L - 1 and brings leaves
         add_leaves(tree, qs.view(q, L)[:, L - 2], loc.view(q, L)[:, L - 2], value_fn,
                    among=keep.view(q, L)[:, L - 2], per_query=1)
