@@ -575,8 +575,10 @@ class RLConfig:
     removed and the set padded), so that one group contrasts the policy's own region with the
     value's (the mixing of on- and off-policy outputs of LUFFY, arXiv 2504.14945)."""
     lr: float = 1e-4
-    """Learning rate of the policy, in (0, 1]. 1e-4: chosen once on validation users for both arms
-    (experiments/recipe.py, docs/results/recipe); the paper's 1e-5 is for a 1.5B backbone."""
+    """Learning rate of the policy, in (0, 1]. 1e-4: chosen on validation users for beam+GRPO and V-STAR as
+    written (experiments/recipe.py, docs/results/recipe); the paper's 1e-5 is for a 1.5B backbone. With the
+    corrected update (``vstar+``) the recipe picks 3e-4, which is not the default: at 3e-4 V-STAR as written
+    diverges on a seed and four verdicts of claims 1-8 move (docs/results/claims_lr3e-4/comparison.md)."""
     kl_coef: float = 1e-3
     """KL coefficient to the frozen SFT reference, >= 0. Paper Sec. 5.1: 1e-3."""
     kl_estimator: KLEstimator = "k3"
