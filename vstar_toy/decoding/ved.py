@@ -660,8 +660,9 @@ class GumbelKeys:
     the n-th child a node adds is its n-th best code by log pi + key, a sample without replacement in
     proportion to pi that any processing order reproduces. Computed on the rows' device.
 
-    >>> GumbelKeys(0, 3)(torch.tensor([0, 0]), torch.tensor([5, 5])).shape  # same row, same keys
-    torch.Size([2, 3])
+    >>> k = GumbelKeys(0, 3)(torch.tensor([0, 0, 1]), torch.tensor([5, 5, 5]))  # (query, trie node) rows
+    >>> k.shape, torch.equal(k[0], k[1]), torch.equal(k[0], k[2])  # the same row, the same keys
+    (torch.Size([3, 3]), True, False)
     """
 
     def __init__(self, seed: int, k_max: int):
