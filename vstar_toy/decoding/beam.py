@@ -97,8 +97,8 @@ def run_beam(
     for lvl in range(L):
         w = table.shape[1]
         filled = table >= 0
-        lp = torch.full((q, w, K), NEG_INF, device=dev)
-        lp[filled] = state.logp[table[filled]]
+        # each beam's next-token log-probs, -inf for empty beams (a where, not a masked copy: no shape to learn)
+        lp = torch.where(filled[..., None], state.logp[table.clamp_min(0)], NEG_INF)
         child_cum = cum[..., None] + lp  # (Q, W, K) log pi(y_<=l | x)
         child_score = ranker.children(lvl, score, child_cum)
         k = min(width, w * K)
