@@ -526,7 +526,7 @@ def expand_fixed(policy: SIDPolicy, tree: SearchTree, path: torch.Tensor, fire: 
     qs = torch.arange(q, device=dev).repeat_interleave(L)
     pos = torch.arange(L, device=dev).repeat(q)
     par = torch.where(keep, path[qs, pos], 0)
-    first_code = (tree.child_trie[tree.trie[qs, 0]] >= 0).long().argmax(1)  # the root's first valid code
+    first_code = (tree.child_trie[0] >= 0).long().argmax()  # the first valid code of the root (trie node 0)
     code = torch.where(keep, codes[qs, pos], first_code)
     parents = tree.pool.index(tree.row[qs, par])
     parents.most = parents.block = L  # L rows per query, query by query
