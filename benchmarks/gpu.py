@@ -12,7 +12,8 @@ Rows, each timed as the best of ``--repeats`` passes after one warm-up pass (sec
 0. Counted, not timed (on any device; with ``--tiny`` at 64 x 16): the operators one beam search and one VED
    search dispatch and the values they read back to the host (``vstar_toy.dispatch.Counts``), against the
    targets of issue 34 (per beam search at most 500 operators and 4 host reads; per VED search L + 1 reads),
-   VED in exact and in fixed shapes (``DecodeConfig.shapes``).
+   VED in exact and in fixed shapes (``DecodeConfig.shapes``); then again with ``QwenPolicy.use_cuda_graphs``
+   (rehearsed without CUDA), where a step's replay is one launch and ``operators`` is what the host launches.
 
 1. ``generate(num_beams=B, num_return_sequences=B, prefix_allowed_tokens_fn=...)``, length_penalty 0
    (sequences ranked by their summed log-probs): the baseline.
@@ -22,7 +23,10 @@ Rows, each timed as the best of ``--repeats`` passes after one warm-up pass (sec
 3. Our beam search with ``normalize="valid"``, which reads only the level's SID rows of the LM head.
 4. VED at the 1x budget (|C| = B, b0 = B / 2, a random ``ValueHead``), same normalisation as row 3; then in
    fixed shapes (L rows per query per iteration, two host reads per search).
-   Then row 3 again at 4x the queries (256): the batch a serving GPU would take.
+   Then row 3 again at 4x the queries (256): the batch a serving GPU would take. With ``--graphs`` (the
+   default) rows 3-4 again with the decode steps replayed as CUDA graphs (``QwenPolicy.use_cuda_graphs``,
+   captured at a shape's second call; without CUDA the rehearsal of the same plan, whose times mean
+   nothing), and the share of queries whose candidates and costs equal the eager steps'.
 5. One training step (``policy_loss("joint")``, backward, AdamW) over Q x B candidates (row 2's), with
    random rewards: *naive*, every candidate re-encodes its prompt through the Hugging Face forward
    (with HF gradient checkpointing, without which 1,024 x 131 tokens do not fit); *shared-prompt*,
@@ -72,9 +76,9 @@ from vstar_toy.world.catalog import Catalog
 FULL = dict(backbone="qwen2.5-1.5b", queries=64, beams=16, prompt_tokens=128, items=4000, levels=3, codes=256)
 TINY = dict(backbone="tiny-qwen", queries=8, beams=4, prompt_tokens=24, items=300, levels=3, codes=8)
 COUNTED = dict(queries=64, beams=16)  # the counters' batch with --tiny: the sizes the GPU targets are set at
-# the targets of issue 16 for one H100 / H200 at the FULL sizes (references measured there with these shapes)
-TARGETS = {"beam_seconds": 0.07, "beam_speedup": 15.0, "beam_256_seconds": 0.25, "ved_over_beam": 1.5,
-           "train_seconds": 0.5, "train_gib": 26.0, "grad_cosine": 0.99}
+# the targets of issue 34 for one H200 at the FULL sizes (issue 16's were 0.07 s, 15x, 0.25 s, 0.5 s and 26 GiB)
+TARGETS = {"beam_seconds": 0.06, "beam_speedup": 18.0, "beam_256_seconds": 0.20, "ved_over_beam": 1.5,
+           "train_seconds": 0.35, "train_gib": 16.0, "grad_cosine": 0.99}
 
 
 def synthetic_catalog(n_items: int, levels: int, codes: int, seed: int = 0) -> Catalog:
@@ -158,9 +162,9 @@ class Rows:
 
 
 def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarray, beams: int, repeats: int,
-                compiled: bool = False):
-    """Rows 1-4 (``many``: 4x the queries of ``hist``), and again compiled when ``compiled``; returns our
-    vocab-normalised beam candidates (the training batch) or None."""
+                compiled: bool = False, graphs: bool = False):
+    """Rows 1-4 (``many``: 4x the queries of ``hist``), and again compiled when ``compiled`` and with CUDA graphs
+    when ``graphs``; returns our vocab-normalised beam candidates (the training batch) or None."""
     dev, cat = rows.device, policy.catalog
     res = {}
 
@@ -229,6 +233,49 @@ def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarr
         finally:
             policy.compile_blocks(False)
 
+    def graph_rows():
+        """Rows 3-4 again with ``QwenPolicy.use_cuda_graphs`` (rehearsed without CUDA), each shape captured by
+        warm-up calls first, and whether the replays decode what the eager steps decoded."""
+        policy.normalize = "valid"
+        policy.use_cuda_graphs(rehearse=dev.type != "cuda")
+        try:
+            label = ", CUDA graphs" if dev.type == "cuda" else ", graphs rehearsed on the CPU"
+            head = ValueHead.for_policy(policy, ValueConfig()).eval()
+            ved = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for _ in range(3):  # a shape's first call is eager, its second captures; a grown cache, once more
+                    beam_search(policy, hist, beams)
+                    beam_search(policy, many, beams)
+                    decode(policy, hist, ved, head)
+                    decode(policy, hist, dataclasses.replace(ved, shapes="fixed"), head)
+                sync(dev)
+            rows.add(f"captures of the decode steps{label} (warm-up calls)", time.perf_counter() - t0, "s")
+            run_beam("valid", hist, TARGETS["beam_seconds"], "beam_valid_g", label)
+            run_beam("valid", many, TARGETS["beam_256_seconds"], "beam_valid_4x_g", label)
+            run_ved("ved_g", label)
+            run_ved("ved_fixed_g", f", fixed shapes{label}", "fixed")
+            same = []
+            for eager, graphed in (("beam_valid", "beam_valid_g"), ("beam_valid_4x", "beam_valid_4x_g"),
+                                   ("ved", "ved_g"), ("ved_fixed", "ved_fixed_g")):
+                if eager in res:
+                    a, b = res[eager][1], res[graphed][1]
+                    same += list((a.sids == b.sids).flatten(1).all(1).numpy() & (a.cost_tokens == b.cost_tokens))
+            rows.add(f"same candidates and costs as the eager steps{label}", float(np.mean(same)) if same else None,
+                     "share of queries", "100%", bool(same) and all(same), check=True)
+            rows.add("  graphs captured", policy._graphs.captures, "count")
+            rows.add("  graph replays", policy._graphs.replays, "count")
+            for t_key, label_row in (("ved_g", "VED 1x"), ("ved_fixed_g", "VED 1x (fixed shapes)")):
+                ratio = res[t_key][0] / res["beam_valid_g"][0]
+                rows.add(f"{label_row} time / our beam (valid) time{label}", ratio, "x",
+                         f"<= {TARGETS['ved_over_beam']:g}x", ratio <= TARGETS["ved_over_beam"])
+            if "generate" in res:
+                ratio = res["generate"][0] / res["beam_valid_g"][0]
+                rows.add(f"speed-up of our beam (valid{label}) over generate", ratio, "x",
+                         f">= {TARGETS['beam_speedup']:g}x", ratio >= TARGETS["beam_speedup"])
+        finally:
+            policy.use_cuda_graphs(False)
+
     rows.attempt("generate", run_generate)
     rows.attempt("beam (vocab)", lambda: run_beam("vocab", hist, TARGETS["beam_seconds"], "beam_vocab"))
     rows.attempt("beam (valid)", lambda: run_beam("valid", hist, TARGETS["beam_seconds"], "beam_valid"))
@@ -259,6 +306,8 @@ def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarr
                  f"<= {TARGETS['ved_over_beam']:g}x", ratio <= TARGETS["ved_over_beam"])
     if compiled:
         rows.attempt("compiled", compiled_rows)
+    if graphs:
+        rows.attempt("cuda graphs", graph_rows)
     policy.normalize = "vocab"
     return (res.get("beam_vocab") or res.get("beam_valid") or (None, None))[1]
 
@@ -272,18 +321,27 @@ def count_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, beams: int) -> 
     ved = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0)
     fixed = dataclasses.replace(ved, shapes="fixed")
     levels = policy.catalog.levels
-    for name, fn, ops, reads in [("beam search", lambda: beam_search(policy, hist, beams), 500, 4),
-                                 ("VED search", lambda: decode(policy, hist, ved, head), None, levels + 1),
-                                 ("VED search, fixed shapes", lambda: decode(policy, hist, fixed, head), None,
-                                  levels + 1)]:
-        with torch.no_grad():
-            fn()  # warm-up: caches (the trie's tables, compiled kernels) are built once, not per search
-            with Counts() as c:
-                fn()
-        rows.add(f"operators per {name} ({len(hist)} x {beams})", c.ops, "count", "" if ops is None else f"<= {ops}",
-                 None if ops is None else c.ops <= ops, check=True)
-        rows.add(f"host reads per {name}", c.host_reads, "count", f"<= {reads}", c.host_reads <= reads, check=True)
-        rows.add(f"  value-dependent shapes per {name} (each a sync on a GPU)", c.shape_syncs, "count")
+    searches = [("beam search", lambda: beam_search(policy, hist, beams), 500, 4),
+                ("VED search", lambda: decode(policy, hist, ved, head), None, levels + 1),
+                ("VED search, fixed shapes", lambda: decode(policy, hist, fixed, head), None, levels + 1)]
+    for graphs in (False, True):
+        if graphs:  # the steps replayed (rehearsed without CUDA): a replay is one launch, its operators none
+            policy.use_cuda_graphs(rehearse=policy.device.type != "cuda")
+        label = ", CUDA graphs" if graphs else ""
+        try:
+            for name, fn, ops, reads in searches:
+                with torch.no_grad():
+                    for _ in range(3 if graphs else 1):  # warm-up: tables built, compiled, each shape captured
+                        fn()
+                    with Counts() as c:
+                        fn()
+                rows.add(f"operators per {name}{label} ({len(hist)} x {beams})", c.ops, "count",
+                         "" if ops is None else f"<= {ops}", None if ops is None else c.ops <= ops, check=True)
+                rows.add(f"host reads per {name}{label}", c.host_reads, "count", f"<= {reads}", c.host_reads <= reads,
+                         check=True)
+                rows.add(f"  value-dependent shapes per {name}{label} (each a sync on a GPU)", c.shape_syncs, "count")
+        finally:
+            policy.use_cuda_graphs(False)
 
 
 def hf_checkpointing(model, on: bool) -> None:
@@ -446,19 +504,26 @@ def profile(policy: QwenPolicy, hist: np.ndarray, beams: int, path: str) -> None
     head = ValueHead.for_policy(policy, ValueConfig()).eval()
     cfg = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0)
     fixed = dataclasses.replace(cfg, shapes="fixed")
-    runs = {"beam search (valid)": lambda: beam_search(policy, hist, beams),
-            "VED 1x (valid)": lambda: decode(policy, hist, cfg, head),
-            "VED 1x, fixed shapes (valid)": lambda: decode(policy, hist, fixed, head)}
+    runs = [("beam search (valid)", lambda: beam_search(policy, hist, beams), False),
+            ("VED 1x (valid)", lambda: decode(policy, hist, cfg, head), False),
+            ("VED 1x, fixed shapes (valid)", lambda: decode(policy, hist, fixed, head), False)]
+    if cuda:  # and with the decode steps replayed as CUDA graphs (captured by the warm-up calls)
+        runs += [(f"{name}, CUDA graphs", fn, True) for name, fn, _ in runs if "beam" in name or "fixed" in name]
     policy.normalize = "valid"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with open(path, "w") as f:
-        for name, fn in runs.items():
-            with torch.no_grad():
-                fn()
-                sync(dev)
-                with torch_profile(activities=acts) as prof:
-                    fn()
+        for name, fn, graphs in runs:
+            policy.use_cuda_graphs(graphs)
+            try:
+                with torch.no_grad():
+                    for _ in range(3 if graphs else 1):  # a shape's first call is eager, its second captures
+                        fn()
                     sync(dev)
+                    with torch_profile(activities=acts) as prof:
+                        fn()
+                        sync(dev)
+            finally:
+                policy.use_cuda_graphs(False)
             key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
             f.write(f"== {name}: top operators by {key}\n")
             f.write(prof.key_averages().table(sort_by=key, row_limit=25) + "\n\n")
@@ -552,6 +617,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="also time the decoders with QwenPolicy.compile_blocks (default: on a GPU, not with --tiny, "
                          "where compiling takes minutes)")
+    ap.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the decoders with their steps replayed as CUDA graphs (QwenPolicy.use_cuda_graphs; "
+                         "rehearsed without CUDA); default on")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     size = dict(TINY if args.tiny else FULL)
@@ -593,7 +661,7 @@ def main(argv=None) -> int:
     counted = hist if not args.tiny else histories(dict(size, queries=COUNTED["queries"]), args.seed)[0]
     rows.attempt("counts", functools.partial(count_rows, rows, policy, counted,
                                              COUNTED["beams"] if args.tiny else size["beams"]))
-    cands = decode_rows(rows, policy, hist, many, size["beams"], repeats, compiled=args.compile)
+    cands = decode_rows(rows, policy, hist, many, size["beams"], repeats, compiled=args.compile, graphs=args.graphs)
     if cands is not None:
         train_rows(rows, policy, hist, cands, repeats, args.seed)
     else:

@@ -23,7 +23,7 @@ import collections
 import contextlib
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
 """The ``torch.Tensor`` methods that hand values to the host."""
@@ -54,6 +54,14 @@ class _OpCounter(TorchDispatchMode):
         if name in SHAPE_OPS or (name in ("index", "index_put", "index_put_") and _bool_index(args)):
             self.shape_syncs[name] += 1  # x[mask]: the mask's true count sets the shape
         return func(*args, **(kwargs or {}))
+
+
+def count_launch(name: str = "graph_replay") -> None:
+    """Count one launch that dispatches no ATen operator (a CUDA graph's replay, ``policy/graphs.py``) in every
+    ``Counts`` active now: with graphs, ``ops`` is what the host launches, whatever the graph holds."""
+    for mode in _get_current_dispatch_mode_stack():
+        if isinstance(mode, _OpCounter):
+            mode.ops[name] += 1
 
 
 class Counts(contextlib.AbstractContextManager):

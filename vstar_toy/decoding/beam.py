@@ -114,10 +114,12 @@ def run_beam(
         # the tree: kept children, and (for display) the valid children the beam dropped
         kq, kb = keep.nonzero(as_tuple=True)
         every_query_full = len(kq) == q * k  # known from the shape: rows grouped by query, k each (State.block)
-        kept_parent = node_tab[kq, par[kq, kb]]
+        k_par, k_code, k_sid, k_cum = par[kq, kb], code[kq, kb], new_sid[kq, kb], new_cum[kq, kb]
+        kept_parent = node_tab[kq, k_par]
+        first = tree.n
         kept_nodes = tree.add(
-            query=kq, parent=kept_parent, depth=lvl + 1, token=code[kq, kb],
-            sid=new_sid[kq, kb], logp=new_cum[kq, kb], evaluated=forward_leaves or lvl < L - 1, pruned=False,
+            query=kq, parent=kept_parent, depth=lvl + 1, token=k_code,
+            sid=k_sid, logp=k_cum, evaluated=forward_leaves or lvl < L - 1, pruned=False,
         )
         if record_pruned:
             _add_pruned(tree, lvl, child_cum, top_i, keep, sid, node_tab)
@@ -126,17 +128,15 @@ def run_beam(
         new_table[kq, kb] = torch.arange(len(kq), device=dev)
         level_state = None
         if lvl < L - 1 or forward_leaves:
-            parents = state.index(table[kq, par[kq, kb]])
+            parents = state.index(table[kq, k_par])
             parents.block = k if every_query_full else None
             with torch.no_grad():
-                level_state = policy.step(parents, code[kq, kb], strict=False, at=lvl)
+                level_state = policy.step(parents, k_code, strict=False, at=lvl)
             tree.set(kept_nodes, entropy=level_state.entropy())  # H (Eq. 12) of the forwarded beams
             cost.index_add_(0, kq, torch.ones_like(kq))  # a count of fixed size: bincount would sync a GPU
-        levels.append(
-            BeamLevel(kq, kept_nodes, kept_parent, new_sid[kq, kb], new_cum[kq, kb], new_tok[kq, kb], level_state)
-        )
+        levels.append(BeamLevel(kq, kept_nodes, kept_parent, k_sid, k_cum, new_tok[kq, kb], level_state))
         node_tab = torch.full((q, k), -1, dtype=torch.long, device=dev)
-        node_tab[kq, kb] = torch.as_tensor(kept_nodes, device=dev)
+        node_tab[kq, kb] = torch.arange(first, first + len(kq), device=dev)  # kept_nodes, made on the device
         table, state, score, cum, tok_lp, sid = new_table, level_state, top_s, new_cum, new_tok, new_sid
     return BeamTrace(root, root_node, levels, table, score, cost, tree)
 

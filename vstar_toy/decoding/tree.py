@@ -134,17 +134,25 @@ def host_arrays(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     """``tensors`` as numpy arrays, read back in one copy per device (float64 holds their values exactly: ids,
     codes and counts far below 2^53, float32 log-probabilities, booleans)."""
     out: list[np.ndarray | None] = [None] * len(tensors)
-    by_device: dict[torch.device, list[int]] = {}
+    by_device: dict[torch.device, dict[torch.dtype, list[int]]] = {}
     for i, t in enumerate(tensors):
-        by_device.setdefault(t.device, []).append(i)
-    for idx in by_device.values():
-        flat = torch.cat([tensors[i].detach().reshape(-1).to(torch.float64) for i in idx]).cpu().numpy()
+        by_device.setdefault(t.device, {}).setdefault(t.dtype, []).append(i)
+    for by_dtype in by_device.values():
+        # one cast per dtype, not per tensor (each is an operator: a kernel launch on a GPU)
+        idx = [i for group in by_dtype.values() for i in group]
+        flat = torch.cat([torch.cat([_flat(tensors[i]) for i in group]).to(torch.float64)
+                          for group in by_dtype.values()]).cpu().numpy()
         start = 0
         for i in idx:
             t = tensors[i]
             out[i] = flat[start : start + t.numel()].reshape(t.shape)
             start += t.numel()
     return out
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """t as one dimension, detached only where it records gradients (a detach is an operator too)."""
+    return (t.detach() if t.requires_grad else t).reshape(-1)
 
 
 @dataclass

@@ -39,6 +39,7 @@ backbone's config and the SID token ids (``token_ids``), so a saved policy reloa
 from __future__ import annotations
 
 import functools
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ from ..config import BACKBONE_NAMES
 from ..seeding import seeded
 from ..world.catalog import Catalog
 from .base import SEP, Context, SIDPolicy
+from .graphs import StepGraphs
 from .packing import Packing
 
 # published sizes (the models' config.json); weights are random unless a checkpoint path is given
@@ -147,19 +149,36 @@ def _query_major(query: torch.Tensor, n_ctx: int, block: int | None = None, most
     return c if torch.equal(query, torch.arange(n_ctx, device=query.device).repeat_interleave(c)) else None
 
 
+def _shape_of(ctx: Context) -> tuple:
+    """What a decode cache's buffers depend on: the prompts' shape (B, T), their keys' dtype and device."""
+    return tuple(ctx.mask.shape), ctx.kv[0][0].dtype, ctx.kv[0][0].device
+
+
 class _DecodeCache:
     """A decode's keys and values per layer, written in place (``QwenPolicy._decode_step``): the prompts' in
     columns 0 .. T-1 (copied once from the Context), then every token that ``start`` and ``step`` forward, in the
     columns ``claim`` hands out and the rows' ``State.kv`` names. ``kv``: (layers, 2, B, kv_heads, capacity, dh),
-    grown by doubling; ``end``: the first column not handed out. Decodes that share a Context share its cache:
-    columns are only ever added."""
+    grown by doubling; ``end``: the first column not handed out; ``mask`` (B, T) and ``n_real`` (B,): the prompts'
+    key mask and real lengths, kept beside the keys so that a decode step reads only this cache (what a CUDA graph
+    of the step needs: the same buffers at every replay). Decodes that share a Context share its cache: columns
+    are only ever added. ``owner``: the Context decoding in it (a weak reference), for a cache that
+    ``QwenPolicy`` lends to one Context after another (``_decode_cache``)."""
 
-    def __init__(self, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], t: int, room: int = 64):
-        b, h, _, dh = prompt_kv[0][0].shape
+    def __init__(self, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor, room: int = 64):
+        b, h, t, dh = prompt_kv[0][0].shape
         self.kv = prompt_kv[0][0].new_zeros(len(prompt_kv), 2, b, h, t + room, dh)
+        self.mask, self.n_real = torch.empty_like(mask), mask.new_zeros(b, dtype=torch.long)
+        self.owner = None
+        self.load(prompt_kv, mask)
+
+    def load(self, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
+        """Start a decode of these prompts (of the shape the cache was built for) in the same buffers."""
+        t = mask.shape[1]
         for i, (k, v) in enumerate(prompt_kv):
             self.kv[i, 0, :, :, :t] = k
             self.kv[i, 1, :, :, :t] = v
+        self.mask.copy_(mask)
+        torch.sum(mask, 1, out=self.n_real)
         self.end = t
 
     def claim(self, width: int) -> int:
@@ -198,6 +217,8 @@ class QwenPolicy(SIDPolicy):
         self.eps = cfg.rms_norm_eps
         self._qkv, self._mlp = _qkv, _mlp  # the dense parts of a layer; compile_blocks swaps in compiled ones
         self._stacked: tuple[tuple, list] | None = None  # (the projections' key, per layer (w_qkv, b_qkv))
+        self._graphs: StepGraphs | None = None  # use_cuda_graphs: the decode steps' graphs
+        self._static: dict[tuple, _DecodeCache] = {}  # with graphs: the decode cache of each batch shape
         self.backbone = backbone
         # 1. the new tokens: ids from the tokenizer when there is one, else appended after the vocabulary
         names = sid_token_names(catalog.codebook_sizes)
@@ -279,10 +300,18 @@ class QwenPolicy(SIDPolicy):
         key = None if grad else tuple((t.data_ptr(), t._version) for t in tensors)
         if key is not None and self._stacked is not None and self._stacked[0] == key:
             return self._stacked[1]
+        # without gradients, stacked again into the same tensors where they fit: a CUDA graph of a decode step
+        # (use_cuda_graphs) reads them at the addresses it was captured with
+        old = self._stacked[1] if key is not None and self._stacked is not None else None
         stacked = []
-        for projections in layers:
+        for i, projections in enumerate(layers):
             biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in projections]
-            stacked.append((torch.cat([p.weight for p in projections]), torch.cat(biases)))
+            weights = [p.weight for p in projections]
+            if old is not None and all(t.dtype == old[i][0].dtype and t.device == old[i][0].device
+                                       for t in weights + biases):
+                stacked.append((torch.cat(weights, out=old[i][0]), torch.cat(biases, out=old[i][1])))
+            else:
+                stacked.append((torch.cat(weights), torch.cat(biases)))
         if key is not None:
             self._stacked = (key, stacked)
         return stacked
@@ -335,6 +364,12 @@ class QwenPolicy(SIDPolicy):
         return self.model.get_input_embeddings().weight.dtype
 
     def _encode(self, tokens, levels, slots, mask, items=None):  # the backbone reads SID tokens only
+        if self._graphs is not None and not torch.is_grad_enabled():  # a decode's prefill, replayed per shape
+            return self._graphs.run(("prefill", tuple(tokens.shape), *self._graph_key()), self._prefill, tokens, mask)
+        return self._prefill(tokens, mask)
+
+    def _prefill(self, tokens, mask):
+        """The causal pass of ``_encode``: hidden (B, T, d) and per layer (k, v), a function of its tensors."""
         t = tokens.shape[1]
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)  # real tokens only; pads sit at 0
         causal = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
@@ -388,51 +423,106 @@ class QwenPolicy(SIDPolicy):
         """One token per row of a decode (``start``, ``step``): its keys and values written in place into the
         decode's cache (``_DecodeCache``), and attention over that cache, so no layer copies the prompt's or the
         prefix's keys. ``prefix`` (N, L+1): the cache columns of each row's prefix positions (-1: none), the
-        rows' ``State.kv`` (None at ``start``). Returns hidden (N, 1, d) and each new token's column (N, 1)."""
+        rows' ``State.kv`` (None at ``start``). Returns hidden (N, 1, d) and each new token's column (N, 1).
+
+        The host plans (the layout, the columns handed out); ``_decode_body`` does the arithmetic, a function of
+        its tensors and of the cache alone: with ``use_cuda_graphs``, a step whose rows come grouped by
+        context (a beam level, VED's fixed shapes) and whose cache is the static one of its batch shape is
+        captured once per key and replayed (``policy/graphs.py``)."""
         n, s = tokens.shape
         if s != 1:
             raise ValueError(f"a decoding call forwards one token per row, not {s}")
-        n_ctx, t = ctx.mask.shape
-        dev = tokens.device
-        if ctx.cache is None:
-            ctx.cache = _DecodeCache(ctx.kv, t)
-        cache = ctx.cache
+        n_ctx = ctx.mask.shape[0]
+        cache = self._decode_cache(ctx)
         c = _query_major(query, n_ctx, block, most)
-        pack = Packing.of(query, n_ctx, c, most)  # without c or most: counts each context's rows (one host read)
-        first = cache.claim(pack.g)  # pack.g new columns per context; row r takes its rank among its context's rows
-        col = first + pack.slot - query * pack.g  # (N,)
-        u = cache.end
+        # g new columns per context; row r takes its rank among its context's rows (its slot), r itself when grouped
+        slot, g = (None, c) if c is not None else (lambda p: (p.slot, p.g))(Packing.of(query, n_ctx, c, most))
+        buffer = cache.kv
+        first = cache.claim(g)  # without c or most, Packing counted each context's rows (one host read)
+        body = functools.partial(self._decode_body, cache.kv, cache.mask, cache.n_real, c, first, cache.end)
+        graphs = self._graphs
+        if graphs is not None and cache.kv is not buffer:  # the cache grew: graphs of the old buffer replay on nothing
+            graphs.forget(lambda key: key[0] == buffer.data_ptr())
+        if graphs is None or c is None or cache is not self._static.get(_shape_of(ctx)) or torch.is_grad_enabled():
+            return body(tokens, levels, query, prefix, slot)
+        key = (cache.kv.data_ptr(), tuple(cache.kv.shape), c, cache.end, n, prefix is None, *self._graph_key())
+        return graphs.run(key, body, tokens, levels, query, prefix, slot)
+
+    def _graph_key(self) -> tuple:
+        """What a graph of a forward depends on beyond its shapes: the weights' addresses (an optimiser step
+        writes in place and keeps them; ``.to()`` does not) and whether the dense parts are compiled."""
+        return self._qkv is _qkv, tuple(p.data_ptr() for p in self.parameters())
+
+    def _decode_body(self, kv, mask, n_real, c, first, u, tokens, levels, query, prefix, slot):
+        """The arithmetic of ``_decode_step`` over the decode cache ``kv`` (its ``mask``, ``n_real``) and its first
+        ``u`` columns, of which this step writes ``first`` .. u - 1; rows grouped by context c each (c: None when
+        they are not; then ``slot``: each row's rank among its context's rows): no host read, no shape chosen by
+        values (what a CUDA graph can capture). Returns hidden (N, 1, d) and the rows' columns (N, 1)."""
+        n = len(query)
+        t = mask.shape[1]
+        dev = tokens.device
+        width = u - first  # columns per context
+        col = first + (torch.arange(n, device=dev) if slot is None else slot) - query * width  # (N,)
         seen = torch.zeros(n, u + 1, dtype=torch.bool, device=dev)  # column u: where the empty positions point
-        seen[:, :t] = ctx.mask[query]
+        seen[:, :t] = mask[query]
         if prefix is not None:
             seen.scatter_(1, torch.where(prefix >= 0, prefix, u), True)
         seen[torch.arange(n, device=dev), col] = True  # the token sees itself
         seen = seen[:, :u]
-        positions = ctx.mask.sum(1)[query][:, None] + levels  # after the prompt's real tokens
+        positions = n_real[query][:, None] + levels  # after the prompt's real tokens
         g = self.n_heads // self.n_kv
 
         def keep(i, k, v):  # layer i's keys and values of the new tokens, into their columns
-            cache.kv[i, 0, query, :, col] = k[:, :, 0]
-            cache.kv[i, 1, query, :, col] = v[:, :, 0]
+            kv[i, 0, query, :, col] = k[:, :, 0]
+            kv[i, 1, query, :, col] = v[:, :, 0]
 
         if c is not None:  # each context's c rows as one block of queries over its cache: the cache read in place
-            b = n_ctx
+            b = mask.shape[0]
             bias = _bias(seen.view(b, 1, c, u), g, self._dtype)
 
             def attend(i, q, k, v):
                 keep(i, k, v)
-                out = _attention(q.reshape(b, c, -1, q.shape[-1]).transpose(1, 2), cache.kv[i, 0, :, :, :u],
-                                 cache.kv[i, 1, :, :, :u], bias, self.scale)  # (B, H, c, dh)
+                out = _attention(q.reshape(b, c, -1, q.shape[-1]).transpose(1, 2), kv[i, 0, :, :, :u],
+                                 kv[i, 1, :, :, :u], bias, self.scale)  # (B, H, c, dh)
                 return out.transpose(1, 2).reshape(n, -1, 1, out.shape[-1])
         else:  # rows of any queries: each gathers its context's cache
             bias = _bias(seen.view(n, 1, 1, u), g, self._dtype)
 
             def attend(i, q, k, v):
                 keep(i, k, v)
-                return _attention(q, cache.kv[i, 0, :, :, :u][query], cache.kv[i, 1, :, :, :u][query], bias, self.scale)
+                return _attention(q, kv[i, 0, :, :, :u][query], kv[i, 1, :, :, :u][query], bias, self.scale)
 
         hidden, _ = self._layers(tokens, positions, attend)
         return hidden, col[:, None]
+
+    def _decode_cache(self, ctx: Context) -> _DecodeCache:
+        """The decode cache of ``ctx``, made at its first decoding call. With ``use_cuda_graphs``, the static cache
+        of its batch shape (the buffers its graphs replay on) when no live Context decodes in it, else one of its
+        own (stepped eagerly: a graph would overwrite the other Context's cache)."""
+        if ctx.cache is None:
+            shape = _shape_of(ctx)
+            static = self._static.get(shape) if self._graphs is not None else None
+            if static is not None and (static.owner is None or static.owner() is None):
+                static.load(ctx.kv, ctx.mask)
+                ctx.cache = static
+            else:
+                ctx.cache = _DecodeCache(ctx.kv, ctx.mask)
+                if self._graphs is not None and static is None:
+                    self._static[shape] = ctx.cache
+            ctx.cache.owner = weakref.ref(ctx)
+        return ctx.cache
+
+    def use_cuda_graphs(self, on: bool = True, rehearse: bool = False, most: int = 256) -> QwenPolicy:
+        """Replay the decode steps of beam search and of VED's grouped expansions (``DecodeConfig.shapes =
+        "fixed"``) as CUDA graphs, one per batch shape, level and cache length, captured at a shape's second
+        call (``policy/graphs.py``); ``on=False`` goes back to eager steps. Inference only (a step that records
+        gradients runs eagerly), and for one decode at a time per batch shape: a decode cache is static per
+        shape, lent to the next Context when the last one is gone. ``rehearse``: run the same plan without
+        CUDA (static buffers, capture refusing host reads, replays), what the CPU tests use; ``most``: graphs
+        kept (the least recently used dropped). Same candidates and costs as eager steps (tests)."""
+        self._graphs = StepGraphs(self.device, rehearse=rehearse, most=most) if on else None
+        self._static = {}
+        return self
 
     def _code_rows(self, level: int) -> torch.Tensor:
         k = self.catalog.codebook_sizes[level]
