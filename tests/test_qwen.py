@@ -197,6 +197,88 @@ def test_a_batch_decodes_what_each_query_decodes_alone(world, histories):
     torch.testing.assert_close(together.logp, torch.cat([a.logp for a in alone]), rtol=0, atol=ATOL)
 
 
+GRAPHED = (DecodeConfig(decoder="beam", n_candidates=4, warm_beam=2),
+           DecodeConfig(decoder="ved", n_candidates=4, warm_beam=2),
+           DecodeConfig(decoder="ved", n_candidates=4, warm_beam=2, shapes="fixed"))
+
+
+def decode_on_graphs(policy, head, histories, rounds: int = 4):
+    """Each of ``GRAPHED``'s decoders ``rounds`` times on graphs (a shape's first call eager, its second captured,
+    then replayed; the cache may grow once); the last round's outputs, and the replays of that round."""
+    for _ in range(rounds):
+        before = policy._graphs.replays
+        outs = [decode(policy, histories, cfg, head) for cfg in GRAPHED]
+    return outs, policy._graphs.replays - before
+
+
+def assert_same_decodes(a, b, atol: float = 0.0):
+    for x, y in zip(a, b):
+        assert torch.equal(x.sids, y.sids.cpu()) and np.array_equal(x.cost_tokens, y.cost_tokens), x.decoder
+        assert np.array_equal(x.tree.sid, y.tree.sid), x.decoder
+        torch.testing.assert_close(x.logp, y.logp.cpu(), rtol=0, atol=atol)
+
+
+def test_graph_replays_decode_what_eager_steps_decode(world, histories):
+    """``use_cuda_graphs`` rehearsed on the CPU (the plan a GPU runs, less the capture of kernels): beam search and
+    VED in both shapes give the eager steps' candidates, costs, trees and log-probs, the steps replayed; after an
+    in-place change of the weights (an optimiser's step) the replays read the new weights."""
+    policy = make_policy(world)
+    head = ValueHead.for_policy(policy, ValueConfig()).eval()
+    with torch.no_grad():
+        eager = [decode(policy, histories, cfg, head) for cfg in GRAPHED]
+        policy.use_cuda_graphs(rehearse=True)
+        graphed, replays = decode_on_graphs(policy, head, histories)
+        assert replays >= 3 * (world.catalog.levels + 1) and policy._graphs.captures > 0
+        assert_same_decodes(eager, graphed)
+        for p in policy.model.model.layers[0].parameters():
+            p.mul_(1.5)
+        moved, replays = decode_on_graphs(policy, head, histories, rounds=1)
+        assert replays > 0
+        policy.use_cuda_graphs(False)
+        assert_same_decodes([decode(policy, histories, cfg, head) for cfg in GRAPHED], moved)
+    assert not all(torch.equal(a.logp, b.logp) for a, b in zip(eager, moved))
+
+
+def test_a_second_live_context_decodes_eagerly_beside_the_static_cache(world, histories):
+    """With graphs, a batch shape's decode cache is lent to one Context at a time: a second Context of the same
+    shape alive beside it decodes in a cache of its own (eagerly), and neither disturbs the other."""
+    policy = make_policy(world)
+    other = histories[::-1].copy()
+    with torch.no_grad():
+        want_a, want_b = beam_search(policy, histories, 4), beam_search(policy, other, 4)
+        policy.use_cuda_graphs(rehearse=True)
+        for _ in range(3):
+            beam_search(policy, histories, 4)  # captured on the static cache
+        a, b = policy.encode(histories), policy.encode(other)
+        got_a = beam_search(policy, a, 4)
+        got_b = beam_search(policy, b, 4)  # a still alive: b's cache is its own
+        again_a = beam_search(policy, a, 4)  # a's columns untouched by b
+    assert b.cache is not a.cache and a.cache is policy._static[next(iter(policy._static))]
+    for got, want in ((got_a, want_a), (got_b, want_b), (again_a, want_a)):
+        assert torch.equal(got.sids, want.sids) and np.array_equal(got.cost_tokens, want.cost_tokens)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: captures CUDA graphs (the CPU rehearsal of the "
+                    "same plan is test_graph_replays_decode_what_eager_steps_decode)")
+def test_cuda_graph_replays_decode_what_eager_steps_decode_on_a_gpu(world, histories):
+    """Item 3 of issue 34 on a GPU: the decoders on captured CUDA graphs give the eager GPU steps' candidate sets,
+    costs and trees, log-probs within float32 rounding (TF32 off)."""
+    policy = copy.deepcopy(make_policy(world)).to("cuda")
+    head = ValueHead.for_policy(policy, ValueConfig()).eval().to("cuda")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            eager = [decode(policy, histories, cfg, head) for cfg in GRAPHED]
+            policy.use_cuda_graphs()
+            graphed, replays = decode_on_graphs(policy, head, histories)
+        assert replays >= 3 * (world.catalog.levels + 1)
+        assert_same_decodes(eager, graphed, atol=1e-5)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: decodes on a GPU against the same on the CPU")
 def test_a_gpu_decodes_what_the_cpu_decodes(world, histories):
