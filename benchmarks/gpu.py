@@ -327,7 +327,7 @@ def count_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, beams: int) -> 
     for graphs in (False, True):
         if graphs:  # the steps replayed (rehearsed without CUDA): a replay is one launch, its operators none
             policy.use_cuda_graphs(rehearse=policy.device.type != "cuda")
-        label = ", CUDA graphs" if graphs else ""
+        label = "" if not graphs else ", CUDA graphs" if policy.device.type == "cuda" else ", graphs rehearsed"
         try:
             for name, fn, ops, reads in searches:
                 with torch.no_grad():
