@@ -48,6 +48,22 @@ def test_a_step_a_graph_cannot_hold_is_refused_at_capture(step, says):
         g.run("k", step, torch.arange(3.0))
 
 
+def test_a_replay_that_runs_other_operators_than_its_capture_is_refused():
+    """A step whose Python reads state that changed after the capture (here a flag) would, on CUDA, replay what
+    was captured: the rehearsal refuses it instead of quietly following the new state."""
+    g = StepGraphs(CPU, rehearse=True)
+    state = {"double": False}
+
+    def step(x):
+        return x * 2 if state["double"] else x + 0
+
+    for _ in range(2):
+        g.run("k", step, torch.ones(1))
+    state["double"] = True
+    with pytest.raises(RuntimeError, match="other operators than its capture"):
+        g.run("k", step, torch.ones(1))
+
+
 def test_the_least_recently_used_graph_goes_first_and_stale_ones_are_forgotten():
     g = StepGraphs(CPU, rehearse=True, most=2)
     for key in ("a", "b", "a", "c"):  # a and b captured at their second call; c run once

@@ -254,6 +254,8 @@ def test_a_second_live_context_decodes_eagerly_beside_the_static_cache(world, hi
         got_b = beam_search(policy, b, 4)  # a still alive: b's cache is its own
         again_a = beam_search(policy, a, 4)  # a's columns untouched by b
     assert b.cache is not a.cache and a.cache is policy._static[next(iter(policy._static))]
+    twin = copy.deepcopy(policy)  # a copy replays nothing on this policy's buffers: it starts without graphs
+    assert twin._graphs is None and not twin._static and policy._graphs is not None
     for got, want in ((got_a, want_a), (got_b, want_b), (again_a, want_a)):
         assert torch.equal(got.sids, want.sids) and np.array_equal(got.cost_tokens, want.cost_tokens)
 

@@ -17,7 +17,9 @@ values. At most ``most`` graphs are kept, the least recently used dropped first.
 Without a GPU the same plan is rehearsed (``rehearse=True``): the capture runs ``fn`` once under
 ``dispatch.Counts`` and refuses any host read or value-dependent shape, as a CUDA capture would, and a
 replay calls the recorded ``fn`` on the static buffers with the counters told one launch, not its
-operators, as on a GPU. What the rehearsal cannot see: a kernel that is not capturable on CUDA.
+operators, as on a GPU; a replay that dispatches other operators than its capture did (Python state that ``fn``
+reads changed, which a CUDA replay would not follow) is refused. What the rehearsal cannot see: a kernel that is
+not capturable on CUDA, and a step whose Python changes only the values it bakes in (a scalar argument).
 
     >>> g = StepGraphs(torch.device("cpu"), rehearse=True)
     >>> double = lambda x: x * 2
@@ -105,10 +107,18 @@ class StepGraphs:
                                    f"{c.shape_syncs} shapes by values ({dict(c.by_read)}, "
                                    f"{dict(c.by_shape_sync)}): a CUDA graph cannot capture it")
 
+            captured = c.by_op
+
             def replay():
                 dispatch.count_launch()
-                with _disable_current_modes():  # the replay's operators are one launch on a GPU
-                    return fn(*static)
+                with _disable_current_modes(), dispatch.Counts() as again:  # one launch on a GPU, not its operators
+                    out = fn(*static)
+                if again.by_op != captured:
+                    raise RuntimeError("a replay ran other operators than its capture (Python state that the step "
+                                       "reads changed since): a CUDA replay would not follow it; bring that state up "
+                                       f"to date before the replay. Added {dict(again.by_op - captured)}, "
+                                       f"missing {dict(captured - again.by_op)}")
+                return out
 
             return _Graph(static, out, replay)
         stream = torch.cuda.Stream(self.device)

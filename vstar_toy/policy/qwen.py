@@ -71,6 +71,7 @@ if set(BACKBONES) != set(BACKBONE_NAMES):  # the names are declared in config (t
     raise ImportError(f"policy.qwen.BACKBONES holds {sorted(BACKBONES)}; config.BACKBONE_NAMES names {BACKBONE_NAMES}")
 SEP_TOKEN = "<sid>"
 MAX_BLOCK = 64  # rows per context laid out as one block (block-diagonal masks grow as rows squared)
+MAX_STATIC = 8  # batch shapes whose decode caches stay allocated for CUDA graphs (use_cuda_graphs)
 
 
 def sid_token_names(codebook_sizes) -> list[str]:
@@ -365,7 +366,7 @@ class QwenPolicy(SIDPolicy):
 
     def _encode(self, tokens, levels, slots, mask, items=None):  # the backbone reads SID tokens only
         if self._graphs is not None and not torch.is_grad_enabled():  # a decode's prefill, replayed per shape
-            return self._graphs.run(("prefill", tuple(tokens.shape), *self._graph_key()), self._prefill, tokens, mask)
+            return self._replayed(("prefill", tuple(tokens.shape)), self._prefill, tokens, mask)
         return self._prefill(tokens, mask)
 
     def _prefill(self, tokens, mask):
@@ -445,13 +446,17 @@ class QwenPolicy(SIDPolicy):
             graphs.forget(lambda key: key[0] == buffer.data_ptr())
         if graphs is None or c is None or cache is not self._static.get(_shape_of(ctx)) or torch.is_grad_enabled():
             return body(tokens, levels, query, prefix, slot)
-        key = (cache.kv.data_ptr(), tuple(cache.kv.shape), c, cache.end, n, prefix is None, *self._graph_key())
-        return graphs.run(key, body, tokens, levels, query, prefix, slot)
+        key = (cache.kv.data_ptr(), tuple(cache.kv.shape), c, cache.end, n, prefix is None)
+        return self._replayed(key, body, tokens, levels, query, prefix, slot)
 
-    def _graph_key(self) -> tuple:
-        """What a graph of a forward depends on beyond its shapes: the weights' addresses (an optimiser step
-        writes in place and keeps them; ``.to()`` does not) and whether the dense parts are compiled."""
-        return self._qkv is _qkv, tuple(p.data_ptr() for p in self.parameters())
+    def _replayed(self, key: tuple, fn, *inputs):
+        """``fn(*inputs)`` through the graphs (``use_cuda_graphs``), under ``key`` and what every forward's graph
+        depends on beyond its shapes: the weights' addresses (an optimiser's step writes in place and keeps them;
+        ``.to()`` does not) and whether the dense parts are compiled. The stacked projections are brought up to
+        date first: a replay reads them where they were, it runs none of the Python that restacks them."""
+        self._stacked_qkv()
+        return self._graphs.run((*key, self._qkv is _qkv, tuple(p.data_ptr() for p in self.parameters())), fn,
+                                *inputs)
 
     def _decode_body(self, kv, mask, n_real, c, first, u, tokens, levels, query, prefix, slot):
         """The arithmetic of ``_decode_step`` over the decode cache ``kv`` (its ``mask``, ``n_real``) and its first
@@ -498,19 +503,32 @@ class QwenPolicy(SIDPolicy):
     def _decode_cache(self, ctx: Context) -> _DecodeCache:
         """The decode cache of ``ctx``, made at its first decoding call. With ``use_cuda_graphs``, the static cache
         of its batch shape (the buffers its graphs replay on) when no live Context decodes in it, else one of its
-        own (stepped eagerly: a graph would overwrite the other Context's cache)."""
-        if ctx.cache is None:
-            shape = _shape_of(ctx)
-            static = self._static.get(shape) if self._graphs is not None else None
-            if static is not None and (static.owner is None or static.owner() is None):
-                static.load(ctx.kv, ctx.mask)
-                ctx.cache = static
-            else:
-                ctx.cache = _DecodeCache(ctx.kv, ctx.mask)
-                if self._graphs is not None and static is None:
-                    self._static[shape] = ctx.cache
-            ctx.cache.owner = weakref.ref(ctx)
+        own (stepped eagerly: a graph would overwrite the other Context's cache). At most ``MAX_STATIC`` shapes
+        keep a static cache; the least recently lent goes first, with its graphs."""
+        if ctx.cache is not None:
+            return ctx.cache
+        if self._graphs is None:
+            ctx.cache = _DecodeCache(ctx.kv, ctx.mask)
+            return ctx.cache
+        shape = _shape_of(ctx)
+        static = self._static.pop(shape, None)
+        if static is not None and static.owner() is None:
+            static.load(ctx.kv, ctx.mask)
+            ctx.cache = static
+        else:
+            ctx.cache = _DecodeCache(ctx.kv, ctx.mask)
+            static = static or ctx.cache
+        self._static[shape] = static  # the most recently lent last
+        if len(self._static) > MAX_STATIC:
+            oldest = self._static.pop(next(iter(self._static)))
+            self._graphs.forget(lambda key: key[0] == oldest.kv.data_ptr())
+        ctx.cache.owner = weakref.ref(ctx)
         return ctx.cache
+
+    def __getstate__(self) -> dict:
+        """A copy (``copy.deepcopy``, pickle) starts without graphs: they replay on this policy's memory."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return dict(state, _graphs=None, _static={})
 
     def use_cuda_graphs(self, on: bool = True, rehearse: bool = False, most: int = 256) -> QwenPolicy:
         """Replay the decode steps of beam search and of VED's grouped expansions (``DecodeConfig.shapes =
