@@ -162,9 +162,10 @@ class Rows:
 
 
 def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarray, beams: int, repeats: int,
-                compiled: bool = False, graphs: bool = False):
-    """Rows 1-4 (``many``: 4x the queries of ``hist``), and again compiled when ``compiled`` and with CUDA graphs
-    when ``graphs``; returns our vocab-normalised beam candidates (the training batch) or None."""
+                compiled: bool = False):
+    """Rows 1-4 (``many``: 4x the queries of ``hist``), and again compiled when ``compiled``; returns our
+    vocab-normalised beam candidates (the training batch) or None, and a function that adds rows 3-4 with CUDA
+    graphs, for the caller to run last (a capture that fails on a GPU may leave it unusable for what follows)."""
     dev, cat = rows.device, policy.catalog
     res = {}
 
@@ -194,9 +195,9 @@ def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarr
         quality(cands.sids)
         rows.add("  peak memory", gib, "GiB")
 
-    def run_ved(key: str = "ved", label: str = "", shapes: str = "exact"):
+    def run_ved(key: str = "ved", label: str = "", shapes: str = "exact", head: ValueHead | None = None):
         policy.normalize = "valid"
-        head = ValueHead.for_policy(policy, ValueConfig()).eval()
+        head = head or ValueHead.for_policy(policy, ValueConfig()).eval()
         cfg = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0,
                            shapes=shapes)
         with torch.no_grad():
@@ -235,13 +236,18 @@ def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarr
 
     def graph_rows():
         """Rows 3-4 again with ``QwenPolicy.use_cuda_graphs`` (rehearsed without CUDA), each shape captured by
-        warm-up calls first, and whether the replays decode what the eager steps decoded."""
+        warm-up calls first, and whether the replays decode what eager steps decode on the same weights (the
+        training rows, which may run before, step them)."""
         policy.normalize = "valid"
+        head = ValueHead.for_policy(policy, ValueConfig()).eval()
+        ved = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0)
+        with torch.no_grad():
+            eager = {"beam_valid": beam_search(policy, hist, beams), "beam_valid_4x": beam_search(policy, many, beams),
+                     "ved": decode(policy, hist, ved, head),
+                     "ved_fixed": decode(policy, hist, dataclasses.replace(ved, shapes="fixed"), head)}
         policy.use_cuda_graphs(rehearse=dev.type != "cuda")
         try:
             label = ", CUDA graphs" if dev.type == "cuda" else ", graphs rehearsed on the CPU"
-            head = ValueHead.for_policy(policy, ValueConfig()).eval()
-            ved = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0)
             t0 = time.perf_counter()
             with torch.no_grad():
                 for _ in range(3):  # a shape's first call is eager, its second captures; a grown cache, once more
@@ -253,16 +259,14 @@ def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarr
             rows.add(f"captures of the decode steps{label} (warm-up calls)", time.perf_counter() - t0, "s")
             run_beam("valid", hist, TARGETS["beam_seconds"], "beam_valid_g", label)
             run_beam("valid", many, TARGETS["beam_256_seconds"], "beam_valid_4x_g", label)
-            run_ved("ved_g", label)
-            run_ved("ved_fixed_g", f", fixed shapes{label}", "fixed")
+            run_ved("ved_g", label, head=head)
+            run_ved("ved_fixed_g", f", fixed shapes{label}", "fixed", head=head)
             same = []
-            for eager, graphed in (("beam_valid", "beam_valid_g"), ("beam_valid_4x", "beam_valid_4x_g"),
-                                   ("ved", "ved_g"), ("ved_fixed", "ved_fixed_g")):
-                if eager in res:
-                    a, b = res[eager][1], res[graphed][1]
-                    same += list((a.sids == b.sids).flatten(1).all(1).numpy() & (a.cost_tokens == b.cost_tokens))
-            rows.add(f"same candidates and costs as the eager steps{label}", float(np.mean(same)) if same else None,
-                     "share of queries", "100%", bool(same) and all(same), check=True)
+            for key, a in eager.items():
+                b = res[f"{key}_g"][1]
+                same += list((a.sids == b.sids).flatten(1).all(1).numpy() & (a.cost_tokens == b.cost_tokens))
+            rows.add(f"same candidates and costs as the eager steps{label}", float(np.mean(same)), "share of queries",
+                     "100%", all(same), check=True)
             rows.add("  graphs captured", policy._graphs.captures, "count")
             rows.add("  graph replays", policy._graphs.replays, "count")
             for t_key, label_row in (("ved_g", "VED 1x"), ("ved_fixed_g", "VED 1x (fixed shapes)")):
@@ -306,16 +310,15 @@ def decode_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, many: np.ndarr
                  f"<= {TARGETS['ved_over_beam']:g}x", ratio <= TARGETS["ved_over_beam"])
     if compiled:
         rows.attempt("compiled", compiled_rows)
-    if graphs:
-        rows.attempt("cuda graphs", graph_rows)
     policy.normalize = "vocab"
-    return (res.get("beam_vocab") or res.get("beam_valid") or (None, None))[1]
+    return (res.get("beam_vocab") or res.get("beam_valid") or (None, None))[1], graph_rows
 
 
-def count_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, beams: int) -> None:
+def count_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, beams: int, graphs: bool = False) -> None:
     """Row 0: what one beam search and one VED search (1x, the random head) ask of the device, counted on any
     device (``vstar_toy.dispatch.Counts``): the operators they dispatch (each a kernel launch on a GPU) and the
-    host reads (each a synchronisation), after a warm-up pass; with ``--tiny`` at 64 queries x 16 beams."""
+    host reads (each a synchronisation), after a warm-up pass; with ``--tiny`` at 64 queries x 16 beams. With
+    ``graphs``, the same with the steps replayed (``use_cuda_graphs``; rehearsed without CUDA)."""
     policy.normalize = "valid"
     head = ValueHead.for_policy(policy, ValueConfig()).eval()
     ved = DecodeConfig(decoder="ved", n_candidates=beams, warm_beam=max(1, beams // 2), budget_x=1.0)
@@ -324,24 +327,23 @@ def count_rows(rows: Rows, policy: QwenPolicy, hist: np.ndarray, beams: int) -> 
     searches = [("beam search", lambda: beam_search(policy, hist, beams), 500, 4),
                 ("VED search", lambda: decode(policy, hist, ved, head), None, levels + 1),
                 ("VED search, fixed shapes", lambda: decode(policy, hist, fixed, head), None, levels + 1)]
-    for graphs in (False, True):
-        if graphs:  # the steps replayed (rehearsed without CUDA): a replay is one launch, its operators none
-            policy.use_cuda_graphs(rehearse=policy.device.type != "cuda")
-        label = "" if not graphs else ", CUDA graphs" if policy.device.type == "cuda" else ", graphs rehearsed"
-        try:
-            for name, fn, ops, reads in searches:
-                with torch.no_grad():
-                    for _ in range(3 if graphs else 1):  # warm-up: tables built, compiled, each shape captured
-                        fn()
-                    with Counts() as c:
-                        fn()
-                rows.add(f"operators per {name}{label} ({len(hist)} x {beams})", c.ops, "count",
-                         "" if ops is None else f"<= {ops}", None if ops is None else c.ops <= ops, check=True)
-                rows.add(f"host reads per {name}{label}", c.host_reads, "count", f"<= {reads}", c.host_reads <= reads,
-                         check=True)
-                rows.add(f"  value-dependent shapes per {name}{label} (each a sync on a GPU)", c.shape_syncs, "count")
-        finally:
-            policy.use_cuda_graphs(False)
+    if graphs:  # the steps replayed (rehearsed without CUDA): a replay is one launch, its operators none
+        policy.use_cuda_graphs(rehearse=policy.device.type != "cuda")
+    label = "" if not graphs else ", CUDA graphs" if policy.device.type == "cuda" else ", graphs rehearsed"
+    try:
+        for name, fn, ops, reads in searches:
+            with torch.no_grad():
+                for _ in range(3 if graphs else 1):  # warm-up: tables built, compiled, each shape captured
+                    fn()
+                with Counts() as c:
+                    fn()
+            rows.add(f"operators per {name}{label} ({len(hist)} x {beams})", c.ops, "count",
+                     "" if ops is None else f"<= {ops}", None if ops is None else c.ops <= ops, check=True)
+            rows.add(f"host reads per {name}{label}", c.host_reads, "count", f"<= {reads}", c.host_reads <= reads,
+                     check=True)
+            rows.add(f"  value-dependent shapes per {name}{label} (each a sync on a GPU)", c.shape_syncs, "count")
+    finally:
+        policy.use_cuda_graphs(False)
 
 
 def hf_checkpointing(model, on: bool) -> None:
@@ -661,11 +663,15 @@ def main(argv=None) -> int:
     counted = hist if not args.tiny else histories(dict(size, queries=COUNTED["queries"]), args.seed)[0]
     rows.attempt("counts", functools.partial(count_rows, rows, policy, counted,
                                              COUNTED["beams"] if args.tiny else size["beams"]))
-    cands = decode_rows(rows, policy, hist, many, size["beams"], repeats, compiled=args.compile, graphs=args.graphs)
+    cands, graph_rows = decode_rows(rows, policy, hist, many, size["beams"], repeats, compiled=args.compile)
     if cands is not None:
         train_rows(rows, policy, hist, cands, repeats, args.seed)
     else:
         rows.add("train steps", None, "", error="skipped: no candidates (our beam search failed)")
+    if args.graphs:  # last: a capture that fails on a GPU may leave it unusable for the rows after it
+        rows.attempt("counts, graphs", functools.partial(count_rows, rows, policy, counted,
+                                                         COUNTED["beams"] if args.tiny else size["beams"], True))
+        rows.attempt("cuda graphs", graph_rows)
     if args.profile and stem:
         rows.attempt("profile", functools.partial(profile, policy, hist, size["beams"], f"{stem}-profile.txt"))
     del policy, cands

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The device check of issue 34 in one call, for a session that is lent a GPU (about 6-10 minutes on an H100 or
 # H200, most of it benchmarks/gpu.py): which card, the GPU-marked tests (the decoders give the CPU's sets on the
-# GPU), then benchmarks/gpu.py at full size with a profile: every row of the 2026-11-27 file, the counters and
-# the targets judged. Results go to $OUT (default benchmarks/results), named by card and date.
+# GPU, and the same on CUDA graphs as on eager steps), then benchmarks/gpu.py at full size with a profile: every
+# row of the 2026-11-27 file, the counters and the targets judged, and last the rows with the decode steps
+# replayed as CUDA graphs. Results go to $OUT (default benchmarks/results), named by card and date.
 #
 #   OUT=<folder> bash benchmarks/gpu_check.sh
 #

@@ -437,9 +437,13 @@ class QwenPolicy(SIDPolicy):
         cache = self._decode_cache(ctx)
         c = _query_major(query, n_ctx, block, most)
         # g new columns per context; row r takes its rank among its context's rows (its slot), r itself when grouped
-        slot, g = (None, c) if c is not None else (lambda p: (p.slot, p.g))(Packing.of(query, n_ctx, c, most))
+        if c is not None:
+            slot, g = None, c
+        else:
+            pack = Packing.of(query, n_ctx, None, most)  # without most: counts each context's rows (one host read)
+            slot, g = pack.slot, pack.g
         buffer = cache.kv
-        first = cache.claim(g)  # without c or most, Packing counted each context's rows (one host read)
+        first = cache.claim(g)
         body = functools.partial(self._decode_body, cache.kv, cache.mask, cache.n_real, c, first, cache.end)
         graphs = self._graphs
         if graphs is not None and cache.kv is not buffer:  # the cache grew: graphs of the old buffer replay on nothing
@@ -531,13 +535,14 @@ class QwenPolicy(SIDPolicy):
         return dict(state, _graphs=None, _static={})
 
     def use_cuda_graphs(self, on: bool = True, rehearse: bool = False, most: int = 256) -> QwenPolicy:
-        """Replay the decode steps of beam search and of VED's grouped expansions (``DecodeConfig.shapes =
-        "fixed"``) as CUDA graphs, one per batch shape, level and cache length, captured at a shape's second
-        call (``policy/graphs.py``); ``on=False`` goes back to eager steps. Inference only (a step that records
-        gradients runs eagerly), and for one decode at a time per batch shape: a decode cache is static per
-        shape, lent to the next Context when the last one is gone. ``rehearse``: run the same plan without
-        CUDA (static buffers, capture refusing host reads, replays), what the CPU tests use; ``most``: graphs
-        kept (the least recently used dropped). Same candidates and costs as eager steps (tests)."""
+        """Replay a decode's prefill and the decode steps of beam search and of VED's grouped expansions
+        (``DecodeConfig.shapes = "fixed"``) as CUDA graphs, one per batch shape (and per level and cache length
+        for a step), captured at a shape's second call (``policy/graphs.py``); ``on=False`` goes back to eager.
+        Inference only (a step that records gradients runs eagerly), and for one decode at a time per batch
+        shape: a decode cache is static per shape, lent to the next Context when the last one is gone.
+        ``rehearse``: run the same plan without CUDA (static buffers, capture refusing host reads, replays),
+        what the CPU tests use; ``most``: graphs kept (the least recently used dropped). Same candidates and
+        costs as eager steps (tests)."""
         self._graphs = StepGraphs(self.device, rehearse=rehearse, most=most) if on else None
         self._static = {}
         return self
