@@ -87,7 +87,8 @@ def test_the_decoders_do_not_ask_more_of_the_device_than_when_counting_began():
 def test_with_graphs_a_beam_search_launches_at_most_500_operators():
     """Issue 34's goal for a beam search (64 x 16, tiny Qwen2): at most 500 operators. Met with the decode steps and
     the prefill replayed as graphs (``QwenPolicy.use_cuda_graphs``, rehearsed here: a replay counts as the one
-    launch it is on a GPU), the same candidates as the eager steps; VED's searches launch fewer operators too."""
+    launch it is on a GPU), the same candidates as the eager steps; VED's searches launch fewer operators too (its
+    decode steps and its decisions replayed)."""
     torch.manual_seed(0)
     size = dict(gpu.TINY, **gpu.COUNTED)
     policy = gpu.build(size, 0, torch.device("cpu"))
@@ -107,5 +108,6 @@ def test_with_graphs_a_beam_search_launches_at_most_500_operators():
             counted[name] = (c.ops, c.host_reads, c.by_op["graph_replay"])
             assert torch.equal(out.sids, eager[name].sids) and np.array_equal(out.cost_tokens, eager[name].cost_tokens)
     # beam search: the prefill and L decode steps are L + 1 replays (491 operators, 1 read); VED fixed: 13,358, 2
+    # with its decode steps replayed, 9,134 with its decisions too (ved.decide)
     assert counted["beam"][0] <= 500 and counted["beam"][1] <= 1 and counted["beam"][2] == gpu.TINY["levels"] + 1
-    assert counted["ved fixed"][0] <= 13358 and counted["ved fixed"][1] <= 2, counted
+    assert counted["ved fixed"][0] <= 9134 and counted["ved fixed"][1] <= 2, counted

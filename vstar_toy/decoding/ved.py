@@ -55,8 +55,10 @@ goes to value-guided expansions (``warmup_tokens`` and ``expansion_tokens`` of t
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -443,6 +445,38 @@ def choose(tree: SearchTree, path: torch.Tensor, keys) -> torch.Tensor:
     return score.argmax(-1)
 
 
+def decide(tree: SearchTree, active: torch.Tensor, budget: int, cfg: DecodeConfig, keys: GumbelKeys,
+           graphs=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stages 2 and 3's decision for every query, from the tree as it stands: the queries still searching
+    (``active``, less those whose root is exhausted), their walks (``select``, Eq. 13), which nodes of each
+    walk fire (``triggered``, Eq. 14) and the code each would add (``choose``). A function of the tree's
+    tensors alone: with ``graphs`` (``policy/graphs.py``, a policy's ``use_cuda_graphs``) it is captured once
+    per shape and replayed on copies of them: one launch, and the copies, instead of some 260 operators."""
+    if graphs is None:
+        return _decide(tree, active, budget, cfg, keys)
+    fields = ("parent", "depth", "visits", "g", "n_valid", "n_children", "row", "trie", "child", "count", "cost")
+    inputs = (active, tree.pool.logp, *(getattr(tree, f) for f in fields))
+    # what fn reads besides its inputs; nothing that holds the search's states or Context (a capture outlives them)
+    frame = dataclasses.replace(tree, pool=None, sid=tree.sid[:0], token_logp=None, value=None, cum=None,
+                                entropy=None, warmup=None)
+
+    def fn(active, logp, *arrays):
+        view = dataclasses.replace(frame, pool=SimpleNamespace(logp=logp), **dict(zip(fields, arrays)))
+        return _decide(view, active, budget, cfg, keys)
+
+    key = ("ved decide", *(tuple(x.shape) for x in inputs), tree.child_trie.data_ptr(), budget, cfg.beta,
+           cfg.root_gate, cfg.seed)
+    return graphs.run(key, fn, *inputs)
+
+
+def _decide(tree: SearchTree, active: torch.Tensor, budget: int, cfg: DecodeConfig, keys: GumbelKeys):
+    exhausted = tree.exhausted()
+    active = active & ~exhausted[:, 0]
+    path = select(tree, active, cfg.beta, exhausted)  # 2. selection (Eq. 13)
+    fire = triggered(tree, path, active, budget, cfg.root_gate)  # 3. gated expansion (Eq. 14) ...
+    return active, path, fire, choose(tree, path, keys)
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one iteration reads back to the host, once: ``going``, whether any query is still searching; the
@@ -587,16 +621,12 @@ def ved_decode(policy: SIDPolicy, histories, value_fn, cfg: DecodeConfig, budget
     L = policy.levels
     budget = budget if budget is not None else budget_tokens(L, cfg.n_candidates, cfg.budget_x)
     check_budget(budget, L, cfg.warm_beam)
-    keys = GumbelKeys(cfg.seed, policy.k_max)
+    keys = GumbelKeys(cfg.seed, policy.k_max, policy.device)
     tree = warm_start(policy, histories, value_fn, cfg, budget)  # 1. initialisation
     active, sizes = tree.cost < budget, None
     fixed = tree.iterations is not None
     for _ in range(tree.iterations if fixed else max_iterations(budget)):
-        exhausted = tree.exhausted()
-        active &= ~exhausted[:, 0]
-        path = select(tree, active, cfg.beta, exhausted)  # 2. selection (Eq. 13)
-        fire = triggered(tree, path, active, budget, cfg.root_gate)  # 3. gated expansion (Eq. 14) ...
-        codes = choose(tree, path, keys)
+        active, path, fire, codes = decide(tree, active, budget, cfg, keys, policy.graphs)  # 2. selection, 3. gate
         if fixed:
             expand_fixed(policy, tree, path, fire, codes, value_fn)
         else:
@@ -665,18 +695,25 @@ class GumbelKeys:
     (torch.Size([3, 3]), True, False)
     """
 
-    def __init__(self, seed: int, k_max: int):
+    def __init__(self, seed: int, k_max: int, device: torch.device | None = None):
+        """``device``: where the rows will be, to hash the seed's part there now (else at the first call: a
+        captured step, ``decide``, must not hash it in one call and not the next)."""
         self.seed, self.k_max = seed, k_max
         self._seed_hash: torch.Tensor | None = None  # the seed's part, hashed once on the rows' device
+        if device is not None:
+            self._hash_seed(torch.device(device))
+
+    def _hash_seed(self, dev: torch.device) -> torch.Tensor:
+        if self._seed_hash is None or self._seed_hash.device != dev:
+            seed = torch.full((), self.seed, dtype=torch.long, device=dev)
+            self._seed_hash = _mix(seed * _u64(0x9E3779B97F4A7C15) + 1)
+        return self._seed_hash
 
     def __call__(self, query: torch.Tensor, trie_node: torch.Tensor) -> torch.Tensor:
         """(N, K) keys for rows (query, trie node)."""
         dev = query.device
-        if self._seed_hash is None or self._seed_hash.device != dev:
-            seed = torch.full((), self.seed, dtype=torch.long, device=dev)
-            self._seed_hash = _mix(seed * _u64(0x9E3779B97F4A7C15) + 1)
         code = torch.arange(self.k_max, device=dev)[None, :]
-        h = _mix(self._seed_hash ^ query.long()[:, None])
+        h = _mix(self._hash_seed(dev) ^ query.long()[:, None])
         h = _mix(h ^ (trie_node.long()[:, None] * _u64(0x632BE59BD9B4E019)))
         h = _mix(h ^ code)
         u = (_shr(h, 11).double() + 0.5) / float(1 << 53)  # in (0, 1)
@@ -710,4 +747,4 @@ def host_arrays_with_tree(tree: SearchTree, n_nodes: int, also: list[torch.Tenso
 
 __all__ = ["GATE_TOL", "SearchTree", "priority", "ucb", "expansion_gate", "warm_start", "select", "triggered",
            "expand", "expand_fixed", "backpropagate", "extract", "warm_start_cost", "ved_decode", "GumbelKeys",
-           "choose", "plan", "Plan"]
+           "choose", "decide", "plan", "Plan"]

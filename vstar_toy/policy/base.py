@@ -265,6 +265,12 @@ class SIDPolicy(nn.Module):
             out = lp if at is not None else torch.where((level == lvl)[:, None], lp, out)
         return out
 
+    @property
+    def graphs(self):
+        """The captured steps (``policy/graphs.py: StepGraphs``) a decoder may replay its own work through, as
+        VED's ``decide`` does; None, eager, unless a backbone turns them on (``QwenPolicy.use_cuda_graphs``)."""
+        return None
+
     # -- the protocol ------------------------------------------------------------------------------
     def weights_key(self) -> tuple[int, int]:
         """(this module, the version of its weights): PyTorch bumps a tensor's ``_version`` at every

@@ -12,7 +12,8 @@ buffers (one per batch shape) and names in each step's key every Python value th
 seen once is not worth a capture); the second time, it captures ``fn`` on static copies of the inputs
 and replays; afterwards it only copies the inputs and replays. ``fn`` must be a pure function of its
 inputs and of state that stays put: no host reads (a capture refuses them), no output shape chosen by
-values. At most ``most`` graphs are kept, the least recently used dropped first.
+values; what it closes over is kept as long as its graph. At most ``most`` graphs are kept, the least
+recently used dropped first.
 
 Without a GPU the same plan is rehearsed (``rehearse=True``): the capture runs ``fn`` once under
 ``dispatch.Counts`` and refuses any host read or value-dependent shape, as a CUDA capture would, and a
@@ -43,10 +44,11 @@ from .. import dispatch
 
 
 class _Graph:
-    """One captured step: its static inputs, its output, and how to replay it."""
+    """One captured step: its static inputs, its output, how to replay it, and the step itself, kept so that what
+    it closes over (tensors a CUDA graph reads at fixed addresses) lives as long as the graph."""
 
-    def __init__(self, static: tuple, out: Any, replay: Callable[[], Any]):
-        self.static, self.out, self.replay = static, out, replay
+    def __init__(self, static: tuple, out: Any, replay: Callable[[], Any], fn: Callable[..., Any]):
+        self.static, self.out, self.replay, self.fn = static, out, replay, fn
 
 
 class StepGraphs:
@@ -120,7 +122,7 @@ class StepGraphs:
                                        f"missing {dict(captured - again.by_op)}")
                 return out
 
-            return _Graph(static, out, replay)
+            return _Graph(static, out, replay, fn)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):  # warm-up off the capture (lazy initialisations, cuBLAS workspaces)
@@ -135,4 +137,4 @@ class StepGraphs:
             graph.replay()
             return out
 
-        return _Graph(static, out, replay)
+        return _Graph(static, out, replay, fn)

@@ -529,6 +529,10 @@ class QwenPolicy(SIDPolicy):
         ctx.cache.owner = weakref.ref(ctx)
         return ctx.cache
 
+    @property
+    def graphs(self) -> StepGraphs | None:
+        return self._graphs
+
     def __getstate__(self) -> dict:
         """A copy (``copy.deepcopy``, pickle) starts without graphs: they replay on this policy's memory."""
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
