@@ -670,7 +670,7 @@ def main(argv=None) -> int:
         rows.add("train steps", None, "", error="skipped: no candidates (our beam search failed)")
     if args.graphs:  # last: a capture that fails on a GPU may leave it unusable for the rows after it
         rows.attempt("counts, graphs", functools.partial(count_rows, rows, policy, counted,
-                                                         COUNTED["beams"] if args.tiny else size["beams"], True))
+                                                         COUNTED["beams"] if args.tiny else size["beams"], graphs=True))
         rows.attempt("cuda graphs", graph_rows)
     if args.profile and stem:
         rows.attempt("profile", functools.partial(profile, policy, hist, size["beams"], f"{stem}-profile.txt"))

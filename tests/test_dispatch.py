@@ -41,14 +41,20 @@ def test_each_read_counts_once_and_arithmetic_counts_per_operator():
     assert none.ops == 0 and none.host_reads == 0
 
 
-def test_the_decoders_do_not_ask_more_of_the_device_than_when_counting_began():
+def counted_searches():
+    """The benchmark's tiny Qwen2 at 64 queries x 16 (a new one: the graphs test turns graphs on), its histories,
+    a value head, and VED's configs in exact and fixed shapes."""
     torch.manual_seed(0)
     size = dict(gpu.TINY, **gpu.COUNTED)
     policy = gpu.build(size, 0, torch.device("cpu"))
     hist, _ = gpu.histories(size, 0)
     head = ValueHead.for_policy(policy, ValueConfig()).eval()
     ved = DecodeConfig(decoder="ved", n_candidates=16, warm_beam=8, budget_x=1.0)
-    fixed = dataclasses.replace(ved, shapes="fixed")
+    return policy, hist, head, ved, dataclasses.replace(ved, shapes="fixed")
+
+
+def test_the_decoders_do_not_ask_more_of_the_device_than_when_counting_began():
+    policy, hist, head, ved, fixed = counted_searches()
     counted, outs = {}, {}
     with torch.no_grad():
         for name, fn in [("beam", lambda: beam_search(policy, hist, 16)),
@@ -89,12 +95,7 @@ def test_with_graphs_a_beam_search_launches_at_most_500_operators():
     the prefill replayed as graphs (``QwenPolicy.use_cuda_graphs``, rehearsed here: a replay counts as the one
     launch it is on a GPU), the same candidates as the eager steps; VED's searches launch fewer operators too (its
     decode steps and its decisions replayed)."""
-    torch.manual_seed(0)
-    size = dict(gpu.TINY, **gpu.COUNTED)
-    policy = gpu.build(size, 0, torch.device("cpu"))
-    hist, _ = gpu.histories(size, 0)
-    head = ValueHead.for_policy(policy, ValueConfig()).eval()
-    fixed = DecodeConfig(decoder="ved", n_candidates=16, warm_beam=8, budget_x=1.0, shapes="fixed")
+    policy, hist, head, _, fixed = counted_searches()
     searches = {"beam": lambda: beam_search(policy, hist, 16), "ved fixed": lambda: decode(policy, hist, fixed, head)}
     counted = {}
     with torch.no_grad():
